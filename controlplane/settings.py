@@ -111,6 +111,8 @@ else:
             "NAME": VAR_DIR / "db.sqlite3",
             # Web server, worker and commands share the file: wait for locks instead of failing.
             "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"},
+            # A file, not :memory:, so a real Celery worker process in the tests sees the test database.
+            "TEST": {"NAME": VAR_DIR / "test.sqlite3"},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -1,0 +1,50 @@
+# The README's two commands: `make demo` and `make test`. Everything they need is installed from here.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test lint check bench chromium clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch, pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+node_modules/.stamp: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+setup: $(STAMP) node_modules/.stamp
+	mkdir -p var
+	$(BIN)/python manage.py migrate --noinput -v0
+
+# Headless Chromium for the page tests: Debian's package (Playwright's own download does not work here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing: run 'sudo apt-get install chromium'"; exit 1; fi; }
+
+demo: setup
+	$(BIN)/python manage.py demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+check: setup
+	$(BIN)/python manage.py check --fail-level WARNING
+	$(BIN)/python manage.py makemigrations --check --dry-run
+
+test: setup chromium lint check
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python manage.py bench overhead
+	$(BIN)/python manage.py bench loadgen
+	$(BIN)/python manage.py bench batching
+
+clean:
+	rm -rf $(VENV) node_modules var

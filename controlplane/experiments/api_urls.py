@@ -1,0 +1,1 @@
+urlpatterns: list = []  # REST API: filled in by the API work

@@ -1,0 +1,313 @@
+"""The control plane's data model.
+
+Field rules live in one place, `workers.spec` (the spec validator), which forms, the API and spec
+imports all go through; the database adds the constraints it can enforce on its own so that no path
+(admin, shell, a bug) stores a row the engine would reject.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.urls import reverse
+
+from workers import spec as S
+
+PERCENTILE_CHOICES = [(p, f"p{p:g}") for p in S.PERCENTILES]
+DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+
+
+class PriceEntry(models.Model):
+    """One accelerator's dated prices, used to cost trials. Seeded by a data migration; editable in admin."""
+
+    name = models.CharField(max_length=100, unique=True)
+    accelerator = models.CharField(max_length=100, help_text="e.g. NVIDIA H100 80GB, or CPU")
+    memory_gb = models.FloatField(default=0)
+    on_demand_usd_per_h = models.FloatField(help_text="provisioned (always-on) price per device-hour")
+    serverless_usd_per_s = models.FloatField(help_text="serverless price per device-second")
+    granularity_s = models.FloatField(default=1.0, help_text="billing rounds each instance up to this")
+    min_billed_s = models.FloatField(default=0.0)
+    idle_tail_s = models.FloatField(default=0.0, help_text="billed idle time after the last request")
+    as_of = models.DateField()
+    source = models.TextField()
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(on_demand_usd_per_h__gte=0), name="price_on_demand_non_negative"),
+            models.CheckConstraint(condition=Q(serverless_usd_per_s__gte=0), name="price_serverless_non_negative"),
+            models.CheckConstraint(condition=Q(granularity_s__gt=0), name="price_granularity_positive"),
+            models.CheckConstraint(condition=Q(min_billed_s__gte=0) & Q(idle_tail_s__gte=0),
+                                   name="price_billing_times_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} (as of {self.as_of:%Y-%m-%d})"
+
+    def to_spec(self) -> S.PriceSpec:
+        return S.PriceSpec(name=self.name, on_demand_usd_per_h=self.on_demand_usd_per_h,
+                           serverless_usd_per_s=self.serverless_usd_per_s, granularity_s=self.granularity_s,
+                           min_billed_s=self.min_billed_s, idle_tail_s=self.idle_tail_s, memory_gb=self.memory_gb)
+
+
+class Experiment(models.Model):
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="experiments")
+    device = models.CharField(max_length=16, default="auto", help_text=DEVICE_HELP)
+    accelerator = models.ForeignKey(PriceEntry, null=True, blank=True, on_delete=models.PROTECT,
+                                    related_name="experiments")
+    notes = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated"]
+        constraints = [
+            models.CheckConstraint(condition=Q(device__regex=r"^(auto|cpu|cuda|cuda:[0-9]{1,2})$"),
+                                   name="experiment_device_valid"),
+        ]
+        indexes = [
+            # the experiment list: "my experiments, most recently touched first"
+            models.Index(fields=["owner", "-updated"], name="experiment_owner_updated"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("experiment-detail", kwargs={"code": self.code})
+
+
+class SLOTarget(models.Model):
+    experiment = models.OneToOneField(Experiment, on_delete=models.CASCADE, related_name="slo")
+    percentile = models.FloatField(choices=PERCENTILE_CHOICES, default=99.0)
+    latency_ms = models.FloatField(default=100.0)
+    max_violation_rate = models.FloatField(default=0.01)
+    min_throughput_rps = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(percentile__in=list(S.PERCENTILES)), name="slo_percentile_listed"),
+            models.CheckConstraint(condition=Q(latency_ms__gt=0) & Q(latency_ms__lte=S.MAX_LATENCY_MS),
+                                   name="slo_latency_in_bounds"),
+            models.CheckConstraint(condition=Q(max_violation_rate__gte=0) & Q(max_violation_rate__lte=1),
+                                   name="slo_violation_rate_is_a_fraction"),
+            models.CheckConstraint(condition=Q(min_throughput_rps__isnull=True) | Q(min_throughput_rps__gt=0),
+                                   name="slo_min_throughput_positive"),
+        ]
+
+    def to_spec(self) -> S.SLOSpec:
+        return S.SLOSpec(percentile=self.percentile, latency_ms=self.latency_ms,
+                         max_violation_rate=self.max_violation_rate, min_throughput_rps=self.min_throughput_rps)
+
+
+class Function(models.Model):
+    """A model deployment inside an experiment. Several functions are how sharing is studied."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="functions")
+    position = models.PositiveSmallIntegerField(default=0)
+    name = models.CharField(max_length=64)
+    model_key = models.CharField(max_length=100)
+    input_shape = models.JSONField(null=True, blank=True)
+    options = models.JSONField(default=dict, blank=True)
+    weight = models.FloatField(default=1.0, help_text="share of a workload split across functions")
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "name"], name="function_name_unique_in_experiment"),
+            models.CheckConstraint(condition=Q(weight__gt=0), name="function_weight_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def to_spec(self) -> S.FunctionSpec:
+        return S.FunctionSpec(name=self.name, model=self.model_key,
+                              input_shape=tuple(self.input_shape) if self.input_shape else None,
+                              options=dict(self.options or {}), weight=self.weight)
+
+
+def trace_upload_to(instance: Workload, filename: str) -> str:
+    return f"traces/{instance.experiment.code}/{uuid.uuid4().hex}-{filename[-80:]}"
+
+
+class Workload(models.Model):
+    """A load pattern. function=None: one workload split across all functions by their weight."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="workloads")
+    function = models.OneToOneField(Function, null=True, blank=True, on_delete=models.CASCADE,
+                                    related_name="workload")
+    pattern = models.CharField(max_length=16, choices=[(p, p) for p in S.PATTERNS])
+    params = models.JSONField(default=dict, blank=True, help_text="pattern parameters, validated by workers.spec")
+    duration_s = models.FloatField()
+    time_compression = models.FloatField(default=1.0)
+    seed = models.BigIntegerField(default=0)
+    trace_file = models.FileField(upload_to=trace_upload_to, null=True, blank=True)
+    trace_format = models.CharField(max_length=16, blank=True, choices=[(f, f) for f in S.TRACE_FORMATS])
+    trace_filename = models.CharField(max_length=200, blank=True)
+    function_hash = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(pattern__in=list(S.PATTERNS)), name="workload_pattern_known"),
+            models.CheckConstraint(condition=Q(duration_s__gt=0) & Q(duration_s__lte=S.MAX_DURATION_S),
+                                   name="workload_duration_in_bounds"),
+            models.CheckConstraint(condition=Q(time_compression__gte=1) & Q(time_compression__lte=S.MAX_COMPRESSION),
+                                   name="workload_compression_in_bounds"),
+            models.CheckConstraint(condition=Q(seed__gte=0), name="workload_seed_non_negative"),
+            models.CheckConstraint(condition=~Q(pattern="trace") | (Q(trace_file__gt="") & Q(trace_format__gt="")),
+                                   name="workload_trace_has_file"),
+        ]
+
+    def trace_content(self) -> str | None:
+        if not self.trace_file:
+            return None
+        with self.trace_file.open("rb") as fh:
+            return fh.read().decode("utf-8")
+
+    def to_spec(self) -> S.WorkloadSpec:
+        trace = None
+        if self.pattern == "trace":
+            trace = S.TraceSpec(format=self.trace_format, content=self.trace_content() or "",
+                                filename=self.trace_filename, function_hash=self.function_hash)
+        return S.WorkloadSpec(pattern=self.pattern, params=dict(self.params or {}), duration_s=self.duration_s,
+                              time_compression=self.time_compression, seed=self.seed,
+                              function=self.function.name if self.function_id else None, trace=trace)
+
+
+class Variant(models.Model):
+    """One configuration to compare."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="variants")
+    position = models.PositiveSmallIntegerField(default=0)
+    name = models.CharField(max_length=64)
+    sharing = models.CharField(max_length=16, choices=[(m, m) for m in S.SHARING_MODES], default="exclusive")
+    share = models.FloatField(null=True, blank=True, help_text="spatial: fraction of the device per instance")
+    batching_mode = models.CharField(max_length=16, choices=[(m, m) for m in S.BATCHING_MODES], default="none")
+    max_batch_size = models.PositiveIntegerField(default=1)
+    max_queue_delay_ms = models.FloatField(default=0.0)
+    shed = models.BooleanField(default=False)
+    min_instances = models.PositiveSmallIntegerField(default=1)
+    max_instances = models.PositiveSmallIntegerField(default=1)
+    target_concurrency = models.FloatField(default=1.0)
+    keep_alive_policy = models.CharField(max_length=16, choices=[(p, p) for p in S.KEEP_ALIVE_POLICIES],
+                                         default="fixed")
+    keep_alive_ttl_s = models.FloatField(default=60.0)
+    keep_alive_params = models.JSONField(default=dict, blank=True, help_text="histogram policy parameters")
+    repeats = models.PositiveSmallIntegerField(default=1)
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "name"], name="variant_name_unique_in_experiment"),
+            models.CheckConstraint(condition=Q(min_instances__lte=F("max_instances")), name="variant_min_le_max"),
+            models.CheckConstraint(condition=Q(max_instances__gte=1) & Q(max_instances__lte=S.MAX_INSTANCES),
+                                   name="variant_max_instances_in_bounds"),
+            models.CheckConstraint(condition=Q(max_batch_size__gte=1) & Q(max_batch_size__lte=S.MAX_BATCH_SIZE),
+                                   name="variant_batch_size_in_bounds"),
+            models.CheckConstraint(condition=Q(max_queue_delay_ms__gte=0)
+                                   & Q(max_queue_delay_ms__lte=S.MAX_QUEUE_DELAY_MS),
+                                   name="variant_queue_delay_in_bounds"),
+            models.CheckConstraint(condition=Q(target_concurrency__gt=0), name="variant_target_concurrency_positive"),
+            models.CheckConstraint(condition=Q(keep_alive_ttl_s__gte=0), name="variant_ttl_non_negative"),
+            models.CheckConstraint(condition=Q(repeats__gte=1) & Q(repeats__lte=S.MAX_REPEATS),
+                                   name="variant_repeats_in_bounds"),
+            models.CheckConstraint(condition=Q(share__isnull=True) | (Q(share__gt=0) & Q(share__lte=1)),
+                                   name="variant_share_is_a_fraction"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def to_spec(self) -> S.VariantSpec:
+        ka = dict(self.keep_alive_params or {})
+        return S.VariantSpec(
+            name=self.name, sharing=self.sharing, share=self.share,
+            batching=S.BatchingSpec(mode=self.batching_mode, max_batch_size=self.max_batch_size,
+                                    max_queue_delay_ms=self.max_queue_delay_ms, shed=self.shed),
+            min_instances=self.min_instances, max_instances=self.max_instances,
+            target_concurrency=self.target_concurrency,
+            keep_alive=S.KeepAliveSpec(policy=self.keep_alive_policy, ttl_s=self.keep_alive_ttl_s, **ka),
+            repeats=self.repeats,
+        )
+
+
+class Trial(models.Model):
+    """One run of one variant (one repeat). `spec` is the frozen plain spec it runs, so later edits of the
+    experiment never change what a queued or finished trial measured."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="trials")
+    variant = models.ForeignKey(Variant, null=True, on_delete=models.SET_NULL, related_name="trials")
+    variant_name = models.CharField(max_length=64)  # kept when the variant is later deleted
+    run_number = models.PositiveIntegerField(default=1)  # each press of Run is one run of the experiment
+    repeat = models.PositiveSmallIntegerField(default=0)
+    spec = models.JSONField(help_text="experiment spec dict frozen at enqueue time")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    cancel_requested = models.BooleanField(default=False)
+    queue = models.CharField(max_length=64, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    device = models.CharField(max_length=64, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    summary = models.JSONField(null=True, blank=True)
+    artifact = models.FileField(upload_to="artifacts/", null=True, blank=True)
+
+    class Meta:
+        ordering = ["-run_number", "variant_name", "repeat"]
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "run_number", "variant_name", "repeat"],
+                                    name="trial_unique_per_run_variant_repeat"),
+            models.CheckConstraint(condition=Q(status__in=["queued", "running", "succeeded", "failed", "cancelled"]),
+                                   name="trial_status_known"),
+        ]
+        indexes = [
+            # experiment page and comparison: "trials of this experiment, newest run first"
+            models.Index(fields=["experiment", "-run_number"], name="trial_experiment_run"),
+            # stale-trial sweeps: "running trials whose heartbeat is old"
+            models.Index(fields=["status", "heartbeat_at"], name="trial_status_heartbeat"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.variant_name} #{self.repeat} (run {self.run_number})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    def get_absolute_url(self) -> str:
+        return reverse("trial-detail", kwargs={"code": self.code})
+
+
+class TrialWindow(models.Model):
+    """One second of a trial: what the live page plots, kept for the comparison page afterwards."""
+
+    trial = models.ForeignKey(Trial, on_delete=models.CASCADE, related_name="windows")
+    index = models.PositiveIntegerField()
+    t_s = models.FloatField()
+    data = models.JSONField()
+
+    class Meta:
+        ordering = ["trial", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["trial", "index"], name="window_unique_per_trial_second"),
+        ]

@@ -1,0 +1,1 @@
+websocket_urlpatterns: list = []  # live trial pages: filled in by the execution work

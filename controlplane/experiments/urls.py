@@ -1,0 +1,1 @@
+urlpatterns: list = []  # pages: filled in by the pages work
