@@ -336,6 +336,14 @@ def parse_function(data: Any, path: str, ctx: _Ctx | None = None, known_models: 
     if not isinstance(options, Mapping):
         ctx.err(_join(path, "options"), "must be an object")
         options = {}
+    if model and model in models and known_models is None:
+        # The zoo knows each model's shape and option rules: a bad option fails on submit, not at cold start.
+        from workers.zoo import ModelError, check_model
+
+        try:
+            check_model(model, input_shape=shape, options=dict(options))
+        except ModelError as exc:
+            ctx.err(_join(path, "options" if options else "input_shape"), str(exc))
     spec = FunctionSpec(name=name, model=model, input_shape=shape, options=dict(options),
                         weight=ctx.number(d, "weight", path, default=1.0, low=0, high=1e6, low_open=True))
     if own:
@@ -582,9 +590,8 @@ def parse_experiment(data: Any, *, known_models: Iterable[str] | None = None) ->
         if "functions" in d:
             ctx.err("functions", f"must be a list of 1-{MAX_FUNCTIONS} functions")
     else:
-        models = tuple(known_models) if known_models is not None else _zoo_keys()
         for i, f in enumerate(raw_functions):
-            functions.append(parse_function(f, _join("functions", i), ctx, models))
+            functions.append(parse_function(f, _join("functions", i), ctx, known_models))
         _unique(ctx, [f.name for f in functions], "functions", "function")
     names = [f.name for f in functions]
 

@@ -5,3 +5,13 @@ class ExperimentsConfig(AppConfig):
     name = "controlplane.experiments"
     label = "experiments"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Users' own models (settings.USER_MODELS) must be known to the web process (spec validation)
+        # and to workers alike, so both register them here.
+        from django.conf import settings
+
+        from workers import zoo
+
+        if settings.USER_MODELS:
+            zoo.register_user_models(settings.USER_MODELS)
