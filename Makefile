@@ -21,6 +21,7 @@ node_modules/.stamp: package.json package-lock.json
 setup: $(STAMP) node_modules/.stamp
 	mkdir -p var
 	$(BIN)/python manage.py migrate --noinput -v0
+	$(BIN)/python manage.py collectstatic --noinput -v0
 
 # Headless Chromium for the page tests: Debian's package (Playwright's own download does not work here).
 chromium:

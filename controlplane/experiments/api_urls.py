@@ -1,1 +1,23 @@
-urlpatterns: list = []  # REST API: filled in by the API work
+"""REST API routes (mounted at /api/ by controlplane/urls.py). Objects are addressed by their UUID code."""
+
+from django.urls import path
+from rest_framework.authtoken.views import obtain_auth_token
+
+from . import api
+
+urlpatterns = [
+    path("token/", obtain_auth_token, name="api-token"),
+    path("experiments/", api.ExperimentListView.as_view(), name="api-experiment-list"),
+    path("experiments/<uuid:code>/", api.ExperimentDetailView.as_view(), name="api-experiment-detail"),
+    path("experiments/<uuid:code>/run/", api.ExperimentRunView.as_view(), name="api-experiment-run"),
+    path("experiments/<uuid:code>/cancel/", api.ExperimentCancelView.as_view(), name="api-experiment-cancel"),
+    path("experiments/<uuid:code>/spec/", api.ExperimentSpecView.as_view(), name="api-experiment-spec"),
+    path("experiments/<uuid:code>/clone/", api.ExperimentCloneView.as_view(), name="api-experiment-clone"),
+    path("experiments/<uuid:code>/results/", api.ExperimentResultsView.as_view(), name="api-experiment-results"),
+    path("experiments/<uuid:code>/trials/", api.ExperimentTrialsView.as_view(), name="api-experiment-trials"),
+    path("trials/<uuid:code>/", api.TrialDetailView.as_view(), name="api-trial-detail"),
+    path("trials/<uuid:code>/windows/", api.TrialWindowsView.as_view(), name="api-trial-windows"),
+    path("trials/<uuid:code>/cancel/", api.TrialCancelView.as_view(), name="api-trial-cancel"),
+    path("prices/", api.PriceListView.as_view(), name="api-prices"),
+    path("models/", api.ModelListView.as_view(), name="api-models"),
+]

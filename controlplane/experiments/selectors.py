@@ -1,0 +1,211 @@
+"""Reads. Pages, the API, reports and commands get experiments, trials and figures from here.
+
+Access rule: a user sees only their own experiments and trials; anything else is "not found" (404, never
+403), so codes of other people's experiments do not leak. Every figure shown for a trial comes from
+`trial_result_row`, so the page, the API and the `run_experiment` JSON always agree.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce
+from django.http import Http404
+
+from .models import Experiment, PriceEntry, Trial, TrialWindow
+
+STATUSES = ("draft", "queued", "running", "finished", "failed", "cancelled")
+LATENCY_KEYS = ("p50", "p90", "p95", "p99", "p999", "max", "mean")
+COLD_START_KEYS = ("p50", "max")
+COST_KEYS = ("serverless_per_1k_usd", "provisioned_per_1k_usd", "serverless_per_1k_good_usd",
+             "provisioned_per_1k_good_usd", "monthly_serverless_usd", "monthly_provisioned_usd")
+
+
+# ---- experiments ------------------------------------------------------------------------------------
+def _latest_run_count(status: str) -> Coalesce:
+    latest_run = Trial.objects.filter(experiment=OuterRef("experiment")).order_by("-run_number").values("run_number")[:1]
+    counted = (Trial.objects.filter(experiment=OuterRef("pk"), status=status, run_number=Subquery(latest_run))
+               .order_by().values("experiment").annotate(n=Count("pk")).values("n"))
+    return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+
+
+def _with_run_status(qs: QuerySet) -> QuerySet:
+    """Annotate the latest run: its number, its trial counts by status and the status it adds up to."""
+    qs = qs.annotate(
+        latest_run=Subquery(Trial.objects.filter(experiment=OuterRef("pk")).order_by("-run_number")
+                            .values("run_number")[:1], output_field=IntegerField()),
+        trial_count=Coalesce(Subquery(Trial.objects.filter(experiment=OuterRef("pk")).order_by()
+                                      .values("experiment").annotate(n=Count("pk")).values("n"),
+                                      output_field=IntegerField()), Value(0)),
+        **{f"{s}_count": _latest_run_count(s) for s in Trial.Status.values},
+    )
+    finished = Q(succeeded_count__gt=0) | Q(failed_count__gt=0) | Q(cancelled_count__gt=0)
+    return qs.annotate(run_status=Case(
+        When(latest_run__isnull=True, then=Value("draft")),
+        When(running_count__gt=0, then=Value("running")),
+        # Some trials done and others still waiting: the run is under way between two trials.
+        When(Q(queued_count__gt=0) & finished, then=Value("running")),
+        When(queued_count__gt=0, then=Value("queued")),
+        When(failed_count__gt=0, then=Value("failed")),
+        When(cancelled_count__gt=0, then=Value("cancelled")),
+        default=Value("finished"),
+        output_field=CharField(),
+    ))
+
+
+def experiment_list_for(*, user) -> QuerySet:
+    """The user's experiments, most recently changed first, each annotated with its latest run.
+
+    Annotations: `latest_run` (number, None if never run), `trial_count` (all runs), `queued_count`,
+    `running_count`, `succeeded_count`, `failed_count`, `cancelled_count` (latest run only) and
+    `run_status` (what `experiment_status` returns).
+    """
+    if not getattr(user, "is_authenticated", False):
+        return Experiment.objects.none()
+    return _with_run_status(Experiment.objects.filter(owner=user).select_related("accelerator", "owner"))
+
+
+def experiment_get_for(*, user, code: Any) -> Experiment:
+    """The user's experiment with this code; Http404 for unknown codes and for anyone else's."""
+    code = _uuid_or_404(code)
+    if not getattr(user, "is_authenticated", False):
+        raise Http404("No such experiment.")
+    try:
+        return Experiment.objects.select_related("accelerator", "owner", "slo").get(code=code, owner=user)
+    except Experiment.DoesNotExist:
+        raise Http404("No such experiment.") from None
+
+
+def experiment_status(experiment: Experiment) -> str:
+    """Status of the latest run: draft (never run), queued, running, finished, failed or cancelled."""
+    return _with_run_status(Experiment.objects.filter(pk=experiment.pk)).values_list("run_status", flat=True).get()
+
+
+def experiment_with_status(experiment: Experiment) -> Experiment:
+    """The experiment read afresh with the annotations of `experiment_list_for` (latest run, counts, status)."""
+    return _with_run_status(Experiment.objects.filter(pk=experiment.pk).select_related("accelerator", "owner")).get()
+
+
+def _uuid_or_404(code: Any) -> uuid.UUID:
+    try:
+        return code if isinstance(code, uuid.UUID) else uuid.UUID(str(code))
+    except (TypeError, ValueError):
+        raise Http404("No such object.") from None
+
+
+# ---- trials -----------------------------------------------------------------------------------------
+def trial_get_for(*, user, code: Any) -> Trial:
+    """The trial with this code if it belongs to one of the user's experiments; Http404 otherwise."""
+    code = _uuid_or_404(code)
+    if not getattr(user, "is_authenticated", False):
+        raise Http404("No such trial.")
+    try:
+        return Trial.objects.select_related("experiment", "variant").get(code=code, experiment__owner=user)
+    except Trial.DoesNotExist:
+        raise Http404("No such trial.") from None
+
+
+def experiment_trials(*, experiment: Experiment, run_number: int | None = None) -> QuerySet:
+    """All trials of an experiment (or of one run), newest run first, then by variant name and repeat."""
+    qs = experiment.trials.select_related("experiment")
+    return qs.filter(run_number=run_number) if run_number is not None else qs
+
+
+def trial_windows(trial: Trial, *, after_index: int | None = None) -> list[dict]:
+    """The trial's per-second windows, oldest first, each with its `index` (`after_index`: only newer ones)."""
+    qs = TrialWindow.objects.filter(trial=trial).order_by("index")
+    if after_index is not None:
+        qs = qs.filter(index__gt=after_index)
+    return [{"index": w.index, **(w.data or {}), "t_s": w.t_s} for w in qs]
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def trial_result_row(trial: Trial) -> dict:
+    """One trial's figures, shaped once for pages, the API and reports. Figures are None until it has a summary."""
+    s = trial.summary or {}
+    latency = s.get("latency_ms") or {}
+    cold = s.get("cold_start_ms") or {}
+    cost = s.get("cost") or {}
+    return {
+        "trial": str(trial.code),
+        "variant": trial.variant_name,
+        "repeat": trial.repeat,
+        "run_number": trial.run_number,
+        "status": trial.status,
+        "device": trial.device or s.get("device") or None,
+        "error": trial.error or None,
+        "requests": s.get("requests"),
+        "completed": s.get("completed"),
+        "dropped": s.get("dropped"),
+        "errors": s.get("errors"),
+        "latency_ms": {k: latency.get(k) for k in LATENCY_KEYS},
+        "slo_percentile_ci_ms": s.get("slo_percentile_ci_ms"),
+        "slo_met": s.get("slo_met"),
+        "violation_rate": s.get("violation_rate"),
+        "throughput_rps": s.get("throughput_rps"),
+        "goodput_rps": s.get("goodput_rps"),
+        "cold_starts": s.get("cold_starts"),
+        "cold_start_ms": {k: cold.get(k) for k in COLD_START_KEYS},
+        "mean_batch_size": s.get("mean_batch_size"),
+        # Per-1,000 and monthly figures only: totals depend on the run length and mislead side by side.
+        "cost": {k: cost.get(k) for k in COST_KEYS},
+        "simulated": s.get("simulated"),
+        "hardware": s.get("hardware"),
+        "started_at": _iso(trial.started_at),
+        "finished_at": _iso(trial.finished_at),
+    }
+
+
+def experiment_results(*, experiment: Experiment, run_number: int | None = None) -> list[dict]:
+    """Result rows of one run (the latest by default), in the run's variant order, then by repeat."""
+    if run_number is None:
+        run_number = experiment.trials.order_by("-run_number").values_list("run_number", flat=True).first()
+        if run_number is None:
+            return []
+    trials = list(experiment.trials.filter(run_number=run_number))
+    if not trials:
+        return []
+    # The order of the variants as they were when the run was queued (the frozen spec), not as edited since.
+    order = {v.get("name"): i for i, v in enumerate((trials[0].spec or {}).get("variants") or [])}
+    trials.sort(key=lambda t: (order.get(t.variant_name, len(order)), t.variant_name, t.repeat))
+    return [trial_result_row(t) for t in trials]
+
+
+def experiment_runs(*, experiment: Experiment) -> list[int]:
+    """Run numbers of the experiment, newest first."""
+    return list(experiment.trials.order_by("-run_number").values_list("run_number", flat=True).distinct())
+
+
+# ---- catalogue ----------------------------------------------------------------------------------------
+def price_list() -> QuerySet:
+    return PriceEntry.objects.order_by("name")
+
+
+def model_list() -> list[dict]:
+    """Model zoo keys with their default input shapes (no torch import)."""
+    from workers.zoo import ModelError, default_input_shape, model_keys
+
+    out = []
+    for key in model_keys():
+        try:
+            shape: list[int] | None = list(default_input_shape(key))
+        except ModelError:  # a user model whose factory declares no default shape
+            shape = None
+        out.append({"key": key, "default_input_shape": shape})
+    return out

@@ -1,0 +1,322 @@
+"""Writes. Every change to experiments and trials made by a page, the API or a command goes through here.
+
+Each service owns its `transaction.atomic()`: on any error nothing is saved. Side effects that others
+must not see before the commit (enqueueing a trial, deleting replaced files) are scheduled with
+`transaction.on_commit`. Invalid input is reported as `workers.spec.SpecError`, the same error (with
+field paths) that the spec validator raises, so every caller shows problems the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Iterable
+
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from workers import spec as S
+
+from . import spec_io
+from .models import Experiment, Function, PriceEntry, SLOTarget, Trial, Variant, Workload
+
+NAME_MAX_LEN = Experiment._meta.get_field("name").max_length
+VARIANT_NAME_MAX_LEN = 64  # workers.spec.NAME_RE
+
+
+# ---- experiments ------------------------------------------------------------------------------------
+def experiment_create(*, owner, spec: S.ExperimentSpec) -> Experiment:
+    """Store a new experiment. The spec is validated again, so no caller can store what the engine rejects."""
+    return _experiment_save(owner=owner, spec=_revalidated(spec))
+
+
+def experiment_update(*, experiment: Experiment, spec: S.ExperimentSpec) -> Experiment:
+    """Replace an experiment's settings, functions, workloads and variants with `spec`.
+
+    The code and the trials stay. Variants are matched by name, so a variant that keeps its name keeps
+    its row and its trials' link to it; a removed variant's trials keep their `variant_name`.
+    """
+    return _experiment_save(experiment=experiment, spec=_revalidated(spec))
+
+
+def experiment_import(*, owner, data: dict, experiment: Experiment | None = None) -> Experiment:
+    """Validate a spec dict (from a file, the API or a form) and create or replace an experiment from it."""
+    _refuse_trace_paths(data)
+    spec = S.parse_experiment(data)
+    if experiment is None:
+        return _experiment_save(owner=owner, spec=spec)
+    return _experiment_save(experiment=experiment, spec=spec)
+
+
+def experiment_clone(*, experiment: Experiment, owner, name: str | None = None) -> Experiment:
+    """A new experiment with the same settings (not the trials), named "<name> (copy)" by default."""
+    new_name = name if name is not None else f"{experiment.name} (copy)"
+    if name is None and len(new_name) > NAME_MAX_LEN:
+        new_name = f"{experiment.name[: NAME_MAX_LEN - len(' (copy)') - 1]}… (copy)"
+    spec = dataclasses.replace(spec_io.experiment_to_spec(experiment), name=new_name)
+    return experiment_create(owner=owner, spec=spec)
+
+
+def experiment_delete(*, experiment: Experiment) -> None:
+    """Delete an experiment with its trials. Stored trace and artifact files go once the delete commits."""
+    with transaction.atomic():
+        files = _stored_files(experiment)
+        experiment.delete()
+        transaction.on_commit(functools.partial(_delete_files, files))
+
+
+def _revalidated(spec: S.ExperimentSpec) -> S.ExperimentSpec:
+    # Forms build specs from the per-section parsers; the whole-experiment rules (unique names, workloads
+    # naming known functions, request bounds) are only checked by parse_experiment.
+    return S.parse_experiment(S.experiment_to_dict(spec))
+
+
+def _refuse_trace_paths(data: object) -> None:
+    # Only spec files on the server's own disk may name a path (spec_io.load_spec_file inlines it); a
+    # document from the API or a form naming one would otherwise read an arbitrary server file.
+    if not isinstance(data, dict):
+        return
+    entries = spec_io._workload_entries(data)
+    errors = [S.FieldError(f"{path}.trace_path", "only spec files may name a trace file; send the trace's text "
+                                                 "in trace_content")
+              for path, w in entries if "trace_path" in w]
+    if errors:
+        raise S.SpecError(errors)
+
+
+def _price_entry(name: str | None) -> PriceEntry | None:
+    if name is None:
+        return None
+    entry = PriceEntry.objects.filter(name=name).first()
+    if entry is None:
+        known = ", ".join(PriceEntry.objects.order_by("name").values_list("name", flat=True)) or "none"
+        raise S.SpecError([S.FieldError("accelerator", f"unknown price entry {name!r} (known: {known})")])
+    return entry
+
+
+def _experiment_save(*, spec: S.ExperimentSpec, owner=None, experiment: Experiment | None = None) -> Experiment:
+    saved_files: list[str] = []
+    try:
+        with transaction.atomic():
+            accelerator = _price_entry(spec.accelerator)
+            replaced_files: list[str] = []
+            if experiment is None:
+                experiment = Experiment.objects.create(
+                    owner=owner, name=spec.name, description=spec.description, notes=spec.notes,
+                    device=spec.device, accelerator=accelerator)
+            else:
+                # Row lock: two concurrent edits of one experiment would interleave their deletes and inserts.
+                experiment = Experiment.objects.select_for_update().get(pk=experiment.pk)
+                experiment.name, experiment.description, experiment.notes = spec.name, spec.description, spec.notes
+                experiment.device, experiment.accelerator = spec.device, accelerator
+                experiment.save()
+                replaced_files = [w.trace_file.name for w in experiment.workloads.all() if w.trace_file]
+                # Workloads go with their functions (CASCADE) and the split workload explicitly.
+                experiment.workloads.all().delete()
+                experiment.functions.all().delete()
+            SLOTarget.objects.update_or_create(experiment=experiment, defaults=dataclasses.asdict(spec.slo))
+            functions = {}
+            for i, f in enumerate(spec.functions):
+                functions[f.name] = Function.objects.create(
+                    experiment=experiment, position=i, name=f.name, model_key=f.model,
+                    input_shape=list(f.input_shape) if f.input_shape is not None else None,
+                    options=dict(f.options), weight=f.weight)
+            for w in spec.workloads:
+                saved_files.extend(_workload_create(experiment, w, functions))
+            _variants_replace(experiment, spec.variants)
+            transaction.on_commit(functools.partial(_delete_files, replaced_files))
+    except BaseException:
+        # The rows rolled back; files written to storage do not, so remove them here.
+        _delete_files(saved_files)
+        raise
+    return experiment
+
+
+def _workload_create(experiment: Experiment, w: S.WorkloadSpec, functions: dict[str, Function]) -> list[str]:
+    workload = Workload(experiment=experiment, function=functions[w.function] if w.function else None,
+                        pattern=w.pattern, params=dict(w.params), duration_s=w.duration_s,
+                        time_compression=w.time_compression, seed=w.seed)
+    saved: list[str] = []
+    if w.trace is not None:
+        workload.trace_format = w.trace.format
+        workload.trace_filename = w.trace.filename
+        workload.function_hash = w.trace.function_hash
+        workload.trace_file.save(_safe_filename(w.trace.filename, w.trace.format), ContentFile(w.trace.content.encode()),
+                                 save=False)
+        saved.append(workload.trace_file.name)
+    workload.save()
+    return saved
+
+
+def _safe_filename(filename: str, fmt: str) -> str:
+    # The user's file name is kept in trace_filename; the stored name only needs to be harmless.
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", filename.rsplit("/", 1)[-1]).strip("._")
+    return stem or f"trace-{fmt}.txt"
+
+
+def _variant_fields(v: S.VariantSpec, position: int) -> dict:
+    ka = v.keep_alive
+    return dict(
+        position=position, sharing=v.sharing, share=v.share,
+        batching_mode=v.batching.mode, max_batch_size=v.batching.max_batch_size,
+        max_queue_delay_ms=v.batching.max_queue_delay_ms, shed=v.batching.shed,
+        min_instances=v.min_instances, max_instances=v.max_instances, target_concurrency=v.target_concurrency,
+        keep_alive_policy=ka.policy, keep_alive_ttl_s=ka.ttl_s,
+        keep_alive_params=(dict(bin_s=ka.bin_s, range_s=ka.range_s, head_percentile=ka.head_percentile,
+                                tail_percentile=ka.tail_percentile, min_samples=ka.min_samples)
+                           if ka.policy == "histogram" else {}),
+        repeats=v.repeats,
+    )
+
+
+def _variants_replace(experiment: Experiment, variants: Iterable[S.VariantSpec]) -> None:
+    existing = {v.name: v for v in experiment.variants.all()}
+    wanted = {v.name for v in variants}
+    experiment.variants.exclude(name__in=wanted).delete()  # their trials keep variant_name (SET_NULL)
+    for i, v in enumerate(variants):
+        row = existing.get(v.name)
+        if row is None:
+            Variant.objects.create(experiment=experiment, name=v.name, **_variant_fields(v, i))
+        else:
+            for key, value in _variant_fields(v, i).items():
+                setattr(row, key, value)
+            row.save()
+
+
+def _stored_files(experiment: Experiment) -> list[str]:
+    names = [w.trace_file.name for w in experiment.workloads.all() if w.trace_file]
+    names += [t.artifact.name for t in experiment.trials.exclude(artifact="").exclude(artifact__isnull=True)]
+    return names
+
+
+def _delete_files(names: Iterable[str]) -> None:
+    for name in names:
+        try:
+            default_storage.delete(name)
+        except OSError:
+            pass  # already gone; a stray file costs disk, never correctness
+
+
+# ---- variants ---------------------------------------------------------------------------------------
+def variant_clone(*, variant: Variant, name: str | None = None) -> Variant:
+    """A copy of a variant in the same experiment, named "<name>-copy" (then "-copy-2", ...) by default."""
+    with transaction.atomic():
+        experiment = Experiment.objects.select_for_update().get(pk=variant.experiment_id)
+        taken = set(experiment.variants.values_list("name", flat=True))
+        if len(taken) >= S.MAX_VARIANTS:
+            raise S.SpecError([S.FieldError("variants", f"an experiment has at most {S.MAX_VARIANTS} variants")])
+        if name is None:
+            name = _unique_copy_name(variant.name, taken)
+        elif not isinstance(name, str) or not S.NAME_RE.match(name):
+            raise S.SpecError([S.FieldError("name", "must be 1-64 letters, digits, '.', '_' or '-', starting with "
+                                                    "a letter or digit")])
+        elif name in taken:
+            raise S.SpecError([S.FieldError("name", f"another variant is already named {name!r}")])
+        position = (experiment.variants.aggregate(m=Max("position"))["m"] or 0) + 1
+        fields = _variant_fields(variant.to_spec(), position)
+        return Variant.objects.create(experiment=experiment, name=name, **fields)
+
+
+def _unique_copy_name(base: str, taken: set[str]) -> str:
+    n = 1
+    while True:
+        suffix = "-copy" if n == 1 else f"-copy-{n}"
+        candidate = base[: VARIANT_NAME_MAX_LEN - len(suffix)] + suffix
+        if candidate not in taken:
+            return candidate
+        n += 1
+
+
+# ---- running ----------------------------------------------------------------------------------------
+def device_queue(device: str) -> str:
+    """The Celery queue of a device pool: auto -> pool.auto, cpu -> pool.cpu, cuda:0 -> pool.cuda-0.
+
+    A worker consumes its own device's queue plus the pools it can serve (a CPU-only host: pool.auto and
+    pool.cpu), so a trial waits for a device of the kind it asked for.
+    """
+    if not S.DEVICE_RE.match(device or ""):
+        raise S.SpecError([S.FieldError("device", "must be auto, cpu, cuda or cuda:N")])
+    return "pool." + device.replace(":", "-")
+
+
+INLINE_QUEUE = "inline"  # Trial.queue of trials run in the calling process (run_experiment --inline)
+
+
+def experiment_run(*, experiment: Experiment, user, repeats: int | None = None,
+                   variant_names: list[str] | None = None, enqueue: bool = True) -> list[Trial]:
+    """Queue one run: a Trial per variant x repeat, each enqueued on its device pool once this commits.
+
+    Each trial carries the experiment spec frozen now, so editing the experiment later never changes
+    what a queued or finished trial measures. `repeats` overrides every variant's own repeat count.
+    `enqueue=False`: the trials are created for a runner in this process (queue "inline") and sent to
+    no broker.
+    """
+    errors: list[S.FieldError] = []
+    if repeats is not None and (isinstance(repeats, bool) or not isinstance(repeats, int)
+                                or not 1 <= repeats <= S.MAX_REPEATS):
+        errors.append(S.FieldError("repeats", f"must be a whole number between 1 and {S.MAX_REPEATS}"))
+    if variant_names is not None and (not isinstance(variant_names, list | tuple) or not variant_names
+                                      or not all(isinstance(n, str) for n in variant_names)):
+        errors.append(S.FieldError("variants", "must be a non-empty list of variant names"))
+        variant_names = None
+    if errors:
+        raise S.SpecError(errors)
+    with transaction.atomic():
+        # Row lock: two presses of Run at once must get different run numbers.
+        experiment = Experiment.objects.select_for_update().get(pk=experiment.pk)
+        data = spec_io.experiment_to_dict(experiment)
+        spec = S.parse_experiment(data)  # the stored rows may predate a stricter validator
+        rows = {v.name: v for v in experiment.variants.all()}
+        if variant_names is not None:
+            unknown = [n for n in variant_names if n not in rows]
+            if unknown:
+                raise S.SpecError([S.FieldError("variants", f"no variant named {n!r} (known: "
+                                                            f"{', '.join(rows)})") for n in unknown])
+        chosen = [v for v in spec.variants if variant_names is None or v.name in variant_names]
+        last = experiment.trials.aggregate(m=Max("run_number"))["m"] or 0
+        queue = device_queue(spec.device) if enqueue else INLINE_QUEUE
+        trials = [
+            Trial(experiment=experiment, variant=rows[v.name], variant_name=v.name, run_number=last + 1,
+                  repeat=r, spec=data, queue=queue)
+            for v in chosen for r in range(repeats if repeats is not None else v.repeats)
+        ]
+        Trial.objects.bulk_create(trials)
+        # bulk_create sets ids on Postgres and SQLite; re-read by code anyway so the ids are certain.
+        trials = list(Trial.objects.filter(code__in=[t.code for t in trials]).order_by("id"))
+        for trial in trials if enqueue else ():
+            # partial, not a lambda in the loop: each callback must keep its own trial's id and queue.
+            transaction.on_commit(functools.partial(_enqueue_trial, trial.id, trial.queue))
+    return trials
+
+
+def _enqueue_trial(trial_id: int, queue: str) -> None:
+    from workers.tasks import execute_trial  # imported late: workers.tasks pulls in the Celery app
+
+    execute_trial.apply_async(args=[trial_id], queue=queue)
+
+
+def trial_cancel(*, trial: Trial) -> Trial:
+    """Cancel one trial: a queued one at once, a running one by asking its worker (it stops within 2 s)."""
+    # Conditional UPDATEs, not read-then-write: the worker may claim the trial between our read and write.
+    now = timezone.now()
+    done = Trial.objects.filter(pk=trial.pk, status=Trial.Status.QUEUED).update(
+        status=Trial.Status.CANCELLED, finished_at=now, cancel_requested=True)
+    if not done:
+        Trial.objects.filter(pk=trial.pk, status=Trial.Status.RUNNING).update(cancel_requested=True)
+    trial.refresh_from_db()
+    return trial
+
+
+def experiment_cancel(*, experiment: Experiment) -> int:
+    """Cancel every unfinished trial of an experiment; returns how many were cancelled or asked to stop."""
+    now = timezone.now()
+    with transaction.atomic():
+        queued = experiment.trials.filter(status=Trial.Status.QUEUED).update(
+            status=Trial.Status.CANCELLED, finished_at=now, cancel_requested=True)
+        running = experiment.trials.filter(status=Trial.Status.RUNNING, cancel_requested=False).update(
+            cancel_requested=True)
+    return queued + running
