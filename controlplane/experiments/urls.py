@@ -1,1 +1,20 @@
-urlpatterns: list = []  # pages: filled in by the pages work
+from django.urls import include, path
+
+from . import views
+
+urlpatterns = [
+    path("", views.experiment_list, name="experiment-list"),
+    path("experiments/new/", views.experiment_create, name="experiment-create"),
+    path("experiments/import/", views.experiment_import, name="experiment-import"),
+    path("experiments/preview-workload/", views.workload_preview, name="workload-preview"),
+    path("experiments/<uuid:code>/", views.experiment_detail, name="experiment-detail"),
+    path("experiments/<uuid:code>/edit/", views.experiment_edit, name="experiment-edit"),
+    path("experiments/<uuid:code>/trials/", views.experiment_trials, name="experiment-trials"),
+    path("experiments/<uuid:code>/run/", views.experiment_run, name="experiment-run"),
+    path("experiments/<uuid:code>/cancel/", views.experiment_cancel, name="experiment-cancel"),
+    path("experiments/<uuid:code>/delete/", views.experiment_delete, name="experiment-delete"),
+    path("experiments/<uuid:code>/clone/", views.experiment_clone, name="experiment-clone"),
+    path("experiments/<uuid:code>/export/", views.experiment_export, name="experiment-export"),
+    path("experiments/<uuid:code>/variants/<int:variant_id>/clone/", views.variant_clone, name="variant-clone"),
+    path("trials/", include("controlplane.experiments.live_urls")),
+]

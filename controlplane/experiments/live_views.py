@@ -1,0 +1,107 @@
+"""The trial page (live while it runs, a report once finished), its Cancel action and artifact download."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from . import selectors, services
+from .models import Trial
+
+BREAKDOWN_LABELS = (("dispatch_lag", "dispatch lag"), ("cold_start", "waiting for a cold start"),
+                    ("batch_wait", "waiting for the batch to fill"), ("queue_wait", "queued for an instance"),
+                    ("compute", "compute"))
+
+
+def _slo(trial: Trial) -> dict:
+    slo = (trial.spec or {}).get("slo") or {}
+    rate = float(slo.get("max_violation_rate", 0.01))
+    return {"percentile": float(slo.get("percentile", 99.0)), "latency_ms": float(slo.get("latency_ms", 100.0)),
+            "max_violation_rate": rate, "max_violation_pct": rate * 100,
+            "min_throughput_rps": slo.get("min_throughput_rps")}
+
+
+def _price_name(summary: dict) -> str | None:
+    price = (summary.get("cost") or {}).get("price")
+    if isinstance(price, dict):
+        return price.get("name")
+    return str(price) if price else None
+
+
+def _breakdown(summary: dict) -> list[dict]:
+    """Mean latency components, in the order a request meets them, with their share of the total."""
+    parts = summary.get("breakdown_ms") or {}
+    total = sum(v for v in parts.values() if isinstance(v, (int, float))) or None
+    rows = []
+    for key, label in BREAKDOWN_LABELS:
+        value = parts.get(key)
+        share = value / total * 100 if total and isinstance(value, (int, float)) else None
+        rows.append({"key": key, "label": label, "ms": value, "share_pct": share})
+    return rows
+
+
+@login_required
+@require_GET
+def trial_detail(request, code):
+    trial = selectors.trial_get_for(user=request.user, code=code)
+    summary = trial.summary or {}
+    slo = _slo(trial)
+    row = selectors.trial_result_row(trial)
+    page_data = {
+        "trial": str(trial.code),
+        "status": trial.status,
+        "finished": trial.is_finished,
+        "slo": slo,
+        "windows": [{"index": w.pop("index"), "window": w} for w in selectors.trial_windows(trial)],
+        "ws_path": f"/ws/trials/{trial.code}/",
+    }
+    return render(request, "experiments/trial_detail.html", {
+        "trial": trial,
+        "experiment": trial.experiment,
+        "row": row,
+        "violation_pct": row["violation_rate"] * 100 if isinstance(row.get("violation_rate"), (int, float)) else None,
+        "price_name": _price_name(summary),
+        "summary": summary,
+        "slo": slo,
+        "hardware": summary.get("hardware") or {},
+        "breakdown": _breakdown(summary),
+        "per_function": sorted((summary.get("per_function") or {}).items()),
+        "page_data": page_data,
+        "can_cancel": trial.status in (Trial.Status.QUEUED, Trial.Status.RUNNING) and not trial.cancel_requested,
+    })
+
+
+@login_required
+@require_POST
+def trial_cancel(request, code):
+    trial = selectors.trial_get_for(user=request.user, code=code)
+    was = trial.status
+    trial = services.trial_cancel(trial=trial)
+    if was == Trial.Status.RUNNING and trial.status == Trial.Status.RUNNING:
+        messages.info(request, "Cancel requested: the worker stops the trial within two seconds and keeps what it "
+                               "measured so far.")
+    elif trial.status == Trial.Status.CANCELLED and was != Trial.Status.CANCELLED:
+        messages.info(request, "Trial cancelled.")
+    else:
+        messages.warning(request, f"The trial had already {trial.status}; nothing to cancel.")
+    return redirect(reverse("trial-detail", kwargs={"code": trial.code}))
+
+
+@login_required
+@require_GET
+def trial_artifact(request, code):
+    """The raw per-request columns of a finished trial (Parquet), for export and re-analysis."""
+    trial = selectors.trial_get_for(user=request.user, code=code)
+    if not trial.artifact:
+        raise Http404("This trial has no artifact.")
+    try:
+        handle = trial.artifact.open("rb")
+    except FileNotFoundError:
+        raise Http404("The artifact file is missing from storage.") from None
+    filename = f"{trial.experiment.name}-{trial.variant_name}-r{trial.repeat}-{trial.code}.parquet"
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in filename)
+    return FileResponse(handle, as_attachment=True, filename=safe, content_type="application/vnd.apache.parquet")
