@@ -1,0 +1,346 @@
+"""One trial end to end: spec -> arrivals -> open-loop dispatcher -> platform -> recorder -> summary.
+
+Everything that can make a trial impossible is checked first, before any model is loaded, and raised
+as TrialFailed with a message that says what to change (unknown model, no CUDA, a spatial share the
+host cannot give, a batch or instance count that does not fit the device's memory, a workload with no
+arrivals). Then: prestart min instances (prestarts, not request latency), fix t0 (the instant the
+first arrival is due), start telemetry, dispatch open loop, emit one window per second, poll
+should_stop at least every 0.25 s, drain (bounded), close, summarize.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from workers import cost as cost_mod
+from workers import devices, statistics, workload, zoo
+from workers.dispatcher import Dispatcher
+from workers.platform import (
+    MEMORY_HEADROOM,
+    Platform,
+    PlatformError,
+    choose_torch_threads,
+    configure_torch_threads,
+    restore_torch_threads,
+)
+from workers.recorder import Recorder
+from workers.records import OUTCOME_OK
+from workers.spec import TrialSpec
+
+STOP_POLL_S = 0.2  # should_stop is polled at least this often (the contract says 0.25 s)
+LEAD_S = 0.1  # between fixing t0 and the first arrival: the dispatcher thread is up and sleeping
+CANCEL_JOIN_S = 1.0  # a cancelled trial gives running batches this long; the whole stop stays under 2 s
+# The GIL switch interval while a trial runs. The dispatcher, the instance threads and torch's Python-level
+# op dispatch share one GIL; CPython's default 5 ms lets a thread that is busy in Python make the
+# dispatcher (woken from its sleep on time) wait up to 5 ms for the GIL. 0.5 ms bounds that wait at a small
+# cost in switching; the previous value is restored after the trial.
+SWITCH_INTERVAL_S = 0.0005
+
+
+class TrialFailed(Exception):
+    """The trial cannot run as specified; the message says why and what to change."""
+
+
+@dataclass
+class TrialResult:
+    status: str  # "succeeded" | "cancelled"
+    summary: dict
+    windows: list[dict] = field(default_factory=list)
+    hardware: dict = field(default_factory=dict)
+    artifact_path: Path | None = None
+
+
+def default_drain_grace_s(slo_latency_ms: float) -> float:
+    """How long after the last arrival unfinished requests may still complete: four SLO latencies, at least
+    2 s (cold starts) and at most 60 s; what is not done by then is dropped (and counts as a violation)."""
+    return float(min(60.0, max(2.0, 4.0 * slo_latency_ms / 1000.0)))
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Callable[[dict], None] | None = None,
+              should_stop: Callable[[], bool] | None = None, artifact_path: Path | None = None,
+              drain_grace_s: float | None = None) -> TrialResult:
+    exp, var = spec.experiment, spec.variant
+    model_dir = Path(model_dir) if model_dir is not None else zoo.default_model_dir()
+    names = [f.name for f in exp.functions]
+    notes: list[str] = []
+
+    # ---- everything that can fail, before any load -------------------------------------------------
+    known = set(zoo.model_keys())
+    for f in exp.functions:
+        if f.model not in known:
+            raise TrialFailed(f"function {f.name!r}: unknown model {f.model!r} (known: {', '.join(sorted(known))})")
+    try:
+        device = devices.resolve_device(exp.device)
+    except devices.DeviceError as exc:
+        raise TrialFailed(str(exc)) from exc
+
+    n_fn = len(exp.functions)
+    share = var.effective_share
+    if var.sharing == "spatial" and var.share is None and n_fn > 1:
+        # effective_share assumes one function; with several, each instance slot gets an equal part.
+        share = 1.0 / (n_fn * var.max_instances)
+        notes.append(f"spatial share not given: each of {n_fn} functions x {var.max_instances} instances "
+                     f"gets {share:.3g} of the device")
+    slots = n_fn * var.max_instances if var.sharing == "spatial" else var.max_instances
+    try:
+        plan = devices.sharing_plan(device, var.sharing, instances=slots, share=share)
+    except devices.SharingUnavailable as exc:
+        raise TrialFailed(str(exc)) from exc
+
+    max_batch = var.batching.max_batch_size if var.batching.mode != "none" else 1
+    budget = int(device.total_memory_bytes * MEMORY_HEADROOM)
+    mem: list[int] = []
+    for f in exp.functions:
+        try:
+            mem.append(int(zoo.estimate_memory_bytes(f.model, input_shape=f.input_shape, options=f.options,
+                                                     batch_size=max_batch)))
+        except zoo.ModelError as exc:
+            raise TrialFailed(f"function {f.name!r}: {exc}") from exc
+    # A MIG slice or an MPS client gets its share of the GPU's memory; CPU core sets share the host's RAM.
+    limit = int(budget * share) if (var.sharing == "spatial" and device.kind == "cuda") else budget
+    for f, m in zip(exp.functions, mem, strict=True):
+        if m > limit:
+            raise TrialFailed(f"function {f.name!r}: one instance of {f.model} at batch size {max_batch} needs about "
+                              f"{_gib(m)}, more than the {_gib(limit)} available to it on {device.name} "
+                              f"({device.description}); lower max_batch_size or pick a smaller model")
+    if var.sharing == "exclusive":
+        if var.max_instances > 1:
+            notes.append(f"exclusive sharing: at most one instance is resident on the device at a time, so "
+                         f"max_instances {var.max_instances} was capped at 1")
+    else:
+        need_min = sum(var.min_instances * m for m in mem)
+        if need_min > budget:
+            raise TrialFailed(f"{var.min_instances} min instance(s) per function need about {_gib(need_min)}, "
+                              f"more than the {_gib(budget)} available on {device.name}; lower min_instances "
+                              "or max_batch_size")
+        need_max = sum(var.max_instances * m for m in mem)
+        if need_max > budget:
+            fit = max(1, budget // max(mem))
+            notes.append(f"max_instances {var.max_instances} per function needs about {_gib(need_max)}; only "
+                         f"about {fit} instance(s) fit in {_gib(budget)}, so the platform caps starts there")
+    try:
+        arrivals = workload.generate_arrivals(exp.workloads, exp.functions, seed_offset=spec.repeat)
+    except workload.WorkloadError as exc:
+        raise TrialFailed(str(exc)) from exc
+    n = len(arrivals)
+    if n == 0:
+        raise TrialFailed("the workload produces no arrivals in its window")
+
+    # ---- set up -----------------------------------------------------------------------------------------
+    _preload_end_of_trial_modules(artifact_path is not None)
+    rec = Recorder(n, names)
+    first = float(arrivals.times_s[0])
+    intended = rec.rows["intended_s"]
+    intended[:] = arrivals.times_s - first  # run clock: 0 is the first intended arrival
+    rec.rows["function"][:] = arrivals.function_idx
+    run_end = max(float(arrivals.run_s) - first, float(intended[-1]))
+    grace = default_drain_grace_s(exp.slo.latency_ms) if drain_grace_s is None else float(drain_grace_s)
+    workload_s = max(float(w.duration_s) for w in exp.workloads)
+
+    in_process = var.sharing != "spatial"
+    concurrent = 1 if var.sharing == "exclusive" else (n_fn * var.max_instances if in_process else 1)
+    threads = choose_torch_threads(device.kind, device.cores, concurrent)
+    torch_before = configure_torch_threads(threads)
+    switch_before = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    torch_device = "cpu" if device.kind == "cpu" else f"cuda:{device.index or 0}"
+    platform = Platform(exp.functions, var, recorder=rec, function_idx=arrivals.function_idx, model_dir=model_dir,
+                        slo_latency_ms=exp.slo.latency_ms, device_kind=device.kind, torch_device=torch_device,
+                        plan=plan, memory_budget_bytes=budget, mem_per_instance=mem, share=share)
+    telemetry = None
+    dispatcher = None
+    windows: list[dict] = []
+    status = "succeeded"
+    closed = False
+    try:
+        try:
+            ready = platform.prestart(should_stop=should_stop, poll_s=STOP_POLL_S)
+        except PlatformError as exc:
+            raise TrialFailed(str(exc)) from exc
+
+        t0 = time.perf_counter() + LEAD_S
+        platform.set_t0(t0)
+        telemetry = devices.Telemetry(device, interval_s=0.2, t0=t0).start()
+        dispatcher = Dispatcher(intended, platform.submit, sent_s=rec.rows["sent_s"])
+        if ready:
+            dispatcher.start(t0=t0)
+        else:  # cancelled while min instances were starting: nothing was sent
+            status = "cancelled"
+            notes.append("cancelled before the load began (while min instances were starting)")
+
+        def emit(a: float, b: float) -> None:
+            w = rec.window(a, b, state=platform.state(),
+                           telemetry=telemetry.mean_between(a, b) if telemetry else None,
+                           cost_usd=cost_mod.cost_so_far_usd(list(rec.instances), spec.price, b))
+            windows.append(w)
+            if on_window is not None:
+                try:
+                    on_window(w)
+                except Exception as exc:  # noqa: BLE001 - a broken listener must not end the measurement
+                    if not any(s.startswith("on_window raised") for s in notes):
+                        notes.append(f"on_window raised {type(exc).__name__}: {exc}")
+
+        next_win = 1.0
+        last_poll = -math.inf
+        while status == "succeeded":
+            now = time.perf_counter() - t0
+            if should_stop is not None and now - last_poll >= STOP_POLL_S:
+                last_poll = now
+                if should_stop():
+                    status = "cancelled"
+                    dispatcher.cancel()
+                    break
+            if dispatcher.error is not None:
+                raise dispatcher.error
+            while now >= next_win:
+                emit(next_win - 1.0, next_win)
+                next_win += 1.0
+            if dispatcher.done:
+                if platform.pending() == 0 and now >= run_end:
+                    break
+                if now >= float(intended[-1]) + grace and now >= run_end:
+                    left = platform.pending()
+                    if left:
+                        notes.append(f"{left} request(s) not finished {grace:g} s after the last arrival were "
+                                     "dropped (drain grace period)")
+                    break
+            time.sleep(min(0.02, max(0.001, next_win - now)))
+
+        end_s = max(0.0, time.perf_counter() - t0)
+        dispatcher.cancel()
+        if ready:
+            dispatcher.join(1.0)
+        platform.close(end_s, join_s=CANCEL_JOIN_S if status == "cancelled" else 2.0)
+        closed = True
+        if end_s - (next_win - 1.0) > 0.05:
+            emit(next_win - 1.0, end_s)
+        telemetry.stop()
+
+        # ---- summary -------------------------------------------------------------------------------------
+        k = dispatcher.n_sent  # requests never sent (cancel) are excluded
+        rows = {c: a[:k] for c, a in rec.rows.items()}
+        run_s = run_end if status == "succeeded" else max(min(end_s, run_end), 1e-3)
+        summary = statistics.summarize(rows, function_names=names, slo=exp.slo, run_s=run_s,
+                                       cold_starts=list(rec.cold_starts), n_batches=rec.n_batches)
+        ok = rows["outcome"] == OUTCOME_OK
+        lat_ms = (rows["completed_s"][ok] - rows["intended_s"][ok]) * 1e3
+        good = int(np.count_nonzero(lat_ms <= exp.slo.latency_ms))
+        summary["cost"] = cost_mod.trial_cost(
+            instances=list(rec.instances), price=spec.price, run_s=run_s, devices=1,
+            completed=int(np.count_nonzero(ok)), good=good,
+            workload_duration_s=workload_s * (run_s / run_end if run_end > 0 else 1.0))
+        summary["cold_start_phases_ms"] = _cold_start_phases(rec.cold_starts)
+        # Cold starts count every load during the run, pre-warms included (they cost); these say how many
+        # were histogram pre-warms and how many requests actually waited for one.
+        summary["prewarms"] = int(platform.prewarms)
+        summary["requests_paid_cold_start"] = int(np.count_nonzero(rows["cold_wait_s"] > 0))
+        ds = dispatcher.stats()
+        summary["dispatch"] = {"lag_p50_us": ds["lag_p50_us"], "lag_p99_us": ds["lag_p99_us"],
+                               "lag_max_us": ds["lag_max_us"], "behind": ds["behind"], "sent": ds["sent"],
+                               "behind_threshold_us": ds["behind_threshold_us"], "priority": ds["priority"]}
+        if ds["behind"]:
+            notes.append(f"the dispatcher fell behind: worst lag {ds['lag_max_us'] / 1000:.1f} ms (threshold "
+                         f"{ds['behind_threshold_us'] / 1000:.0f} ms); latencies include it (open loop)")
+        hardware = devices.hardware_info(device, plan.mechanism)
+        hardware["torch_threads"] = threads if in_process else None
+        hardware["gil_switch_interval_s"] = SWITCH_INTERVAL_S
+        if var.sharing == "spatial":
+            hardware["share"] = share
+            if plan.core_sets:
+                hardware["core_sets"] = [list(c) for c in plan.core_sets]
+            if plan.mps_active_thread_percentage is not None:
+                hardware["mps_active_thread_percentage"] = plan.mps_active_thread_percentage
+            if plan.mig_devices:
+                hardware["mig_devices"] = list(plan.mig_devices)
+            hardware["instances"] = [_jsonable(c) for c in platform.spatial_children]
+            if device.kind == "cpu" and device.cores <= sum(len(c) for c in plan.core_sets or []):
+                notes.append("spatial on cpu: the instances' core sets cover every core, so the dispatcher and "
+                             "the platform's threads share cores with them")
+            bad = [c for c in platform.spatial_children
+                   if c.get("cores_requested") and c.get("cores_actual") != sorted(c["cores_requested"])]
+            if bad:
+                notes.append(f"{len(bad)} instance process(es) did not get the core set asked for")
+        if platform.errors:
+            notes.append(f"{platform.errors} error event(s); first: {platform.error_messages[0]}")
+        summary.update({
+            "hardware": hardware,
+            "device": device.name,
+            "variant": var.name,
+            "repeat": spec.repeat,
+            "seed": spec.seed,
+            "run_s": float(run_s),
+            "simulated": False,
+            "telemetry": telemetry.summary(),
+            "notes": notes,
+        })
+        summary = _jsonable(summary)
+        json.dumps(summary, allow_nan=False)  # the contract: fail here, loudly, rather than in the DB layer
+        path = None
+        if artifact_path is not None:
+            path = rec.write_parquet(artifact_path, names, n=k)
+        return TrialResult(status=status, summary=summary, windows=windows, hardware=hardware, artifact_path=path)
+    finally:
+        if dispatcher is not None:
+            dispatcher.cancel()
+        if not closed:
+            platform.close(time.perf_counter() - platform._t0 if platform._t0 else 0.0, join_s=CANCEL_JOIN_S)
+        if telemetry is not None:
+            telemetry.stop()
+        sys.setswitchinterval(switch_before)
+        restore_torch_threads(torch_before)
+
+
+def _preload_end_of_trial_modules(parquet: bool) -> None:
+    """Import now what the summary and the artifact need (scipy for the percentile CI, pyarrow): a first
+    import takes ~0.5 s, which would otherwise land between a cancel request and the trial's end."""
+    statistics.percentile_ci(np.arange(10.0), 50.0)
+    if parquet:
+        import pyarrow.parquet  # noqa: F401
+
+
+def _cold_start_phases(cold_starts) -> dict:
+    """Where the cold starts paid by the load went: mean and min of each measured phase (build, load =
+    weights file read + move to the device, warmup, process_start for spatial, total), in ms."""
+    during = [c for c in cold_starts if c.during_load and c.timings_ms]
+    out: dict = {"count": len(during)}
+    phases = ("build", "load", "warmup", "process_start", "total")
+    for p in phases:
+        if p == "load":
+            vals = [c.load_ms for c in during]
+        elif p == "total":
+            vals = [c.duration_ms for c in during]
+        else:
+            vals = [float(c.timings_ms[p]) for c in during if p in c.timings_ms]
+        out[f"{p}_mean"] = float(np.mean(vals)) if vals else None
+        out[f"{p}_min"] = float(np.min(vals)) if vals else None
+    return out
+
+
+def _jsonable(x):
+    """Plain JSON types (numpy scalars to Python, NaN/inf to None, tuples to lists)."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        f = float(x)
+        return f if math.isfinite(f) else None
+    if isinstance(x, Path):
+        return str(x)
+    return x

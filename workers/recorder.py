@@ -1,0 +1,128 @@
+"""Recorder: one preallocated row per request, per-second windows, and the Parquet artifact.
+
+The platform writes rows by index (numpy arrays from `records.empty_rows`) from its threads without a
+lock: each request's row is written by exactly one thread (the one that ran or dropped it), and the
+window reader only looks at rows after they were announced through `finished()` (a list append, atomic
+under the GIL), so it never reads a half-written row. Windows are incremental: each one looks only at
+what finished since the previous one, so a long run costs the same per second as a short one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from workers import records
+from workers.records import OUTCOME_DROPPED, OUTCOME_ERROR, OUTCOME_NAMES, OUTCOME_OK, ColdStart, InstanceLife
+from workers.statistics import window_latency
+
+# Telemetry fields copied into every window (None when the device or psutil cannot tell).
+TELEMETRY_FIELDS = ("cpu_util_pct", "rss_mb", "gpu_util_pct", "gpu_mem_used_mb", "power_w")
+STATE_FIELDS = ("queue_depth", "instances_starting", "instances_idle", "instances_busy")
+
+
+def _num(x) -> float | int | None:
+    """A JSON-safe number: numpy scalars to Python, NaN/inf to None."""
+    if x is None:
+        return None
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+class Recorder:
+    def __init__(self, n_requests: int, function_names: Sequence[str]):
+        self.n = int(n_requests)
+        self.function_names = list(function_names)
+        self.rows: dict[str, np.ndarray] = records.empty_rows(self.n)
+        self.cold_starts: list[ColdStart] = []
+        self.instances: list[InstanceLife] = []
+        self.n_batches = 0
+        # Index arrays of requests whose outcome (ok / error / dropped) was just written, in finishing order.
+        self._finished: list[np.ndarray | int] = []
+        self._cursor = 0
+
+    # -- written by the platform ----------------------------------------------------------------------
+    def finished(self, idx: np.ndarray | int) -> None:
+        """Announce requests whose rows are complete (call after writing them)."""
+        self._finished.append(idx)
+
+    # -- per-second windows -----------------------------------------------------------------------------
+    def window(self, t0_s: float, t1_s: float, *, state: dict | None = None, telemetry: dict | None = None,
+               cost_usd: float | None = None) -> dict:
+        """One window [t0_s, t1_s) of the run clock. Completions, drops and errors are those announced since
+        the previous window (the engine calls this once per second, in order); offered load and dispatch lag
+        are those of requests intended in [t0_s, t1_s)."""
+        dt = max(t1_s - t0_s, 1e-9)
+        rows = self.rows
+        end = len(self._finished)
+        new = self._finished[self._cursor:end]
+        self._cursor = end
+        if new:
+            idx = np.concatenate([np.atleast_1d(np.asarray(x, dtype=np.int64)) for x in new])
+        else:
+            idx = np.empty(0, dtype=np.int64)
+        outcome = rows["outcome"][idx]
+        ok = idx[outcome == OUTCOME_OK]
+        lat_ms = (rows["completed_s"][ok] - rows["intended_s"][ok]) * 1e3
+        pct = window_latency(lat_ms)  # exact, from every sample completed in the window
+
+        intended = rows["intended_s"]
+        lo, hi = np.searchsorted(intended, [t0_s, t1_s], side="left")
+        lag = rows["sent_s"][lo:hi] - intended[lo:hi]
+        lag = lag[np.isfinite(lag)]
+        lag_p99_us = float(np.percentile(lag, 99.0)) * 1e6 if len(lag) else None
+
+        cold = sum(1 for c in list(self.cold_starts) if c.during_load and t0_s <= c.start_s < t1_s)
+        state = state or {}
+        telemetry = telemetry or {}
+        out = {
+            "t_s": _num(t1_s),
+            "offered_rps": _num((hi - lo) / dt),
+            "completed_rps": _num(len(ok) / dt),
+            "dropped": int(np.count_nonzero(outcome == OUTCOME_DROPPED)),
+            "errors": int(np.count_nonzero(outcome == OUTCOME_ERROR)),
+            "p50_ms": _num(pct["p50"]),
+            "p95_ms": _num(pct["p95"]),
+            "p99_ms": _num(pct["p99"]),
+            **{k: _num(state.get(k, 0)) for k in STATE_FIELDS},
+            "cold_starts": int(cold),
+            "dispatch_lag_p99_us": _num(lag_p99_us),
+            **{k: _num(telemetry.get(k)) for k in TELEMETRY_FIELDS},
+            "cost_usd": _num(cost_usd),
+        }
+        return out
+
+    # -- artifact ------------------------------------------------------------------------------------------
+    def write_parquet(self, path: Path | str, function_names: Sequence[str] | None = None, *,
+                      n: int | None = None) -> Path:
+        """Raw per-request columns (the first n rows: the requests that were sent), plus latency_ms and the
+        outcome and function names, zstd-compressed Parquet."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        names = list(function_names if function_names is not None else self.function_names)
+        k = self.n if n is None else int(n)
+        cols = {name: arr[:k] for name, arr in self.rows.items()}
+        # from_pandas: NaN (never started / not completed) becomes a Parquet null, not a float NaN.
+        table = {name: pa.array(arr, from_pandas=True) for name, arr in cols.items()}
+        table["latency_ms"] = pa.array((cols["completed_s"] - cols["intended_s"]) * 1e3, from_pandas=True)
+        fn_idx = cols["function"].astype(np.int32)
+        table["function_name"] = pa.DictionaryArray.from_arrays(pa.array(fn_idx), pa.array(names, pa.string()))
+        outcome_names = [OUTCOME_NAMES[i] for i in range(len(OUTCOME_NAMES))]
+        table["outcome_name"] = pa.DictionaryArray.from_arrays(pa.array(cols["outcome"].astype(np.int32)),
+                                                               pa.array(outcome_names, pa.string()))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {b"slsbench.columns": b"times in seconds on the run clock (0 = first intended arrival)"}
+        pq.write_table(pa.table(table).replace_schema_metadata(meta), str(path), compression="zstd")
+        return path
