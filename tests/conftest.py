@@ -65,6 +65,7 @@ def test_redis(settings):
     settings.REDIS_URL = TEST_REDIS_URL
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
                                            "CONFIG": {"hosts": [TEST_REDIS_URL], "prefix": prefix}}}
+    settings.DEVICE_LEASE_KEY_PREFIX = f"{prefix}:lease"  # sessions running at once don't share leases
     client = redis.Redis.from_url(TEST_REDIS_URL)
     client.ping()
     yield SimpleNamespace(client=client, url=TEST_REDIS_URL, prefix=prefix)

@@ -277,11 +277,7 @@ class _ChildRunner:
 
 def _user_model_paths() -> dict[str, str]:
     """User-model registrations to repeat in a child process (key -> dotted factory path)."""
-    getter = getattr(zoo, "user_model_paths", None)
-    if callable(getter):
-        return dict(getter())
-    with zoo._registry_lock:  # no public accessor yet (requested from the zoo's owner)
-        return dict(zoo._user_paths)
+    return zoo.user_model_paths()
 
 
 def _instance_child(fd: int) -> int:

@@ -85,6 +85,12 @@ def register_user_models(mapping: dict[str, str]) -> None:
         _user_paths.update({k: mapping[k] for k in resolved})
 
 
+def user_model_paths() -> dict[str, str]:
+    """Registered user models as key -> dotted factory path (to repeat the registration in a child process)."""
+    with _registry_lock:
+        return dict(_user_paths)
+
+
 def unregister_user_models(*keys: str) -> None:
     """Forget user models (all of them when no key is given). Mostly for tests."""
     with _registry_lock:

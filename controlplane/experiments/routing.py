@@ -1,1 +1,7 @@
-websocket_urlpatterns: list = []  # live trial pages: filled in by the execution work
+from django.urls import path
+
+from .consumers import TrialConsumer
+
+websocket_urlpatterns = [
+    path("ws/trials/<uuid:code>/", TrialConsumer.as_asgi(), name="ws-trial"),
+]

@@ -61,10 +61,12 @@
       series("offered", palette.offered, { borderDash: [4, 3] }), series("completed", palette.completed),
     ], "req/s"),
     queue: makeChart("chart-queue", [series("queue depth", palette.queue, { fill: true })], "requests"),
+    // Stacked areas: each band fills down to the one below it, so the top line is the total.
     instances: makeChart("chart-instances", [
-      series("busy", palette.busy, { fill: true, stepped: true, tension: 0 }),
-      series("idle", palette.idle, { fill: true, stepped: true, tension: 0 }),
-      series("starting", palette.starting, { fill: true, stepped: true, tension: 0 }),
+      series("busy", palette.busy, { fill: "origin", stepped: true, tension: 0, backgroundColor: palette.busy + "99" }),
+      series("idle", palette.idle, { fill: "-1", stepped: true, tension: 0, backgroundColor: palette.idle + "99" }),
+      series("starting", palette.starting, { fill: "-1", stepped: true, tension: 0,
+        backgroundColor: palette.starting + "99" }),
     ], "instances", { stacked: true }),
     util: makeChart("chart-util", [series("CPU", palette.cpu), series("GPU", palette.gpu)], "%"),
     cost: makeChart("chart-cost", [series("serverless cost so far", palette.cost, { fill: true })], "USD"),
@@ -100,14 +102,11 @@
     fill(charts.queue, ["queue_depth"]);
     fill(charts.instances, ["instances_busy", "instances_idle", "instances_starting"]);
     fill(charts.util, ["cpu_util_pct", "gpu_util_pct"]);
-    let cost = 0;
-    let costKnown = false;
-    const cumulative = ws.map(function (w) {
-      if (typeof w.cost_usd === "number") { cost += w.cost_usd; costKnown = true; }
-      return costKnown ? cost : null;
-    });
-    fill(charts.cost, [function (w, i) { return cumulative[i]; }]);
-    renderFigures(ws, costKnown ? cost : null);
+    // cost_usd is the serverless cost accrued so far (cumulative), not the cost of that second.
+    fill(charts.cost, ["cost_usd"]);
+    let cost = null;
+    ws.forEach(function (w) { if (typeof w.cost_usd === "number") { cost = w.cost_usd; } });
+    renderFigures(ws, cost);
   }
 
   function renderFigures(ws, cost) {
@@ -115,13 +114,20 @@
     let cold = 0;
     let over = 0;
     let measured = 0;
+    let late = 0;
+    let lateKnown = false;
+    const key = "p" + String(slo.percentile || 99).replace(".", "") + "_ms";
     ws.forEach(function (w, i) {
       // Windows are one second long, so a rate is also a count (the last one may be shorter).
       const prev = i > 0 ? ws[i - 1].t_s : 0;
       const dt = typeof w.t_s === "number" && typeof prev === "number" ? Math.max(w.t_s - prev, 0) : 1;
       requests += (w.completed_rps || 0) * dt + (w.dropped || 0) + (w.errors || 0);
       cold += w.cold_starts || 0;
-      const key = "p" + String(slo.percentile || 99).replace(".", "") + "_ms";
+      if (typeof w.late === "number") {
+        // Exact when the engine counts requests over the SLO latency per window.
+        late += w.late + (w.dropped || 0);
+        lateKnown = true;
+      }
       const tail = w[key] !== undefined ? w[key] : w.p99_ms;
       if (typeof tail === "number") {
         measured += 1;
@@ -131,7 +137,13 @@
     const last = ws.length ? ws[ws.length - 1] : null;
     setText("fig-requests", ws.length ? String(Math.round(requests)) : "—");
     setText("fig-p99", last ? fmt(last.p99_ms, 1) + " ms" : "—");
-    setText("fig-violation", measured ? fmt(over / measured * 100, 0) + " %" : "—");
+    if (lateKnown) {
+      setText("fig-violation-label", "late so far (over the SLO)");
+      setText("fig-violation", requests ? fmt(late / requests * 100, 2) + " %" : "—");
+    } else {
+      // Without per-request counts in the windows: the share of seconds whose SLO percentile was over.
+      setText("fig-violation", measured ? fmt(over / measured * 100, 0) + " %" : "—");
+    }
     setText("fig-cold", ws.length ? String(cold) : "—");
     setText("fig-cost", cost === null ? "—" : "$" + cost.toFixed(6));
   }
