@@ -1,0 +1,168 @@
+"""Trial lifecycle services: what a worker does to a Trial row while it runs it.
+
+Every state change is a conditional UPDATE on the current status (compare-and-set), so a duplicate
+or redelivered Celery message, a late heartbeat after a cancel, or two workers racing for one trial
+can never move a trial backwards or run it twice: "0 rows updated" means someone else has it.
+Status changes are announced on the trial's channel group once committed (`on_commit`), never from
+inside the transaction.
+
+Enqueueing and cancelling belong to `services` (the user's actions); these are the worker's side.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from . import events
+from .models import Trial, TrialWindow
+
+ERROR_MAX_CHARS = 4_000
+_ACTIVE = (Trial.Status.QUEUED, Trial.Status.RUNNING)
+
+
+def _announce(trial_id: int) -> None:
+    def send() -> None:
+        trial = Trial.objects.filter(id=trial_id).only("code", "status", "error", "device",
+                                                       "cancel_requested").first()
+        if trial is not None:
+            events.publish(trial.code, events.status_event(trial))
+
+    transaction.on_commit(send)
+
+
+def trial_claim(*, trial_id: int, worker: str, device: str) -> Trial | None:
+    """Move a queued trial to running for this worker. None: it is not queued any more (another worker
+    has it, it was cancelled, or this is a duplicate delivery of a finished trial): do nothing."""
+    now = timezone.now()
+    with transaction.atomic():
+        claimed = Trial.objects.filter(id=trial_id, status=Trial.Status.QUEUED).update(
+            status=Trial.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker[:200], device=device[:64])
+        if not claimed:
+            return None
+        _announce(trial_id)
+    return Trial.objects.select_related("experiment", "experiment__accelerator").get(id=trial_id)
+
+
+def trial_heartbeat(*, trial_id: int) -> bool:
+    """Record that the worker is alive; returns True when the trial should stop (cancel requested, or the
+    trial is no longer running: cancelled or failed behind the worker's back, or deleted)."""
+    Trial.objects.filter(id=trial_id, status=Trial.Status.RUNNING).update(heartbeat_at=timezone.now())
+    row = Trial.objects.filter(id=trial_id).values_list("status", "cancel_requested").first()
+    if row is None:
+        return True
+    status, cancel_requested = row
+    return bool(cancel_requested) or status != Trial.Status.RUNNING
+
+
+def trial_store_windows(*, trial_id: int, windows: list[tuple[int, dict]]) -> int:
+    """Store per-second windows. Idempotent on (trial, index): storing a window again replaces it, so the
+    engine's final windows (which may count late completions) overwrite the live ones."""
+    if not windows:
+        return 0
+    rows = [TrialWindow(trial_id=trial_id, index=int(index), t_s=float(w.get("t_s") or index), data=w)
+            for index, w in windows]
+    TrialWindow.objects.bulk_create(rows, update_conflicts=True, unique_fields=["trial", "index"],
+                                    update_fields=["t_s", "data"])
+    return len(rows)
+
+
+def _artifact_name(artifact_path: str | Path | None) -> str | None:
+    """The FileField name of an artifact file: relative to MEDIA_ROOT (files elsewhere are not served)."""
+    if not artifact_path:
+        return None
+    path = Path(artifact_path).resolve()
+    try:
+        return path.relative_to(Path(settings.MEDIA_ROOT).resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def trial_finish(*, trial_id: int, status: str, summary: dict | None, artifact_path: str | Path | None = None
+                 ) -> Trial | None:
+    """Store a trial's outcome (succeeded, or cancelled with the summary of what ran). None: the trial was
+    not running (already finished elsewhere); nothing is changed."""
+    if status not in (Trial.Status.SUCCEEDED, Trial.Status.CANCELLED):
+        raise ValueError(f"trial_finish takes succeeded or cancelled, not {status!r} (use trial_fail)")
+    with transaction.atomic():
+        done = Trial.objects.filter(id=trial_id, status=Trial.Status.RUNNING).update(
+            status=status, summary=summary, artifact=_artifact_name(artifact_path) or "",
+            finished_at=timezone.now(), heartbeat_at=timezone.now())
+        if not done:
+            return None
+        _announce(trial_id)
+    return Trial.objects.get(id=trial_id)
+
+
+def trial_fail(*, trial_id: int, error: str, artifact_path: str | Path | None = None) -> Trial | None:
+    """Mark a queued or running trial failed with a readable reason. Windows already stored are kept: they
+    show how far it got. None: it had already finished."""
+    error = (error or "failed without a reason").strip()
+    if len(error) > ERROR_MAX_CHARS:
+        error = error[: ERROR_MAX_CHARS - 1] + "…"
+    with transaction.atomic():
+        fields = {"status": Trial.Status.FAILED, "error": error, "finished_at": timezone.now()}
+        if artifact_path:
+            fields["artifact"] = _artifact_name(artifact_path) or ""
+        done = Trial.objects.filter(id=trial_id, status__in=_ACTIVE).update(**fields)
+        if not done:
+            return None
+        _announce(trial_id)
+    return Trial.objects.get(id=trial_id)
+
+
+def trial_fail_stale(*, stale_after_s: float = 120.0) -> int:
+    """Fail running trials whose worker stopped heart-beating (killed, host lost). Their lease has long
+    expired, so the device is free again; rerunning is the user's call (their numbers would mix two runs).
+    Returns how many were failed."""
+    cutoff = timezone.now() - timedelta(seconds=stale_after_s)
+    stale = list(Trial.objects.filter(status=Trial.Status.RUNNING, heartbeat_at__lt=cutoff)
+                 .values_list("id", "worker", "heartbeat_at"))
+    failed = 0
+    for trial_id, worker, heartbeat_at in stale:
+        reason = (f"worker {worker or '?'} stopped responding (last heartbeat {heartbeat_at:%Y-%m-%d %H:%M:%S} UTC); "
+                  "the trial was abandoned")
+        with transaction.atomic():
+            # Conditional on the same heartbeat: a worker that just came back is left alone.
+            done = Trial.objects.filter(id=trial_id, status=Trial.Status.RUNNING,
+                                        heartbeat_at=heartbeat_at).update(
+                status=Trial.Status.FAILED, error=reason, finished_at=timezone.now())
+            if done:
+                _announce(trial_id)
+                failed += 1
+    return failed
+
+
+INLINE_QUEUE = "inline"
+
+
+def trial_create_inline_run(*, experiment, repeats: int | None = None) -> list[Trial]:
+    """One run's trials for a runner in this process (`run_experiment --inline`): what
+    `services.experiment_run` creates, but enqueued nowhere (there may be no broker at all).
+
+    TODO(helper-3/lead): fold into `services.experiment_run(..., enqueue=False)` so one function numbers
+    runs and freezes specs.
+    """
+    from workers import spec as S
+
+    from . import spec_io
+    from .models import Experiment
+
+    if repeats is not None and (isinstance(repeats, bool) or not isinstance(repeats, int)
+                                or not 1 <= repeats <= S.MAX_REPEATS):
+        raise S.SpecError([S.FieldError("repeats", f"must be a whole number between 1 and {S.MAX_REPEATS}")])
+    with transaction.atomic():
+        experiment = Experiment.objects.select_for_update().get(pk=experiment.pk)  # run numbers stay unique
+        data = spec_io.experiment_to_dict(experiment)
+        spec = S.parse_experiment(data)
+        rows = {v.name: v for v in experiment.variants.all()}
+        last = max(experiment.trials.values_list("run_number", flat=True), default=0)
+        trials = [Trial(experiment=experiment, variant=rows.get(v.name), variant_name=v.name, run_number=last + 1,
+                        repeat=r, spec=data, queue=INLINE_QUEUE)
+                  for v in spec.variants for r in range(repeats if repeats is not None else v.repeats)]
+        Trial.objects.bulk_create(trials)
+    return list(Trial.objects.filter(code__in=[t.code for t in trials]).order_by("id"))

@@ -1,0 +1,309 @@
+"""Celery execution of trials: the one module in workers/ that knows both Celery and Django.
+
+`execute_trial` is thin: it calls `run_trial_by_id`, which `run_experiment --inline` also calls
+directly, so a trial runs the same way with or without a broker:
+
+  peek (still queued?) -> resolve the device -> take the device lease -> claim (compare-and-set)
+  -> run the engine beside a monitor thread -> store the outcome -> release the lease.
+
+The lease is taken BEFORE the claim: a trial that finds its device busy stays "queued" and its task
+retries later, instead of sitting in "running" while it waits. The claim is a conditional UPDATE, so a
+duplicate or redelivered message for a trial that is no longer queued does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import DatabaseError, connection
+
+from controlplane.experiments import events
+from controlplane.experiments.lease import DeviceLease, LeaseBusy
+from controlplane.experiments.models import PriceEntry, Trial
+from controlplane.experiments.trials import (
+    trial_claim,
+    trial_fail,
+    trial_finish,
+    trial_heartbeat,
+    trial_store_windows,
+)
+from workers import spec as S
+from workers.devices import DeviceError, resolve_device
+from workers.engine import TrialFailed, run_trial
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 0.5  # cancel must stop a running trial within 2 s: heartbeat + engine stop + store fit in it
+LEASE_TTL_S = 30.0  # a crashed worker blocks its device at most this long
+LEASE_RETRY_S = 5.0  # a trial whose device is busy is retried after this (plus jitter)
+DEFAULT_PRICE = "cpu"  # price entry used when the experiment names no accelerator
+
+
+class TrialMonitor(threading.Thread):
+    """Runs beside the engine while a trial runs.
+
+    Every `interval_s` it heart-beats (which also reads the cancel flag), renews the device lease, and
+    stores then publishes the windows the engine produced since the last tick. Storing before
+    publishing means a page that connects at any moment sees every window exactly once in its
+    snapshot or as an event. DB and Redis work stays off the engine's thread, which only appends to a
+    queue, so a slow database cannot delay the load generator.
+    """
+
+    def __init__(self, trial: Trial, lease: DeviceLease | None, *, interval_s: float = HEARTBEAT_S,
+                 publish: bool = True, stop: threading.Event | None = None):
+        super().__init__(name=f"trial-{trial.id}-monitor", daemon=True)
+        self.trial_id = trial.id
+        self.code = trial.code
+        self.lease = lease
+        self.interval_s = interval_s
+        self.publish = publish
+        self.cancel_requested = threading.Event()
+        self.external_stop = stop  # set by an inline runner on Ctrl-C
+        self.lease_lost = threading.Event()
+        self._windows: queue.SimpleQueue[tuple[int, dict]] = queue.SimpleQueue()
+        self._next_index = 0
+        self._index_lock = threading.Lock()
+        self._done = threading.Event()
+        self._lease_renewed_at = time.monotonic()
+
+    # -- called from the engine's threads --------------------------------------------------------------
+    def on_window(self, window: dict) -> None:
+        with self._index_lock:
+            index = self._next_index
+            self._next_index += 1
+        self._windows.put((index, json_safe(window)))
+
+    def should_stop(self) -> bool:
+        return (self.cancel_requested.is_set() or self.lease_lost.is_set()
+                or (self.external_stop is not None and self.external_stop.is_set()))
+
+    # -- the thread ---------------------------------------------------------------------------------------
+    def run(self) -> None:
+        try:
+            while not self._done.wait(self.interval_s):
+                self._tick()
+            self.flush()
+        finally:
+            connection.close()  # this thread's own DB connection
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+    def _tick(self) -> None:
+        try:
+            if trial_heartbeat(trial_id=self.trial_id):
+                self.cancel_requested.set()
+        except DatabaseError:
+            # A database blip must not kill a trial that is measuring fine; the next tick tries again.
+            log.warning("trial %s: heartbeat failed", self.trial_id, exc_info=True)
+        self._renew_lease()
+        try:
+            self.flush()
+        except DatabaseError:
+            log.warning("trial %s: storing windows failed; retrying at the next tick", self.trial_id, exc_info=True)
+
+    def _renew_lease(self) -> None:
+        if self.lease is None:
+            return
+        try:
+            if self.lease.renew():
+                self._lease_renewed_at = time.monotonic()
+            else:
+                log.error("trial %s: lost the lease on %s", self.trial_id, self.lease.device_name)
+                self.lease_lost.set()
+        except redis.RedisError:
+            # Redis unreachable: the lease is still ours until its TTL runs out; past that it is not.
+            if time.monotonic() - self._lease_renewed_at > self.lease.ttl_ms / 1000.0:
+                self.lease_lost.set()
+            log.warning("trial %s: could not renew the device lease", self.trial_id, exc_info=True)
+
+    def flush(self) -> None:
+        batch: list[tuple[int, dict]] = []
+        while True:
+            try:
+                batch.append(self._windows.get_nowait())
+            except queue.Empty:
+                break
+        if not batch:
+            return
+        try:
+            trial_store_windows(trial_id=self.trial_id, windows=batch)
+        except DatabaseError:
+            for item in batch:  # keep them for the next attempt, in order
+                self._windows.put(item)
+            raise
+        if self.publish:
+            for index, window in batch:
+                events.publish(self.code, events.window_event(self.code, index, window))
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON: numpy scalars to Python numbers, NaN/inf to None (Postgres JSON rejects NaN)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "item"):  # numpy scalar
+        return json_safe(value.item())
+    return str(value)
+
+
+def trial_spec(trial: Trial) -> S.TrialSpec:
+    """The plain spec the engine runs, from the trial's frozen experiment spec. Raises SpecError/LookupError."""
+    experiment = S.parse_experiment(trial.spec)
+    variant = next((v for v in experiment.variants if v.name == trial.variant_name), None)
+    if variant is None:
+        raise LookupError(f"the frozen spec has no variant named {trial.variant_name!r}")
+    # The price of the accelerator named in the frozen spec; "cpu" when it names none. Prices are looked
+    # up now, not frozen: the catalogue is the user's current view of what things cost.
+    name = experiment.accelerator or DEFAULT_PRICE
+    entry = PriceEntry.objects.filter(name=name).first()
+    if entry is None and name != DEFAULT_PRICE:
+        raise LookupError(f"accelerator {name!r} is not in the price catalogue any more")
+    return S.TrialSpec(experiment=experiment, variant=variant, repeat=trial.repeat,
+                       price=entry.to_spec() if entry is not None else None, trial_id=str(trial.code))
+
+
+def artifact_path_for(trial: Trial) -> Path:
+    path = Path(settings.MEDIA_ROOT) / "artifacts" / f"{trial.code}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+
+
+def run_trial_by_id(trial_id: int, *, worker: str, redis_conn: redis.Redis | None, publish: bool = True,
+                    lease_ttl_s: float = LEASE_TTL_S, heartbeat_s: float = HEARTBEAT_S,
+                    stop: threading.Event | None = None) -> str:
+    """Run one queued trial to its end in this process. Returns what happened: "succeeded", "cancelled",
+    "failed" or "skipped" (not queued any more: someone else ran or cancelled it).
+
+    `redis_conn` holds the device lease; None runs without one (only `run_experiment --inline` on a host
+    with no Redis does that, and says so). Raises LeaseBusy when the device is leased by another trial:
+    the trial is left queued for the caller to retry. Setting `stop` ends the run like a cancel.
+    """
+    trial = Trial.objects.filter(id=trial_id).first()
+    if trial is None or trial.status != Trial.Status.QUEUED:
+        log.info("trial %s: not queued (%s): nothing to do", trial_id, trial.status if trial else "deleted")
+        return "skipped"
+    requested = str((trial.spec or {}).get("device") or "auto")
+    try:
+        spec = trial_spec(trial)
+        device = resolve_device(spec.experiment.device).name
+    except (S.SpecError, LookupError, DeviceError) as exc:
+        # Nothing to run: record why on the trial (claimed first, so a duplicate message cannot race us).
+        if trial_claim(trial_id=trial_id, worker=worker, device=requested) is None:
+            return "skipped"
+        trial_fail(trial_id=trial_id, error=_reason(exc))
+        log.info("trial %s: failed before start: %s", trial_id, exc)
+        return "failed"
+
+    lease = DeviceLease(redis_conn, device, owner=worker, ttl_s=lease_ttl_s) if redis_conn is not None else None
+    if lease is not None:
+        lease.acquire_or_raise()
+    try:
+        claimed = trial_claim(trial_id=trial_id, worker=worker, device=device)
+        if claimed is None:
+            log.info("trial %s: claimed by someone else meanwhile: nothing to do", trial_id)
+            return "skipped"
+        log.info("trial %s: claimed by %s on %s", trial_id, worker, device)
+        return _execute(claimed, spec, lease, publish=publish, heartbeat_s=heartbeat_s, stop=stop)
+    finally:
+        if lease is not None:
+            try:
+                lease.release()
+            except redis.RedisError:
+                log.warning("trial %s: could not release the lease on %s (it expires by itself)", trial_id,
+                            device, exc_info=True)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, (TrialFailed, S.SpecError, LookupError, DeviceError)):
+        return str(exc) or type(exc).__name__
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return (f"the trial ran past the time limit of {settings.CELERY_TASK_SOFT_TIME_LIMIT} s "
+                "(TRIAL_SOFT_TIME_LIMIT_S) and was stopped")
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _execute(trial: Trial, spec: S.TrialSpec, lease: DeviceLease | None, *, publish: bool,
+             heartbeat_s: float, stop: threading.Event | None) -> str:
+    monitor = TrialMonitor(trial, lease, interval_s=heartbeat_s, publish=publish, stop=stop)
+    monitor.start()
+    artifact = artifact_path_for(trial)
+    result = None
+    error: Exception | None = None
+    try:
+        result = run_trial(spec, model_dir=Path(settings.MODEL_DIR), on_window=monitor.on_window,
+                           should_stop=monitor.should_stop, artifact_path=artifact)
+    except (TrialFailed, SoftTimeLimitExceeded) as exc:  # expected: the reason says it all, no traceback
+        error = exc
+    except Exception as exc:  # noqa: BLE001 - any failure must end as a failed trial with a reason
+        log.exception("trial %s: the engine raised", trial.id)
+        error = exc
+    finally:
+        monitor.stop()  # stores the last windows, so a failed trial keeps what it measured
+
+    if error is None and monitor.lease_lost.is_set():
+        reason = ("lost the device lease during the run (Redis unreachable or the worker stalled for more than "
+                  f"{lease.ttl_ms / 1000 if lease else LEASE_TTL_S:.0f} s); another trial may have shared the "
+                  "device, so the figures are not trustworthy")
+    elif error is not None:
+        reason = _reason(error)
+    else:
+        try:
+            return _store_result(trial, result)
+        except Exception as exc:  # noqa: BLE001 - a trial must never be left "running" by its own worker
+            log.exception("trial %s: storing the result failed", trial.id)
+            reason = f"the trial ran but its result could not be stored: {type(exc).__name__}: {exc}"
+    trial_fail(trial_id=trial.id, error=reason)
+    log.info("trial %s: failed: %s", trial.id, reason)
+    return "failed"
+
+
+def _store_result(trial: Trial, result) -> str:
+    # The engine's final windows replace the live ones (same indices); normally they are identical.
+    trial_store_windows(trial_id=trial.id, windows=[(i, json_safe(w)) for i, w in enumerate(result.windows)])
+    summary = json_safe(dict(result.summary or {}))
+    if result.hardware and not summary.get("hardware"):
+        summary["hardware"] = json_safe(result.hardware)
+    status = Trial.Status.CANCELLED if result.status == "cancelled" else Trial.Status.SUCCEEDED
+    trial_finish(trial_id=trial.id, status=status, summary=summary, artifact_path=result.artifact_path)
+    log.info("trial %s: %s", trial.id, status)
+    return str(status)
+
+
+@shared_task(bind=True, acks_late=True, max_retries=None,
+             soft_time_limit=settings.CELERY_TASK_SOFT_TIME_LIMIT, time_limit=settings.CELERY_TASK_TIME_LIMIT)
+def execute_trial(self, trial_id: int) -> str:
+    """Run one trial (by id: tasks take ids, never model instances). Idempotent; see the module docstring."""
+    worker = self.request.hostname or f"celery@{socket.gethostname()}"
+    try:
+        return run_trial_by_id(trial_id, worker=worker, redis_conn=redis_client())
+    except LeaseBusy as exc:
+        # Not a failure: the trial stays queued and this task comes back. Jitter keeps several waiting
+        # trials from polling in lockstep.
+        countdown = LEASE_RETRY_S + random.uniform(0, LEASE_RETRY_S / 2)
+        log.info("trial %s: %s; retrying in %.1f s", trial_id, exc, countdown)
+        raise self.retry(countdown=countdown, exc=exc) from None
