@@ -4,8 +4,8 @@ Local (DEBUG on, the default): SQLite in var/, Redis on localhost, a throwaway s
 Production (DEBUG=0): SECRET_KEY and ALLOWED_HOSTS must be set, or start-up fails loudly.
 """
 
-from pathlib import Path
 import os
+from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -53,6 +53,7 @@ else:
 
 # Where generated files live: SQLite db, model weights, raw-result artifacts. Never committed.
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)  # SQLite cannot create its folder
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 MEDIA_URL = "/media/"
 MODEL_DIR = Path(env_str("MODEL_DIR", str(VAR_DIR / "models")))
@@ -156,7 +157,9 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True  # execute_trial is idempotent (compare-and-set claim)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # trials are long: never hoard them
 CELERY_TASK_DEFAULT_QUEUE = "pool.cpu"
-CELERY_TASK_SOFT_TIME_LIMIT = env_int("TRIAL_SOFT_TIME_LIMIT_S", 3600)
+# Default limits cover the longest trial the spec allows (1 h of load + margin); run enqueues each trial with
+# limits fitted to its own run time (services.trial_time_limits_s).
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("TRIAL_SOFT_TIME_LIMIT_S", 4500)
 CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 120
 # Longer than the longest task, or Redis redelivers a running trial to a second worker.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}

@@ -90,7 +90,7 @@ def price_catalogue(db):
 @pytest.fixture
 def queued_trials(user, spec_data, price_catalogue):
     """An experiment of `user` with one run of queued trials (nothing enqueued anywhere)."""
-    from controlplane.experiments import services, trials
+    from controlplane.experiments import services
 
     experiment = services.experiment_import(owner=user, data=spec_data)
-    return trials.trial_create_inline_run(experiment=experiment)
+    return services.experiment_run(experiment=experiment, user=experiment.owner, enqueue=False)

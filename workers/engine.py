@@ -140,7 +140,7 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
 
     # ---- set up -----------------------------------------------------------------------------------------
     _preload_end_of_trial_modules(artifact_path is not None)
-    rec = Recorder(n, names)
+    rec = Recorder(n, names, slo_latency_ms=exp.slo.latency_ms)
     first = float(arrivals.times_s[0])
     intended = rec.rows["intended_s"]
     intended[:] = arrivals.times_s - first  # run clock: 0 is the first intended arrival

@@ -40,8 +40,9 @@ def _num(x) -> float | int | None:
 
 
 class Recorder:
-    def __init__(self, n_requests: int, function_names: Sequence[str]):
+    def __init__(self, n_requests: int, function_names: Sequence[str], *, slo_latency_ms: float | None = None):
         self.n = int(n_requests)
+        self.slo_latency_ms = slo_latency_ms  # windows count completions over it as "late"
         self.function_names = list(function_names)
         self.rows: dict[str, np.ndarray] = records.empty_rows(self.n)
         self.cold_starts: list[ColdStart] = []
@@ -91,6 +92,10 @@ class Recorder:
             "completed_rps": _num(len(ok) / dt),
             "dropped": int(np.count_nonzero(outcome == OUTCOME_DROPPED)),
             "errors": int(np.count_nonzero(outcome == OUTCOME_ERROR)),
+            # Completed in the window but later than the SLO target, plus errors: with dropped, the requests
+            # of this window that violate the SLO (the live page's exact late share).
+            "late": (int(np.count_nonzero(lat_ms > self.slo_latency_ms)) + int(np.count_nonzero(outcome == OUTCOME_ERROR))
+                     if self.slo_latency_ms is not None else None),
             "p50_ms": _num(pct["p50"]),
             "p95_ms": _num(pct["p95"]),
             "p99_ms": _num(pct["p99"]),

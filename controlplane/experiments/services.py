@@ -23,6 +23,7 @@ from workers import spec as S
 
 from . import spec_io
 from .models import Experiment, Function, PriceEntry, SLOTarget, Trial, Variant, Workload
+from .trials import trial_announce
 
 NAME_MAX_LEN = Experiment._meta.get_field("name").max_length
 VARIANT_NAME_MAX_LEN = 64  # workers.spec.NAME_RE
@@ -293,20 +294,36 @@ def experiment_run(*, experiment: Experiment, user, repeats: int | None = None,
     return trials
 
 
+# Beyond the workload's run time a trial needs time for cold starts, the drain (at most 60 s) and storing.
+TRIAL_TIME_MARGIN_S = 900.0
+
+
+def trial_time_limits_s(spec_data: dict) -> tuple[float, float]:
+    """(soft, hard) Celery time limits for a trial of this frozen spec: its run time plus a margin, so a
+    long trial is not cut off by a global limit and a stuck short one is not left running for an hour."""
+    spec = S.parse_experiment(spec_data)
+    soft = max(w.run_s for w in spec.workloads) + TRIAL_TIME_MARGIN_S
+    return soft, soft + 120.0
+
+
 def _enqueue_trial(trial_id: int, queue: str) -> None:
     from workers.tasks import execute_trial  # imported late: workers.tasks pulls in the Celery app
 
-    execute_trial.apply_async(args=[trial_id], queue=queue)
+    soft_s, hard_s = trial_time_limits_s(Trial.objects.values_list("spec", flat=True).get(id=trial_id))
+    execute_trial.apply_async(args=[trial_id], queue=queue, soft_time_limit=soft_s, time_limit=hard_s)
 
 
 def trial_cancel(*, trial: Trial) -> Trial:
     """Cancel one trial: a queued one at once, a running one by asking its worker (it stops within 2 s)."""
     # Conditional UPDATEs, not read-then-write: the worker may claim the trial between our read and write.
     now = timezone.now()
-    done = Trial.objects.filter(pk=trial.pk, status=Trial.Status.QUEUED).update(
-        status=Trial.Status.CANCELLED, finished_at=now, cancel_requested=True)
-    if not done:
-        Trial.objects.filter(pk=trial.pk, status=Trial.Status.RUNNING).update(cancel_requested=True)
+    with transaction.atomic():
+        done = Trial.objects.filter(pk=trial.pk, status=Trial.Status.QUEUED).update(
+            status=Trial.Status.CANCELLED, finished_at=now, cancel_requested=True)
+        if done:
+            trial_announce(trial.pk)  # an open live page learns at once; a running trial announces itself
+        else:
+            Trial.objects.filter(pk=trial.pk, status=Trial.Status.RUNNING).update(cancel_requested=True)
     trial.refresh_from_db()
     return trial
 
@@ -315,8 +332,11 @@ def experiment_cancel(*, experiment: Experiment) -> int:
     """Cancel every unfinished trial of an experiment; returns how many were cancelled or asked to stop."""
     now = timezone.now()
     with transaction.atomic():
-        queued = experiment.trials.filter(status=Trial.Status.QUEUED).update(
+        queued_ids = list(experiment.trials.filter(status=Trial.Status.QUEUED).values_list("id", flat=True))
+        queued = Trial.objects.filter(id__in=queued_ids, status=Trial.Status.QUEUED).update(
             status=Trial.Status.CANCELLED, finished_at=now, cancel_requested=True)
+        for trial_id in queued_ids:
+            trial_announce(trial_id)
         running = experiment.trials.filter(status=Trial.Status.RUNNING, cancel_requested=False).update(
             cancel_requested=True)
     return queued + running

@@ -25,7 +25,9 @@ ERROR_MAX_CHARS = 4_000
 _ACTIVE = (Trial.Status.QUEUED, Trial.Status.RUNNING)
 
 
-def _announce(trial_id: int) -> None:
+def trial_announce(trial_id: int) -> None:
+    """Tell open pages (after commit) that this trial's status changed."""
+
     def send() -> None:
         trial = Trial.objects.filter(id=trial_id).only("code", "status", "error", "device",
                                                        "cancel_requested").first()
@@ -44,7 +46,7 @@ def trial_claim(*, trial_id: int, worker: str, device: str) -> Trial | None:
             status=Trial.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker[:200], device=device[:64])
         if not claimed:
             return None
-        _announce(trial_id)
+        trial_announce(trial_id)
     return Trial.objects.select_related("experiment", "experiment__accelerator").get(id=trial_id)
 
 
@@ -94,7 +96,7 @@ def trial_finish(*, trial_id: int, status: str, summary: dict | None, artifact_p
             finished_at=timezone.now(), heartbeat_at=timezone.now())
         if not done:
             return None
-        _announce(trial_id)
+        trial_announce(trial_id)
     return Trial.objects.get(id=trial_id)
 
 
@@ -111,7 +113,7 @@ def trial_fail(*, trial_id: int, error: str, artifact_path: str | Path | None = 
         done = Trial.objects.filter(id=trial_id, status__in=_ACTIVE).update(**fields)
         if not done:
             return None
-        _announce(trial_id)
+        trial_announce(trial_id)
     return Trial.objects.get(id=trial_id)
 
 
@@ -132,37 +134,7 @@ def trial_fail_stale(*, stale_after_s: float = 120.0) -> int:
                                         heartbeat_at=heartbeat_at).update(
                 status=Trial.Status.FAILED, error=reason, finished_at=timezone.now())
             if done:
-                _announce(trial_id)
+                trial_announce(trial_id)
                 failed += 1
     return failed
 
-
-INLINE_QUEUE = "inline"
-
-
-def trial_create_inline_run(*, experiment, repeats: int | None = None) -> list[Trial]:
-    """One run's trials for a runner in this process (`run_experiment --inline`): what
-    `services.experiment_run` creates, but enqueued nowhere (there may be no broker at all).
-
-    TODO(helper-3/lead): fold into `services.experiment_run(..., enqueue=False)` so one function numbers
-    runs and freezes specs.
-    """
-    from workers import spec as S
-
-    from . import spec_io
-    from .models import Experiment
-
-    if repeats is not None and (isinstance(repeats, bool) or not isinstance(repeats, int)
-                                or not 1 <= repeats <= S.MAX_REPEATS):
-        raise S.SpecError([S.FieldError("repeats", f"must be a whole number between 1 and {S.MAX_REPEATS}")])
-    with transaction.atomic():
-        experiment = Experiment.objects.select_for_update().get(pk=experiment.pk)  # run numbers stay unique
-        data = spec_io.experiment_to_dict(experiment)
-        spec = S.parse_experiment(data)
-        rows = {v.name: v for v in experiment.variants.all()}
-        last = max(experiment.trials.values_list("run_number", flat=True), default=0)
-        trials = [Trial(experiment=experiment, variant=rows.get(v.name), variant_name=v.name, run_number=last + 1,
-                        repeat=r, spec=data, queue=INLINE_QUEUE)
-                  for v in spec.variants for r in range(repeats if repeats is not None else v.repeats)]
-        Trial.objects.bulk_create(trials)
-    return list(Trial.objects.filter(code__in=[t.code for t in trials]).order_by("id"))

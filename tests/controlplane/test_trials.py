@@ -180,7 +180,7 @@ def test_an_inline_run_numbers_itself_after_earlier_runs_and_enqueues_nothing(qu
     experiment = queued_trials[0].experiment
 
     with django_capture_on_commit_callbacks() as callbacks:
-        second = trials.trial_create_inline_run(experiment=experiment, repeats=1)
+        second = services.experiment_run(experiment=experiment, user=experiment.owner, repeats=1, enqueue=False)
 
     assert callbacks == []
     assert {t.run_number for t in queued_trials} == {1}

@@ -24,7 +24,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from controlplane.celery import app
-from controlplane.experiments import events, services, trials
+from controlplane.experiments import events, services
 from controlplane.experiments.lease import DeviceLease
 from controlplane.experiments.models import Trial
 from tests import processes
@@ -81,7 +81,7 @@ def on_worker_redis(settings, worker):
 def make_trial(user, price_catalogue, on_worker_redis):
     def make(data: dict) -> Trial:
         experiment = services.experiment_import(owner=user, data=data)
-        return trials.trial_create_inline_run(experiment=experiment)[0]
+        return services.experiment_run(experiment=experiment, user=experiment.owner, enqueue=False)[0]
 
     return make
 

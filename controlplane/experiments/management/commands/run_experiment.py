@@ -21,7 +21,7 @@ import redis
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from controlplane.experiments import selectors, services, spec_io, trials
+from controlplane.experiments import selectors, services, spec_io
 from controlplane.experiments.lease import LeaseBusy
 from controlplane.experiments.models import Experiment, Trial
 from workers import spec as S
@@ -72,7 +72,7 @@ class Command(BaseCommand):
         try:
             data = spec_io.load_spec_file(spec)
             experiment = self._import(owner_user, data)
-            run = (trials.trial_create_inline_run(experiment=experiment, repeats=repeats) if inline
+            run = (services.experiment_run(experiment=experiment, user=experiment.owner, repeats=repeats, enqueue=False) if inline
                    else services.experiment_run(experiment=experiment, user=owner_user, repeats=repeats))
         except S.SpecError as exc:
             raise CommandError(f"{spec}: invalid experiment spec:\n" + "\n".join(f"  {e}" for e in exc.errors)) \
