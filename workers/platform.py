@@ -1018,18 +1018,26 @@ class Platform:
             cond.wait(timeout)
 
     # ---- histogram pre-warm --------------------------------------------------------------------------------
+    def _claim_prewarm(self, fn: _Function, now: float) -> float | None:
+        """If fn's histogram plan says to pre-warm it now, mark this quiet period as pre-warmed and return
+        until when the pre-warmed instance is kept; else None."""
+        plan = self.keep_alive.plan(fn.idx)
+        if plan.prewarm_after_s is None or fn.quiet_since is None or fn.alive > 0 or fn.failed:
+            return None
+        if fn.prewarmed_for == fn.quiet_since:
+            return None
+        start = fn.quiet_since + plan.prewarm_after_s
+        until = fn.quiet_since + (plan.keep_until_s or plan.prewarm_after_s)
+        if not start <= now < until:
+            return None
+        fn.prewarmed_for = fn.quiet_since
+        return until
+
     def _prewarm_due(self, now: float):
         """A function whose histogram plan says to pre-warm now: (function, keep_until) or None."""
         for fn in self.fns:
-            plan = self.keep_alive.plan(fn.idx)
-            if plan.prewarm_after_s is None or fn.quiet_since is None or fn.alive > 0 or fn.failed:
-                continue
-            if fn.prewarmed_for == fn.quiet_since:
-                continue
-            start = fn.quiet_since + plan.prewarm_after_s
-            until = fn.quiet_since + (plan.keep_until_s or plan.prewarm_after_s)
-            if start <= now < until:
-                fn.prewarmed_for = fn.quiet_since
+            until = self._claim_prewarm(fn, now)
+            if until is not None:
                 return fn, until
         return None
 
@@ -1047,15 +1055,8 @@ class Platform:
             now = self.now()
             for fn in self.fns:
                 with fn.cond:
-                    plan = self.keep_alive.plan(fn.idx)
-                    if plan.prewarm_after_s is None or fn.quiet_since is None or fn.alive > 0 or fn.failed:
-                        continue
-                    if fn.prewarmed_for == fn.quiet_since:
-                        continue
-                    start = fn.quiet_since + plan.prewarm_after_s
-                    until = fn.quiet_since + (plan.keep_until_s or plan.prewarm_after_s)
-                    if start <= now < until:
-                        fn.prewarmed_for = fn.quiet_since
+                    until = self._claim_prewarm(fn, now)
+                    if until is not None:
                         self._start_instance(fn, prestart=False, keep_until_s=until)
             time.sleep(0.01)
 
