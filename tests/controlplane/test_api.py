@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 import uuid
 
 import pytest
@@ -408,4 +409,14 @@ def test_the_openapi_schema_generates_without_warnings(tmp_path):
 
 def test_the_schema_and_swagger_ui_are_served(owner):
     assert owner.get("/api/schema/").status_code == 200
-    assert owner.get("/api/docs/").status_code == 200
+    docs = owner.get("/api/docs/")
+    assert docs.status_code == 200
+
+
+def test_swagger_ui_loads_its_assets_locally_not_from_a_cdn(owner):
+    html = owner.get("/api/docs/").content.decode()
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets)
+    assert all(a.startswith("/") for a in assets), assets  # no external host: works offline
+    bundle = next(a for a in assets if a.endswith("swagger-ui-bundle.js"))
+    assert owner.get(bundle).status_code == 200
