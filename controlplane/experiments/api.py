@@ -109,6 +109,17 @@ class ExperimentDetailView(SpecAPIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+def _object_body(request: Request, *, allowed: tuple[str, ...]) -> dict:
+    """An optional JSON object body with only `allowed` keys (an empty body is {}); else a 400 naming the field."""
+    body = request.data if request.data not in (None, "") else {}
+    if not isinstance(body, dict):
+        raise S.SpecError([S.FieldError("", "must be an object")])
+    unknown = [S.FieldError(k, f"unknown field (allowed: {', '.join(allowed)})") for k in body if k not in allowed]
+    if unknown:
+        raise S.SpecError(unknown)
+    return body
+
+
 class ExperimentRunView(SpecAPIView):
     """Queue a run: one trial per variant x repeat, each sent to its device pool's queue."""
 
@@ -118,13 +129,7 @@ class ExperimentRunView(SpecAPIView):
                    responses={202: ser.RunResponseSerializer, 400: ERRORS, 404: NOT_FOUND})
     def post(self, request: Request, code) -> Response:
         experiment = selectors.experiment_get_for(user=request.user, code=code)
-        body = request.data if request.data not in (None, "") else {}
-        if not isinstance(body, dict):
-            raise S.SpecError([S.FieldError("", "must be an object")])
-        unknown = [S.FieldError(k, "unknown field (allowed: repeats, variants)") for k in body
-                   if k not in ("repeats", "variants")]
-        if unknown:
-            raise S.SpecError(unknown)
+        body = _object_body(request, allowed=("repeats", "variants"))
         trials = services.experiment_run(experiment=experiment, user=request.user, repeats=body.get("repeats"),
                                          variant_names=body.get("variants"))
         return Response({"run_number": trials[0].run_number if trials else None, "trials": _rows(trials, request)},
@@ -160,8 +165,7 @@ class ExperimentCloneView(SpecAPIView):
                    responses={201: ser.ExperimentDetailSerializer, 400: ERRORS, 404: NOT_FOUND})
     def post(self, request: Request, code) -> Response:
         experiment = selectors.experiment_get_for(user=request.user, code=code)
-        body = request.data if request.data not in (None, "") else {}
-        name = body.get("name") if isinstance(body, dict) else None
+        name = _object_body(request, allowed=("name",)).get("name")
         if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > 200):
             raise S.SpecError([S.FieldError("name", "must be a non-empty string of at most 200 characters")])
         clone = services.experiment_clone(experiment=experiment, owner=request.user,

@@ -277,6 +277,7 @@ def test_clone_copies_the_settings_under_a_new_code(owner, experiment, trial):
     named = post(owner, f"/api/experiments/{experiment.code}/clone/", {"name": "take two"}).json()
     assert named["name"] == "take two"
     assert error_paths(post(owner, f"/api/experiments/{experiment.code}/clone/", {"name": ""})) == ["name"]
+    assert error_paths(post(owner, f"/api/experiments/{experiment.code}/clone/", {"nmae": "typo"})) == ["nmae"]
     assert Experiment.objects.count() == 3
 
 
