@@ -32,7 +32,7 @@ from workers.platform import (
     restore_torch_threads,
 )
 from workers.recorder import Recorder
-from workers.records import OUTCOME_OK
+from workers.records import OUTCOME_OK, json_safe
 from workers.spec import TrialSpec
 
 STOP_POLL_S = 0.2  # should_stop is polled at least this often (the contract says 0.25 s)
@@ -264,7 +264,7 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
                 hardware["mps_active_thread_percentage"] = plan.mps_active_thread_percentage
             if plan.mig_devices:
                 hardware["mig_devices"] = list(plan.mig_devices)
-            hardware["instances"] = [_jsonable(c) for c in platform.spatial_children]
+            hardware["instances"] = [json_safe(c) for c in platform.spatial_children]
             if device.kind == "cpu" and device.cores <= sum(len(c) for c in plan.core_sets or []):
                 notes.append("spatial on cpu: the instances' core sets cover every core, so the dispatcher and "
                              "the platform's threads share cores with them")
@@ -285,7 +285,7 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
             "telemetry": telemetry.summary(),
             "notes": notes,
         })
-        summary = _jsonable(summary)
+        summary = json_safe(summary)
         json.dumps(summary, allow_nan=False)  # the contract: fail here, loudly, rather than in the DB layer
         path = None
         if artifact_path is not None:
@@ -326,21 +326,3 @@ def _cold_start_phases(cold_starts) -> dict:
         out[f"{p}_mean"] = float(np.mean(vals)) if vals else None
         out[f"{p}_min"] = float(np.min(vals)) if vals else None
     return out
-
-
-def _jsonable(x):
-    """Plain JSON types (numpy scalars to Python, NaN/inf to None, tuples to lists)."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        f = float(x)
-        return f if math.isfinite(f) else None
-    if isinstance(x, Path):
-        return str(x)
-    return x

@@ -9,34 +9,26 @@ what finished since the previous one, so a long run costs the same per second as
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from workers import records
-from workers.records import OUTCOME_DROPPED, OUTCOME_ERROR, OUTCOME_NAMES, OUTCOME_OK, ColdStart, InstanceLife
+from workers.records import (
+    OUTCOME_DROPPED,
+    OUTCOME_ERROR,
+    OUTCOME_NAMES,
+    OUTCOME_OK,
+    ColdStart,
+    InstanceLife,
+    json_safe,
+)
 from workers.statistics import window_latency
 
 # Telemetry fields copied into every window (None when the device or psutil cannot tell).
 TELEMETRY_FIELDS = ("cpu_util_pct", "rss_mb", "gpu_util_pct", "gpu_mem_used_mb", "power_w")
 STATE_FIELDS = ("queue_depth", "instances_starting", "instances_idle", "instances_busy")
-
-
-def _num(x) -> float | int | None:
-    """A JSON-safe number: numpy scalars to Python, NaN/inf to None."""
-    if x is None:
-        return None
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    try:
-        f = float(x)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 class Recorder:
@@ -87,23 +79,23 @@ class Recorder:
         state = state or {}
         telemetry = telemetry or {}
         out = {
-            "t_s": _num(t1_s),
-            "offered_rps": _num((hi - lo) / dt),
-            "completed_rps": _num(len(ok) / dt),
+            "t_s": json_safe(t1_s),
+            "offered_rps": json_safe((hi - lo) / dt),
+            "completed_rps": json_safe(len(ok) / dt),
             "dropped": int(np.count_nonzero(outcome == OUTCOME_DROPPED)),
             "errors": int(np.count_nonzero(outcome == OUTCOME_ERROR)),
             # Completed in the window but later than the SLO target, plus errors: with dropped, the requests
             # of this window that violate the SLO (the live page's exact late share).
             "late": (int(np.count_nonzero(lat_ms > self.slo_latency_ms)) + int(np.count_nonzero(outcome == OUTCOME_ERROR))
                      if self.slo_latency_ms is not None else None),
-            "p50_ms": _num(pct["p50"]),
-            "p95_ms": _num(pct["p95"]),
-            "p99_ms": _num(pct["p99"]),
-            **{k: _num(state.get(k, 0)) for k in STATE_FIELDS},
+            "p50_ms": json_safe(pct["p50"]),
+            "p95_ms": json_safe(pct["p95"]),
+            "p99_ms": json_safe(pct["p99"]),
+            **{k: json_safe(state.get(k, 0)) for k in STATE_FIELDS},
             "cold_starts": int(cold),
-            "dispatch_lag_p99_us": _num(lag_p99_us),
-            **{k: _num(telemetry.get(k)) for k in TELEMETRY_FIELDS},
-            "cost_usd": _num(cost_usd),
+            "dispatch_lag_p99_us": json_safe(lag_p99_us),
+            **{k: json_safe(telemetry.get(k)) for k in TELEMETRY_FIELDS},
+            "cost_usd": json_safe(cost_usd),
         }
         return out
 

@@ -7,7 +7,10 @@ before 0 (min instances started before the load) have negative times.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,3 +69,23 @@ class InstanceLife:
     last_busy_end_s: float  # end of its last batch (start_s if it never ran one)
     busy_s: float  # total seconds it spent running batches
     evicted: bool  # False: still alive when the run ended
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON types for anything results carry: numpy scalars to Python numbers, NaN/inf to None (Postgres
+    JSON and json.dumps(allow_nan=False) reject them), tuples to lists, paths and other objects to strings."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)

@@ -14,14 +14,12 @@ duplicate or redelivered message for a trial that is no longer queued does nothi
 from __future__ import annotations
 
 import logging
-import math
 import queue
 import random
 import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import redis
 from celery import shared_task
@@ -42,6 +40,7 @@ from controlplane.experiments.trials import (
 from workers import spec as S
 from workers.devices import DeviceError, resolve_device
 from workers.engine import TrialFailed, run_trial
+from workers.records import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -148,23 +147,6 @@ class TrialMonitor(threading.Thread):
         if self.publish:
             for index, window in batch:
                 events.publish(self.code, events.window_event(self.code, index, window))
-
-
-def json_safe(value: Any) -> Any:
-    """Plain JSON: numpy scalars to Python numbers, NaN/inf to None (Postgres JSON rejects NaN)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if hasattr(value, "item"):  # numpy scalar
-        return json_safe(value.item())
-    return str(value)
 
 
 def trial_spec(trial: Trial) -> S.TrialSpec:
