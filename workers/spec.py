@@ -489,15 +489,14 @@ def parse_batching(data: Any, path: str, ctx: _Ctx) -> BatchingSpec:
                     ("mode", "max_batch_size", "max_queue_delay_ms", "shed"))
     mode = ctx.choice(d, "mode", path, BATCHING_MODES, default="none")
     if mode == "none":
-        for k in ("max_batch_size", "max_queue_delay_ms", "shed"):
-            if k in d and k != "max_batch_size":
+        for k in ("max_queue_delay_ms", "shed"):
+            if k in d:
                 ctx.err(_join(path, k), "only applies to mode fixed or adaptive")
         if d.get("max_batch_size") not in (None, 1):
             ctx.err(_join(path, "max_batch_size"), "must be 1 (or absent) when mode is none")
         return BatchingSpec()
     size = ctx.number(d, "max_batch_size", path, default=8, low=1, high=MAX_BATCH_SIZE, integer=True)
-    delay = ctx.number(d, "max_queue_delay_ms", path, default=0.0 if mode == "fixed" else 0.0, low=0.0,
-                       high=MAX_QUEUE_DELAY_MS)
+    delay = ctx.number(d, "max_queue_delay_ms", path, default=0.0, low=0.0, high=MAX_QUEUE_DELAY_MS)
     shed = d.get("shed", False)
     if not isinstance(shed, bool):
         ctx.err(_join(path, "shed"), "must be true or false")
