@@ -3,7 +3,9 @@
 Everything that accepts an experiment (spec files, the REST API, the browser forms) funnels through
 `parse_experiment` or one of the per-section parsers below, so one set of rules and one set of error
 messages ("variants[2].batching.max_batch_size: must be between 1 and 1024") serves them all. The
-engine receives the same dataclasses. No Django here.
+engine receives the same dataclasses. Every default and bound is written once, in `FIELD_RULES`; the
+dataclasses, the parsers, the editor, the API documents and the database read them from there.
+No Django here.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ MAX_REPEATS = 20
 MAX_LATENCY_MS = 600_000.0
 MAX_TRACE_BYTES = 8 * 1024 * 1024
 MAX_REQUESTS = 5_000_000  # expected arrivals in one trial (rate x run time)
+MAX_PLATFORM_DELAY_MS = 600_000.0  # a modelled platform delay of at most ten minutes per cold start
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 PATTERNS = ("constant", "poisson", "gamma", "steps", "diurnal", "burst", "trace")
@@ -39,8 +42,17 @@ TRACE_FORMATS = ("azure2019", "timestamps")
 SHARING_MODES = ("exclusive", "time_slice", "spatial")
 BATCHING_MODES = ("none", "fixed", "adaptive")
 KEEP_ALIVE_POLICIES = ("fixed", "histogram")
+RUNTIMES = ("process", "thread")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,2})$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()  # FieldRule.default of a field that has no default
 
 
 # ---- errors ------------------------------------------------------------------------------------
@@ -138,6 +150,17 @@ class _Ctx:
             return default
         return value
 
+    def ruled(self, data: dict, rule: str, path: str, *, default: Any = REQUIRED) -> Any:
+        """A field by its FIELD_RULES entry (the key is the rule's last part): its default and bounds."""
+        r = FIELD_RULES[rule]
+        key = rule.rsplit(".", 1)[-1]
+        default = r.default if default is REQUIRED else default
+        default = None if default is REQUIRED else default
+        if r.choices:
+            return self.choice(data, key, path, r.choices, default=default)
+        return self.number(data, key, path, default=default, low=r.low, high=r.high, low_open=r.low_open,
+                           integer=r.integer)
+
     def raise_if_any(self) -> None:
         if self.errors:
             raise SpecError(self.errors)
@@ -153,13 +176,171 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
+# ---- defaults and bounds: the one table ------------------------------------------------------------
+@dataclass(frozen=True)
+class FieldRule:
+    """A field's default and bounds. `low_open`: the low bound itself is not allowed ("above 0")."""
+
+    default: Any = REQUIRED
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    integer: bool = False
+    choices: tuple = ()
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def bounds_text(self) -> str:
+        """The bounds as docs/spec.md writes them: "0-10000", "above 0, at most 1024", "one of ..."."""
+        if self.choices:
+            if all(isinstance(c, str) for c in self.choices):
+                return ", ".join(f"`{c}`" for c in self.choices)
+            return "one of " + ", ".join(_fmt(c) for c in self.choices)
+        if isinstance(self.default, bool):
+            return "true / false"
+        if self.low is None and self.high is None:
+            return ""
+        if self.low_open:
+            return f"above {_fmt(self.low)}, at most {_fmt(self.high)}"
+        return f"{_fmt(self.low)}-{_fmt(self.high)}"
+
+
+# Every default and bound of the spec, by dotted path ("variant.batching.max_batch_size"). The dataclasses
+# below, the parsers, the editor's initial values, the API's document serializers and the database's field
+# defaults and constraints all read them from here, and docs/spec.md states them (a test holds all of them
+# to this table).
+FIELD_RULES: dict[str, FieldRule] = {
+    "device": FieldRule("auto"),
+    "slo.percentile": FieldRule(99.0, choices=PERCENTILES),
+    "slo.latency_ms": FieldRule(100.0, 0.0, MAX_LATENCY_MS, low_open=True),
+    "slo.max_violation_rate": FieldRule(0.01, 0.0, 1.0),
+    "slo.min_throughput_rps": FieldRule(None, 0.0, MAX_RATE_RPS * 10, low_open=True),
+    "function.weight": FieldRule(1.0, 0.0, 1e6, low_open=True),
+    "workload.duration_s": FieldRule(REQUIRED, 0.0, MAX_DURATION_S, low_open=True),
+    "workload.time_compression": FieldRule(1.0, 1.0, MAX_COMPRESSION),
+    "workload.seed": FieldRule(0, 0, 2**32 - 1, integer=True),
+    "workload.peak_to_trough": FieldRule(4.0, 1.0, 1000.0),
+    "workload.period_s": FieldRule(86_400.0, 1.0, MAX_DURATION_S * 7),
+    "workload.trace_format": FieldRule("azure2019", choices=TRACE_FORMATS),
+    "variant.sharing": FieldRule("exclusive", choices=SHARING_MODES),
+    "variant.share": FieldRule(None, 0.0, 1.0, low_open=True),  # None: 1 / max_instances
+    "variant.runtime": FieldRule("process", choices=RUNTIMES),
+    "variant.min_instances": FieldRule(1, 0, MAX_INSTANCES, integer=True),
+    "variant.max_instances": FieldRule(1, 1, MAX_INSTANCES, integer=True),  # or min_instances when larger
+    "variant.target_concurrency": FieldRule(1.0, 0.0, MAX_TARGET_CONCURRENCY, low_open=True),
+    "variant.platform_delay_ms": FieldRule(0.0, 0.0, MAX_PLATFORM_DELAY_MS),
+    "variant.repeats": FieldRule(1, 1, MAX_REPEATS, integer=True),
+    "variant.batching.mode": FieldRule("none", choices=BATCHING_MODES),
+    "variant.batching.max_batch_size": FieldRule(8, 1, MAX_BATCH_SIZE, integer=True),  # mode none: always 1
+    "variant.batching.max_queue_delay_ms": FieldRule(0.0, 0.0, MAX_QUEUE_DELAY_MS),
+    "variant.batching.shed": FieldRule(False),
+    "variant.keep_alive.policy": FieldRule("fixed", choices=KEEP_ALIVE_POLICIES),
+    "variant.keep_alive.ttl_s": FieldRule(60.0, 0.0, MAX_TTL_S),
+    "variant.keep_alive.bin_s": FieldRule(1.0, 0.001, 3_600.0),
+    "variant.keep_alive.range_s": FieldRule(240.0, 0.01, MAX_TTL_S),
+    "variant.keep_alive.head_percentile": FieldRule(5.0, 0.0, 50.0),
+    "variant.keep_alive.tail_percentile": FieldRule(99.0, 50.0, 100.0),
+    "variant.keep_alive.min_samples": FieldRule(10, 1, 100_000, integer=True),
+}
+DEFAULTS: dict[str, Any] = {k: r.default for k, r in FIELD_RULES.items() if not r.required}
+
+
+# ---- modelled platform delay -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlatformDelayPreset:
+    """A dated, sourced figure for the part of a serverless cold start that does not run here."""
+
+    key: str
+    label: str
+    delay_ms: float
+    as_of: str  # YYYY-MM-DD
+    source: str
+    reasoning: str
+
+
+PLATFORM_DELAY_PRESETS: tuple[PlatformDelayPreset, ...] = (
+    PlatformDelayPreset(
+        "none", "none: only what really ran", 0.0, "2026-12-01", "",
+        "Nothing is added: cold starts are what this host really did (process start, imports, device context, "
+        "weights, warm-up)."),
+    PlatformDelayPreset(
+        "warm-pool", "warm container pool", 2_000.0, "2026-12-01",
+        "Cumulus Labs, GPU Glossary: Cold Start (2026), https://cumuluslabs.io/glossary/cold-start; "
+        "T. Pan, Warm Pools and Cold Truths: The Hidden Latency Floor of Serverless LLM Inference (2026-05-17), "
+        "https://tianpan.co/blog/2026-05-17-warm-pools-cold-truths-serverless-llm-cold-start",
+        "A pre-warmed pool keeps GPU hosts provisioned with the image cached, so neither host provisioning nor "
+        "an image pull is paid; what is left is scheduling the container onto a pooled host and booting it, "
+        "'a few hundred milliseconds to a couple of seconds': 2 s, also the low end of the 2-60 s reported for "
+        "getting a GPU host."),
+    PlatformDelayPreset(
+        "fresh-pull", "fresh container with image pull", 25_000.0, "2026-12-01",
+        "ParallelIQ, Serverless GPU Cold Start Latency: Causes and Solutions (2026-05-16), "
+        "https://paralleliq.ai/blog/gpu-ops-serverless-cold-start; Lyceum, Serverless GPU Cold Start Latency: "
+        "Architecture Comparison (2026-06-10), "
+        "https://lyceum-landing.pages.dev/magazine/serverless-gpu-cold-start-latency-comparison",
+        "A GPU host provisioned for the request (10 s, the low end of the reported 10-60 s) plus pulling a "
+        "few-GB inference image (15 s, mid-range of the reported 5-30 s). Add the CUDA context and framework "
+        "start that really run here with runtime process (3-15 s on a GPU) and a cold start totals about "
+        "28-40 s, inside the 10-60 s published for serverless GPU cold starts."),
+)
+
+
+def platform_delay_preset(delay_ms: float) -> PlatformDelayPreset | None:
+    """The preset with exactly this delay, if any."""
+    return next((p for p in PLATFORM_DELAY_PRESETS if p.delay_ms == delay_ms), None)
+
+
+def platform_delay_label(delay_ms: float) -> str:
+    """How the pages name a variant's modelled platform delay."""
+    if not delay_ms:
+        return "none: only what really ran"
+    preset = platform_delay_preset(delay_ms)
+    name = f" ({preset.label}, as of {preset.as_of})" if preset else ""
+    return f"modelled: +{delay_ms / 1000:g} s per cold start{name}"
+
+
+# ---- isolation -------------------------------------------------------------------------------------
+ISOLATION_LEVELS = ("none", "process", "hardware partition")
+
+
+def isolation_level(sharing: str, runtime: str, mechanism: str | None = None) -> str:
+    """What keeps one instance from disturbing another.
+
+    "none": threads of one process (runtime thread), or instances time-slicing one device (time_slice);
+    "process": each instance its own process (exclusive, or spatial with MPS or CPU core sets);
+    "hardware partition": spatial on MIG. `mechanism` is the sharing mechanism a trial actually used
+    (workers.devices: "mig", "mps", "cpu-core-sets", ...); without it spatial counts as "process".
+    """
+    if runtime == "thread" or sharing == "time_slice":
+        return "none"
+    if sharing == "spatial" and mechanism == "mig":
+        return "hardware partition"
+    return "process"
+
+
+def isolation_label(sharing: str, runtime: str, mechanism: str | None = None) -> str:
+    """The isolation in the words the pages use; a thread runtime is "shared process, no isolation"."""
+    level = isolation_level(sharing, runtime, mechanism)
+    if runtime == "thread":
+        return "shared process, no isolation"
+    if level == "none":
+        return "own processes, time-sliced device, no isolation"
+    if level == "hardware partition":
+        return "hardware partition (MIG)"
+    if sharing == "spatial":
+        return f"process with a fixed share ({mechanism})" if mechanism else "process with a fixed share"
+    return "process"
+
+
 # ---- dataclasses -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SLOSpec:
-    percentile: float = 99.0
-    latency_ms: float = 100.0
-    max_violation_rate: float = 0.01
-    min_throughput_rps: float | None = None
+    percentile: float = DEFAULTS["slo.percentile"]
+    latency_ms: float = DEFAULTS["slo.latency_ms"]
+    max_violation_rate: float = DEFAULTS["slo.max_violation_rate"]
+    min_throughput_rps: float | None = DEFAULTS["slo.min_throughput_rps"]
 
 
 @dataclass(frozen=True)
@@ -168,7 +349,7 @@ class FunctionSpec:
     model: str
     input_shape: tuple[int, ...] | None = None  # None: the zoo model's default
     options: dict = field(default_factory=dict)
-    weight: float = 1.0  # share of a split workload
+    weight: float = DEFAULTS["function.weight"]  # share of a split workload
 
 
 @dataclass(frozen=True)
@@ -184,8 +365,8 @@ class WorkloadSpec:
     pattern: str
     params: dict  # pattern-specific, validated; see PATTERN_PARAMS
     duration_s: float
-    time_compression: float = 1.0
-    seed: int = 0
+    time_compression: float = DEFAULTS["workload.time_compression"]
+    seed: int = DEFAULTS["workload.seed"]
     function: str | None = None  # None: split across all functions by weight
     trace: TraceSpec | None = None
 
@@ -197,41 +378,67 @@ class WorkloadSpec:
 
 @dataclass(frozen=True)
 class BatchingSpec:
-    mode: str = "none"
-    max_batch_size: int = 1
-    max_queue_delay_ms: float = 0.0
-    shed: bool = False  # adaptive only: drop requests that can no longer meet the SLO
+    """Mode none runs one request at a time: its max_batch_size reads 1 (and there is no delay or shedding)."""
+
+    mode: str = DEFAULTS["variant.batching.mode"]
+    max_batch_size: int = DEFAULTS["variant.batching.max_batch_size"]
+    max_queue_delay_ms: float = DEFAULTS["variant.batching.max_queue_delay_ms"]
+    shed: bool = DEFAULTS["variant.batching.shed"]  # adaptive only: drop requests that can no longer meet the SLO
+
+    def __post_init__(self) -> None:
+        if self.mode == "none":
+            object.__setattr__(self, "max_batch_size", 1)
+            object.__setattr__(self, "max_queue_delay_ms", 0.0)
+            object.__setattr__(self, "shed", False)
 
 
 @dataclass(frozen=True)
 class KeepAliveSpec:
-    policy: str = "fixed"
-    ttl_s: float = 60.0  # fixed TTL; also the histogram policy's fallback
+    policy: str = DEFAULTS["variant.keep_alive.policy"]
+    ttl_s: float = DEFAULTS["variant.keep_alive.ttl_s"]  # fixed TTL; also the histogram policy's fallback
     # histogram policy (Shahrad et al., ATC'20), in wall-clock seconds of the run
-    bin_s: float = 1.0
-    range_s: float = 240.0
-    head_percentile: float = 5.0
-    tail_percentile: float = 99.0
-    min_samples: int = 10
+    bin_s: float = DEFAULTS["variant.keep_alive.bin_s"]
+    range_s: float = DEFAULTS["variant.keep_alive.range_s"]
+    head_percentile: float = DEFAULTS["variant.keep_alive.head_percentile"]
+    tail_percentile: float = DEFAULTS["variant.keep_alive.tail_percentile"]
+    min_samples: int = DEFAULTS["variant.keep_alive.min_samples"]
 
 
 @dataclass(frozen=True)
 class VariantSpec:
     name: str
-    sharing: str = "exclusive"
-    share: float | None = None  # spatial: fraction of the device per instance (default 1/max_instances)
+    sharing: str = DEFAULTS["variant.sharing"]
+    # spatial: fraction of the device per instance (default 1/max_instances)
+    share: float | None = DEFAULTS["variant.share"]
     batching: BatchingSpec = field(default_factory=BatchingSpec)
-    min_instances: int = 1
-    max_instances: int = 1
-    target_concurrency: float = 1.0
+    min_instances: int = DEFAULTS["variant.min_instances"]
+    max_instances: int = DEFAULTS["variant.max_instances"]
+    target_concurrency: float = DEFAULTS["variant.target_concurrency"]
     keep_alive: KeepAliveSpec = field(default_factory=KeepAliveSpec)
-    repeats: int = 1
+    repeats: int = DEFAULTS["variant.repeats"]
+    # "process": each instance its own worker process, as on serverless platforms; "thread": instances are
+    # threads of one process (results say "shared process, no isolation"). Spatial sharing is always process.
+    runtime: str = DEFAULTS["variant.runtime"]
+    # MODELLED, not measured: added to each real cold start for provisioning and image pull (0: none)
+    platform_delay_ms: float = DEFAULTS["variant.platform_delay_ms"]
 
     @property
     def effective_share(self) -> float:
         if self.sharing != "spatial":
             return 1.0
         return self.share if self.share is not None else 1.0 / self.max_instances
+
+    @property
+    def isolation(self) -> str:
+        """"none", "process" or "hardware partition" (spatial on MIG: see `isolation_level`)."""
+        return isolation_level(self.sharing, self.runtime)
+
+    def isolation_label(self, mechanism: str | None = None) -> str:
+        return isolation_label(self.sharing, self.runtime, mechanism)
+
+    @property
+    def platform_delay_label(self) -> str:
+        return platform_delay_label(self.platform_delay_ms)
 
 
 @dataclass(frozen=True)
@@ -241,7 +448,7 @@ class ExperimentSpec:
     workloads: tuple[WorkloadSpec, ...]
     variants: tuple[VariantSpec, ...]
     slo: SLOSpec = field(default_factory=SLOSpec)
-    device: str = "auto"
+    device: str = DEFAULTS["device"]
     accelerator: str | None = None
     description: str = ""
     notes: str = ""
@@ -293,18 +500,17 @@ _WORKLOAD_COMMON = ("pattern", "duration_s", "time_compression", "seed", "functi
 def parse_slo(data: Any, path: str = "slo", ctx: _Ctx | None = None) -> SLOSpec:
     own = ctx is None
     ctx = ctx or _Ctx()
-    d = ctx.mapping(data, path, ("percentile", "latency_ms", "max_violation_rate", "min_throughput_rps"),
-                    required=("percentile", "latency_ms"))
-    pct = d.get("percentile", 99)
-    if isinstance(pct, bool) or not isinstance(pct, (int, float)) or float(pct) not in PERCENTILES:
-        ctx.err(_join(path, "percentile"), "must be one of: 50, 90, 95, 99, 99.9")
-        pct = 99.0
+    d = ctx.mapping(data, path, ("percentile", "latency_ms", "max_violation_rate", "min_throughput_rps"))
+    rule = FIELD_RULES["slo.percentile"]
+    pct = d.get("percentile", rule.default)
+    if isinstance(pct, bool) or not isinstance(pct, (int, float)) or float(pct) not in rule.choices:
+        ctx.err(_join(path, "percentile"), f"must be one of: {', '.join(_fmt(p) for p in rule.choices)}")
+        pct = rule.default
     spec = SLOSpec(
         percentile=float(pct),
-        latency_ms=ctx.number(d, "latency_ms", path, default=100.0, low=0, high=MAX_LATENCY_MS, low_open=True),
-        max_violation_rate=ctx.number(d, "max_violation_rate", path, default=0.01, low=0.0, high=1.0),
-        min_throughput_rps=ctx.number(d, "min_throughput_rps", path, default=None, low=0, high=MAX_RATE_RPS * 10,
-                                      low_open=True),
+        latency_ms=ctx.ruled(d, "slo.latency_ms", path),
+        max_violation_rate=ctx.ruled(d, "slo.max_violation_rate", path),
+        min_throughput_rps=ctx.ruled(d, "slo.min_throughput_rps", path),
     )
     if own:
         ctx.raise_if_any()
@@ -345,7 +551,7 @@ def parse_function(data: Any, path: str, ctx: _Ctx | None = None, known_models: 
         except ModelError as exc:
             ctx.err(_join(path, "options" if options else "input_shape"), str(exc))
     spec = FunctionSpec(name=name, model=model, input_shape=shape, options=dict(options),
-                        weight=ctx.number(d, "weight", path, default=1.0, low=0, high=1e6, low_open=True))
+                        weight=ctx.ruled(d, "function.weight", path))
     if own:
         ctx.raise_if_any()
     return spec
@@ -363,9 +569,9 @@ def parse_workload(data: Any, path: str = "workload", ctx: _Ctx | None = None,
     if pattern not in PATTERNS:
         ctx.err(_join(path, "pattern"), f"must be one of: {', '.join(PATTERNS)}")
         pattern = "constant"
-    duration = ctx.number(d, "duration_s", path, default=10.0, low=0, high=MAX_DURATION_S, low_open=True)
-    compression = ctx.number(d, "time_compression", path, default=1.0, low=1.0, high=MAX_COMPRESSION)
-    seed = ctx.number(d, "seed", path, default=0, low=0, high=2**32 - 1, integer=True)
+    duration = ctx.ruled(d, "workload.duration_s", path)
+    compression = ctx.ruled(d, "workload.time_compression", path)
+    seed = ctx.ruled(d, "workload.seed", path)
     function = d.get("function")
     if function is not None:
         if not isinstance(function, str):
@@ -392,8 +598,8 @@ def parse_workload(data: Any, path: str = "workload", ctx: _Ctx | None = None,
     elif pattern == "diurnal":
         _require(ctx, d, path, "mean_rate_rps")
         params["mean_rate_rps"] = rate("mean_rate_rps")
-        params["peak_to_trough"] = ctx.number(d, "peak_to_trough", path, default=4.0, low=1.0, high=1000.0)
-        params["period_s"] = ctx.number(d, "period_s", path, default=86_400.0, low=1.0, high=MAX_DURATION_S * 7)
+        params["peak_to_trough"] = ctx.ruled(d, "workload.peak_to_trough", path)
+        params["period_s"] = ctx.ruled(d, "workload.period_s", path)
         if params["mean_rate_rps"] and params["peak_to_trough"]:
             # rate(t) = mean * (1 + a sin), a = (r-1)/(r+1): the peak is mean * (1 + a) < 2 * mean
             if 2 * params["mean_rate_rps"] > MAX_RATE_RPS:
@@ -405,7 +611,7 @@ def parse_workload(data: Any, path: str = "workload", ctx: _Ctx | None = None,
         params["mean_on_s"] = ctx.number(d, "mean_on_s", path, low=0, high=MAX_DURATION_S, low_open=True)
         params["mean_off_s"] = ctx.number(d, "mean_off_s", path, low=0, high=MAX_DURATION_S, low_open=True)
     elif pattern == "trace":
-        fmt = ctx.choice(d, "trace_format", path, TRACE_FORMATS, default="azure2019")
+        fmt = ctx.ruled(d, "workload.trace_format", path)
         content = d.get("trace_content")
         if not isinstance(content, str) or not content.strip():
             ctx.err(_join(path, "trace_content"), "is required: the trace file's text (upload a file, or give "
@@ -425,8 +631,9 @@ def parse_workload(data: Any, path: str = "workload", ctx: _Ctx | None = None,
         if "cv" in d:
             params["cv"] = ctx.number(d, "cv", path, low=0, high=MAX_CV, low_open=True)
     spec = WorkloadSpec(pattern=pattern, params={k: v for k, v in params.items() if v is not None},
-                        duration_s=duration or 10.0, time_compression=compression or 1.0, seed=seed or 0,
-                        function=function, trace=trace)
+                        duration_s=duration or 10.0,  # only after an error: the spec is refused anyway
+                        time_compression=compression or DEFAULTS["workload.time_compression"],
+                        seed=seed or DEFAULTS["workload.seed"], function=function, trace=trace)
     peak = peak_rate_rps(spec)
     if peak and spec.run_s * peak * spec.time_compression > MAX_REQUESTS:
         ctx.err(_join(path, "duration_s"), f"would send about {spec.run_s * peak * spec.time_compression:,.0f} "
@@ -485,9 +692,9 @@ def _parse_steps(ctx: _Ctx, steps: Any, path: str, duration: float | None) -> li
 
 
 def parse_batching(data: Any, path: str, ctx: _Ctx) -> BatchingSpec:
-    d = ctx.mapping(data if data is not None else {"mode": "none"}, path,
+    d = ctx.mapping(data if data is not None else {}, path,
                     ("mode", "max_batch_size", "max_queue_delay_ms", "shed"))
-    mode = ctx.choice(d, "mode", path, BATCHING_MODES, default="none")
+    mode = ctx.ruled(d, "variant.batching.mode", path)
     if mode == "none":
         for k in ("max_queue_delay_ms", "shed"):
             if k in d:
@@ -495,33 +702,34 @@ def parse_batching(data: Any, path: str, ctx: _Ctx) -> BatchingSpec:
         if d.get("max_batch_size") not in (None, 1):
             ctx.err(_join(path, "max_batch_size"), "must be 1 (or absent) when mode is none")
         return BatchingSpec()
-    size = ctx.number(d, "max_batch_size", path, default=8, low=1, high=MAX_BATCH_SIZE, integer=True)
-    delay = ctx.number(d, "max_queue_delay_ms", path, default=0.0, low=0.0, high=MAX_QUEUE_DELAY_MS)
-    shed = d.get("shed", False)
+    size = ctx.ruled(d, "variant.batching.max_batch_size", path)
+    delay = ctx.ruled(d, "variant.batching.max_queue_delay_ms", path)
+    shed = d.get("shed", DEFAULTS["variant.batching.shed"])
     if not isinstance(shed, bool):
         ctx.err(_join(path, "shed"), "must be true or false")
-        shed = False
+        shed = DEFAULTS["variant.batching.shed"]
     if shed and mode != "adaptive":
         ctx.err(_join(path, "shed"), "only applies to mode adaptive")
-    return BatchingSpec(mode=mode, max_batch_size=size or 8, max_queue_delay_ms=delay or 0.0, shed=shed)
+    return BatchingSpec(mode=mode, max_batch_size=size or DEFAULTS["variant.batching.max_batch_size"],
+                        max_queue_delay_ms=delay or DEFAULTS["variant.batching.max_queue_delay_ms"], shed=shed)
 
 
 def parse_keep_alive(data: Any, path: str, ctx: _Ctx) -> KeepAliveSpec:
-    d = ctx.mapping(data if data is not None else {"policy": "fixed"}, path,
+    d = ctx.mapping(data if data is not None else {}, path,
                     ("policy", "ttl_s", "bin_s", "range_s", "head_percentile", "tail_percentile", "min_samples"))
-    policy = ctx.choice(d, "policy", path, KEEP_ALIVE_POLICIES, default="fixed")
+    policy = ctx.ruled(d, "variant.keep_alive.policy", path)
     if policy == "fixed":
         for k in ("bin_s", "range_s", "head_percentile", "tail_percentile", "min_samples"):
             if k in d:
                 ctx.err(_join(path, k), "only applies to policy histogram")
     ka = KeepAliveSpec(
         policy=policy,
-        ttl_s=ctx.number(d, "ttl_s", path, default=60.0, low=0.0, high=MAX_TTL_S),
-        bin_s=ctx.number(d, "bin_s", path, default=1.0, low=0.001, high=3_600.0),
-        range_s=ctx.number(d, "range_s", path, default=240.0, low=0.01, high=MAX_TTL_S),
-        head_percentile=ctx.number(d, "head_percentile", path, default=5.0, low=0.0, high=50.0),
-        tail_percentile=ctx.number(d, "tail_percentile", path, default=99.0, low=50.0, high=100.0),
-        min_samples=ctx.number(d, "min_samples", path, default=10, low=1, high=100_000, integer=True),
+        ttl_s=ctx.ruled(d, "variant.keep_alive.ttl_s", path),
+        bin_s=ctx.ruled(d, "variant.keep_alive.bin_s", path),
+        range_s=ctx.ruled(d, "variant.keep_alive.range_s", path),
+        head_percentile=ctx.ruled(d, "variant.keep_alive.head_percentile", path),
+        tail_percentile=ctx.ruled(d, "variant.keep_alive.tail_percentile", path),
+        min_samples=ctx.ruled(d, "variant.keep_alive.min_samples", path),
     )
     if None in (ka.ttl_s, ka.bin_s, ka.range_s, ka.head_percentile, ka.tail_percentile, ka.min_samples):
         return KeepAliveSpec(policy=policy)
@@ -533,29 +741,36 @@ def parse_keep_alive(data: Any, path: str, ctx: _Ctx) -> KeepAliveSpec:
 def parse_variant(data: Any, path: str, ctx: _Ctx | None = None) -> VariantSpec:
     own = ctx is None
     ctx = ctx or _Ctx()
-    d = ctx.mapping(data, path, ("name", "sharing", "share", "batching", "min_instances", "max_instances",
-                                 "target_concurrency", "keep_alive", "repeats"), required=("name",))
+    d = ctx.mapping(data, path, ("name", "sharing", "share", "runtime", "batching", "min_instances",
+                                 "max_instances", "target_concurrency", "keep_alive", "platform_delay_ms", "repeats"),
+                    required=("name",))
     name = ctx.string(d, "name", path, pattern=NAME_RE,
                       rule="must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    sharing = ctx.choice(d, "sharing", path, SHARING_MODES, default="exclusive")
-    lo = ctx.number(d, "min_instances", path, default=1, low=0, high=MAX_INSTANCES, integer=True)
-    hi = ctx.number(d, "max_instances", path, default=max(1, lo or 1), low=1, high=MAX_INSTANCES, integer=True)
+    sharing = ctx.ruled(d, "variant.sharing", path)
+    runtime = ctx.ruled(d, "variant.runtime", path)
+    if sharing == "spatial" and runtime == "thread":
+        ctx.err(_join(path, "runtime"), "must be process for sharing spatial (each instance has its own process "
+                                        "and share of the device)")
+    lo = ctx.ruled(d, "variant.min_instances", path)
+    hi = ctx.ruled(d, "variant.max_instances", path, default=max(DEFAULTS["variant.max_instances"], lo or 1))
     if lo is not None and hi is not None and lo > hi:
         ctx.err(_join(path, "min_instances"), f"must be at most max_instances ({hi})")
-    share = ctx.number(d, "share", path, default=None, low=0.0, high=1.0, low_open=True)
+    share = ctx.ruled(d, "variant.share", path)
     if share is not None and sharing != "spatial":
         ctx.err(_join(path, "share"), "only applies to sharing spatial")
         share = None
     if sharing == "spatial" and hi and share is not None and share * hi > 1.0 + 1e-9:
         ctx.err(_join(path, "share"), f"{hi} instances x {share:g} is more than the whole device")
+    delay = ctx.ruled(d, "variant.platform_delay_ms", path)
     spec = VariantSpec(
-        name=name, sharing=sharing, share=share,
+        name=name, sharing=sharing, share=share, runtime=runtime,
         batching=parse_batching(d.get("batching"), _join(path, "batching"), ctx),
-        min_instances=lo if lo is not None else 1, max_instances=hi if hi is not None else 1,
-        target_concurrency=ctx.number(d, "target_concurrency", path, default=1.0, low=0,
-                                      high=MAX_TARGET_CONCURRENCY, low_open=True) or 1.0,
+        min_instances=lo if lo is not None else DEFAULTS["variant.min_instances"],
+        max_instances=hi if hi is not None else DEFAULTS["variant.max_instances"],
+        target_concurrency=ctx.ruled(d, "variant.target_concurrency", path) or DEFAULTS["variant.target_concurrency"],
         keep_alive=parse_keep_alive(d.get("keep_alive"), _join(path, "keep_alive"), ctx),
-        repeats=ctx.number(d, "repeats", path, default=1, low=1, high=MAX_REPEATS, integer=True) or 1,
+        platform_delay_ms=delay if delay is not None else DEFAULTS["variant.platform_delay_ms"],
+        repeats=ctx.ruled(d, "variant.repeats", path) or DEFAULTS["variant.repeats"],
     )
     if own:
         ctx.raise_if_any()
@@ -575,13 +790,13 @@ def parse_experiment(data: Any, *, known_models: Iterable[str] | None = None) ->
     name = ctx.string(d, "name", "", max_len=200)
     if "name" in d and not name.strip():
         ctx.err("name", "must not be empty")
-    device = ctx.string(d, "device", "", default="auto", pattern=DEVICE_RE,
+    device = ctx.string(d, "device", "", default=DEFAULTS["device"], pattern=DEVICE_RE,
                         rule="must be auto, cpu, cuda or cuda:N")
     accelerator = d.get("accelerator")
     if accelerator is not None and (not isinstance(accelerator, str) or len(accelerator) > 100):
         ctx.err("accelerator", "must be the name of a price catalogue entry")
         accelerator = None
-    slo = parse_slo(d.get("slo", {"percentile": 99, "latency_ms": 100}), "slo", ctx)
+    slo = parse_slo(d.get("slo", {}), "slo", ctx)  # absent: every SLO field takes its default
 
     functions: list[FunctionSpec] = []
     raw_functions = d.get("functions")
@@ -675,8 +890,9 @@ def variant_to_dict(v: VariantSpec) -> dict:
     out: dict[str, Any] = {"name": v.name, "sharing": v.sharing}
     if v.share is not None:
         out["share"] = v.share
-    out.update(batching=batching, min_instances=v.min_instances, max_instances=v.max_instances,
-               target_concurrency=v.target_concurrency, keep_alive=keep_alive, repeats=v.repeats)
+    out.update(runtime=v.runtime, batching=batching, min_instances=v.min_instances, max_instances=v.max_instances,
+               target_concurrency=v.target_concurrency, keep_alive=keep_alive, platform_delay_ms=v.platform_delay_ms,
+               repeats=v.repeats)
     return out
 
 

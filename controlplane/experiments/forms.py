@@ -25,6 +25,8 @@ PATTERN_LABELS = {
 SHARING_LABELS = {"exclusive": "exclusive", "time_slice": "time-slice", "spatial": "spatial"}
 BATCHING_LABELS = {"none": "none", "fixed": "fixed (size + delay)", "adaptive": "adaptive (deadline)"}
 KEEP_ALIVE_LABELS = {"fixed": "fixed TTL", "histogram": "histogram (ATC'20)"}
+RUNTIME_LABELS = {"process": "process per instance", "thread": "thread, no isolation"}
+D = S.DEFAULTS  # every initial value below comes from the spec's one table of defaults
 TRACE_FORMAT_LABELS = {"azure2019": "Azure Functions 2019 (per-minute counts)",
                        "timestamps": "Timestamps (one arrival time in seconds per line)"}
 DEVICE_CHOICES = [("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda")] + [
@@ -36,6 +38,17 @@ def _num(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def _delay_choice_label(p: S.PlatformDelayPreset) -> str:
+    if not p.delay_ms:
+        return f"{p.label} (0 s)"
+    return f"{p.label}: {p.delay_ms / 1000:g} s (as of {p.as_of})"
+
+
+# The modelled platform delay presets: the select's value is the delay in ms the script fills in; "" is custom.
+PLATFORM_DELAY_CHOICES = [(f"{_num(p.delay_ms)}", _delay_choice_label(p)) for p in S.PLATFORM_DELAY_PRESETS] + [
+    ("", "custom")]
 
 
 def number(label: str, *, integer: bool = False, help_text: str = "", placeholder: str = "") -> forms.Field:
@@ -83,7 +96,7 @@ class BasicsForm(LayoutMixin, forms.Form):
     description = forms.CharField(label="Description", required=False,
                                   widget=forms.Textarea(attrs={"rows": 2}),
                                   help_text="What question this experiment answers.")
-    device = forms.ChoiceField(label="Device", choices=DEVICE_CHOICES, initial="auto",
+    device = forms.ChoiceField(label="Device", choices=DEVICE_CHOICES, initial=D["device"],
                                help_text="Worker pool: auto takes a GPU when there is one.")
     accelerator = forms.ChoiceField(label="Price entry", required=False,
                                     help_text="Prices used to cost each trial (serverless per second, "
@@ -111,7 +124,7 @@ class BasicsForm(LayoutMixin, forms.Form):
 
 
 class SLOForm(LayoutMixin, forms.Form):
-    percentile = forms.ChoiceField(label="Percentile", choices=PERCENTILE_CHOICES, initial="99")
+    percentile = forms.ChoiceField(label="Percentile", choices=PERCENTILE_CHOICES, initial=f"{D['slo.percentile']:g}")
     latency_ms = number("Latency target (ms)", help_text="The chosen percentile must be at or under this.")
     max_violation_pct = number("Max late requests (%)", help_text="Share of requests allowed over the target.")
     min_throughput_rps = number("Min throughput (req/s)", help_text="Optional: goodput the run must reach.",
@@ -183,15 +196,17 @@ class WorkloadForm(LayoutMixin, forms.Form):
     cv = number("Coefficient of variation", help_text="1 is Poisson; above 1 is burstier. Traces: optional, "
                                                        "within each minute.")
     mean_rate_rps = number("Mean rate (req/s)")
-    peak_to_trough = number("Peak-to-trough ratio", help_text="Peak rate ÷ lowest rate (1 = flat).")
-    period_s = number("Period (s)", help_text="86400 is one day; compress time to run it quickly.")
+    peak_to_trough = number("Peak-to-trough ratio", help_text="Peak rate ÷ lowest rate (1 = flat).",
+                            placeholder=f"{_num(D['workload.peak_to_trough'])}")
+    period_s = number("Period (s)", help_text="86400 is one day; compress time to run it quickly.",
+                      placeholder=f"{_num(D['workload.period_s'])}")
     base_rate_rps = number("Base rate (req/s)", help_text="Between bursts (0 allowed).")
     burst_rate_rps = number("Burst rate (req/s)")
     mean_on_s = number("Mean burst length (s)")
     mean_off_s = number("Mean gap between bursts (s)")
     trace_file = forms.FileField(label="Trace file", required=False,
                                  help_text=f"Text file, at most {S.MAX_TRACE_BYTES // (1024 * 1024)} MiB.")
-    trace_format = forms.ChoiceField(label="Trace format", required=False, initial="azure2019",
+    trace_format = forms.ChoiceField(label="Trace format", required=False, initial=D["workload.trace_format"],
                                      choices=[(f, TRACE_FORMAT_LABELS[f]) for f in S.TRACE_FORMATS])
     function_hash = forms.CharField(label="Function hash", required=False, max_length=200,
                                     help_text="Azure 2019: use only this HashFunction's rows. Blank: all rows.")
@@ -237,7 +252,7 @@ class VariantForm(LayoutMixin, forms.Form):
     name = forms.CharField(label="Name", required=False, max_length=64,
                            widget=forms.TextInput(attrs={"data-variant-name": "1"}))
     sharing = forms.ChoiceField(label="Sharing", choices=[(m, SHARING_LABELS[m]) for m in S.SHARING_MODES],
-                                initial="exclusive",
+                                initial=D["variant.sharing"],
                                 help_text="Exclusive: one instance owns the device. Time-slice: instances share "
                                           "it. Spatial: a fixed share each (MPS/MIG, CPU cores).")
     share = number("Device share per instance", help_text="0-1; blank: 1 ÷ max instances.", placeholder="auto")
@@ -246,8 +261,21 @@ class VariantForm(LayoutMixin, forms.Form):
     target_concurrency = number("Target concurrency", help_text="In-flight requests per instance before "
                                                                  "scaling out.")
     repeats = number("Repeats", integer=True, help_text="Trials of this variant per run.")
+    # Not required: a row posted without it (an older page) gets the spec's default runtime.
+    runtime = forms.ChoiceField(label="Runtime", choices=[(r, RUNTIME_LABELS[r]) for r in S.RUNTIMES],
+                                initial=D["variant.runtime"], required=False,
+                                help_text="Process: each instance is its own worker process, as on serverless "
+                                          "platforms. Thread: instances share one process, with no isolation. "
+                                          "Spatial sharing needs processes.")
+    platform_delay_preset = forms.ChoiceField(
+        label="Platform delay preset", required=False, choices=PLATFORM_DELAY_CHOICES,
+        widget=forms.Select(attrs={"data-delay-preset": "1"}),
+        help_text="Dated public figures (docs/method.md); picking one fills in the delay.")
+    platform_delay_ms = number("Modelled platform delay (ms)",
+                               help_text="Modelled, not measured: added to each real cold start for provisioning "
+                                         "and image pull, which do not happen here. 0: only what really ran.")
     batching_mode = forms.ChoiceField(label="Batching", choices=[(m, BATCHING_LABELS[m]) for m in S.BATCHING_MODES],
-                                      initial="none",
+                                      initial=D["variant.batching.mode"],
                                       help_text="Adaptive takes the largest batch that still meets the oldest "
                                                 "request's deadline.")
     max_batch_size = number("Max batch size", integer=True)
@@ -255,7 +283,7 @@ class VariantForm(LayoutMixin, forms.Form):
     shed = forms.BooleanField(label="Shed requests that would miss the SLO", required=False)
     keep_alive_policy = forms.ChoiceField(label="Keep-alive",
                                           choices=[(p, KEEP_ALIVE_LABELS[p]) for p in S.KEEP_ALIVE_POLICIES],
-                                          initial="fixed",
+                                          initial=D["variant.keep_alive.policy"],
                                           help_text="Histogram learns each function's idle times and pre-warms.")
     ttl_s = number("Keep-alive TTL (s)", help_text="Idle time before an instance is evicted (histogram: "
                                                    "fallback).")
@@ -268,10 +296,11 @@ class VariantForm(LayoutMixin, forms.Form):
 
     GROUPS = (
         ("", ("name",)),
-        ("Placement", ("sharing", "share", "min_instances", "max_instances", "target_concurrency", "repeats")),
+        ("Placement", ("sharing", "share", "runtime", "min_instances", "max_instances", "target_concurrency",
+                       "repeats")),
         ("Batching", ("batching_mode", "max_batch_size", "max_queue_delay_ms", "shed")),
-        ("Keep-alive", ("keep_alive_policy", "ttl_s", "bin_s", "range_s", "head_percentile", "tail_percentile",
-                        "min_samples")),
+        ("Keep-alive and cold starts", ("keep_alive_policy", "ttl_s", "bin_s", "range_s", "head_percentile",
+                                        "tail_percentile", "min_samples", "platform_delay_preset", "platform_delay_ms")),
     )
     SHOW_WHEN = {
         "share": ("sharing", "spatial"),
@@ -293,15 +322,24 @@ class VariantForm(LayoutMixin, forms.Form):
         "keep_alive.head_percentile": "head_percentile", "keep_alive.tail_percentile": "tail_percentile",
         "keep_alive.min_samples": "min_samples",
     }
+    # form field -> its entry in workers.spec.FIELD_RULES (defaults and bounds)
+    RULES = {
+        "sharing": "variant.sharing", "share": "variant.share", "min_instances": "variant.min_instances",
+        "max_instances": "variant.max_instances", "target_concurrency": "variant.target_concurrency",
+        "repeats": "variant.repeats", "runtime": "variant.runtime", "platform_delay_ms": "variant.platform_delay_ms",
+        **{field: f"variant.{path}" for path, field in SPEC_FIELDS.items() if "." in path},
+    }
 
 
-# The values a new row starts with (also the editor's defaults for a new experiment).
-VARIANT_DEFAULTS = {
-    "sharing": "exclusive", "min_instances": 1, "max_instances": 1, "target_concurrency": 1, "repeats": 1,
-    "batching_mode": "none", "max_batch_size": 8, "max_queue_delay_ms": 5, "shed": False,
-    "keep_alive_policy": "fixed", "ttl_s": 60, "bin_s": 1, "range_s": 240, "head_percentile": 5,
-    "tail_percentile": 99, "min_samples": 10,
-}
+def delay_preset_value(delay_ms: Any) -> str:
+    """The preset select's value for a delay: the preset's milliseconds, or "" (custom)."""
+    preset = S.platform_delay_preset(delay_ms) if isinstance(delay_ms, (int, float)) else None
+    return f"{_num(preset.delay_ms)}" if preset else ""
+
+
+# The values a new row starts with (also the editor's defaults for a new experiment): the spec's defaults.
+VARIANT_DEFAULTS = {field: _num(D[rule]) for field, rule in VariantForm.RULES.items()}
+VARIANT_DEFAULTS["platform_delay_preset"] = delay_preset_value(D["variant.platform_delay_ms"])
 
 
 class RowFormSet(forms.BaseFormSet):
@@ -323,14 +361,16 @@ def _formset(form: type[forms.Form], max_rows: int, empty_initial: dict) -> type
     return formset_factory(form, formset=base, extra=0, max_num=max_rows + 8, absolute_max=max_rows + 8)
 
 
-FunctionFormSet = _formset(FunctionForm, S.MAX_FUNCTIONS, {"model": "mlp-small", "weight": 1})
+FunctionFormSet = _formset(FunctionForm, S.MAX_FUNCTIONS, {"model": "mlp-small", "weight": _num(D["function.weight"])})
 StepFormSet = _formset(StepForm, S.MAX_STEPS, {})
 VariantFormSet = _formset(VariantForm, S.MAX_VARIANTS, VARIANT_DEFAULTS)
+# A new experiment: the spec's defaults (an empty slo, a variant with only a name), plus a first function and
+# workload, whose model, rate and duration have no default and need a value to start from.
 NEW_EXPERIMENT: dict = {
-    "name": "", "device": "auto",
-    "slo": {"percentile": 99.0, "latency_ms": 100.0, "max_violation_rate": 0.01},
+    "name": "", "device": D["device"],
+    "slo": {},
     "functions": [{"name": "classifier", "model": "mlp-small"}],
-    "workload": {"pattern": "poisson", "rate_rps": 50.0, "duration_s": 60.0, "seed": 0},
+    "workload": {"pattern": "poisson", "rate_rps": 50.0, "duration_s": 60.0},
     "variants": [{"name": "baseline"}],
 }
 
@@ -387,41 +427,45 @@ class ExperimentEditor:
     @staticmethod
     def _basics_initial(spec: dict) -> dict:
         return {k: spec.get(k) or "" for k in ("name", "description", "notes", "accelerator")} | {
-            "device": spec.get("device") or "auto"}
+            "device": spec.get("device") or D["device"]}
 
     @staticmethod
     def _slo_initial(slo: dict) -> dict:
-        rate = slo.get("max_violation_rate", 0.01)
-        return {"percentile": f"{float(slo.get('percentile', 99)):g}", "latency_ms": _num(slo.get("latency_ms", 100.0)),
+        rate = slo.get("max_violation_rate", D["slo.max_violation_rate"])
+        return {"percentile": f"{float(slo.get('percentile', D['slo.percentile'])):g}",
+                "latency_ms": _num(slo.get("latency_ms", D["slo.latency_ms"])),
                 "max_violation_pct": _num(round(rate * 100, 6)) if rate is not None else None,
-                "min_throughput_rps": _num(slo.get("min_throughput_rps"))}
+                "min_throughput_rps": _num(slo.get("min_throughput_rps", D["slo.min_throughput_rps"]))}
 
     @staticmethod
     def _function_initial(f: dict) -> dict:
         shape = f.get("input_shape")
         return {"name": f.get("name", ""), "model": f.get("model", ""),
-                "input_shape": ", ".join(str(x) for x in shape) if shape else "", "weight": _num(f.get("weight", 1.0)),
+                "input_shape": ", ".join(str(x) for x in shape) if shape else "",
+                "weight": _num(f.get("weight", D["function.weight"])),
                 "options": f.get("options") or None}
 
     @staticmethod
     def _workload_initial(w: dict) -> dict:
         out = {k: _num(v) for k, v in w.items() if k in WorkloadForm.base_fields and not isinstance(v, list)}
         out.pop("trace_content", None)  # a stored trace stays on the server; see stored_trace
-        out.setdefault("time_compression", 1)
+        out.setdefault("time_compression", _num(D["workload.time_compression"]))
+        out.setdefault("seed", D["workload.seed"])
         return out
 
     @staticmethod
     def _variant_initial(v: dict) -> dict:
         out = dict(VARIANT_DEFAULTS)
-        out.update({k: _num(v[k]) for k in ("name", "sharing", "share", "min_instances", "max_instances",
-                                            "target_concurrency", "repeats") if k in v})
+        out.update({k: _num(v[k]) for k in ("name", "sharing", "share", "runtime", "min_instances", "max_instances",
+                                            "target_concurrency", "platform_delay_ms", "repeats") if k in v})
+        out["platform_delay_preset"] = delay_preset_value(out.get("platform_delay_ms"))
         b = v.get("batching") or {}
-        out["batching_mode"] = b.get("mode", "none")
+        out["batching_mode"] = b.get("mode", D["variant.batching.mode"])
         for k in ("max_batch_size", "max_queue_delay_ms", "shed"):
             if k in b:
                 out[k] = _num(b[k])
         ka = v.get("keep_alive") or {}
-        out["keep_alive_policy"] = ka.get("policy", "fixed")
+        out["keep_alive_policy"] = ka.get("policy", D["variant.keep_alive.policy"])
         for k in ("ttl_s", "bin_s", "range_s", "head_percentile", "tail_percentile", "min_samples"):
             if k in ka:
                 out[k] = _num(ka[k])
@@ -493,7 +537,7 @@ class ExperimentEditor:
         if pattern == "steps":
             out["steps"] = [[_clean(f).get("start_s"), _clean(f).get("rate_rps")] for f in self.steps.forms]
         if pattern == "trace":
-            out["trace_format"] = c.get("trace_format") or "azure2019"
+            out["trace_format"] = c.get("trace_format") or D["workload.trace_format"]
             _put(out, "function_hash", (c.get("function_hash") or "").strip())
             if self._trace is None:  # an upload can be read once
                 self._trace = self._trace_text(c)
@@ -542,6 +586,7 @@ class ExperimentEditor:
         _put(out, "sharing", c.get("sharing"))
         if c.get("sharing") == "spatial":
             _put(out, "share", c.get("share"))
+        _put(out, "runtime", c.get("runtime"))
         mode = c.get("batching_mode") or "none"
         batching: dict[str, Any] = {"mode": mode}
         if mode != "none":
@@ -550,7 +595,7 @@ class ExperimentEditor:
             if mode == "adaptive":
                 batching["shed"] = bool(c.get("shed"))
         out["batching"] = batching
-        for key in ("min_instances", "max_instances", "target_concurrency", "repeats"):
+        for key in ("min_instances", "max_instances", "target_concurrency", "platform_delay_ms", "repeats"):
             _put(out, key, c.get(key))
         policy = c.get("keep_alive_policy") or "fixed"
         keep_alive: dict[str, Any] = {"policy": policy}

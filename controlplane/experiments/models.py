@@ -18,6 +18,17 @@ from workers import spec as S
 
 PERCENTILE_CHOICES = [(p, f"p{p:g}") for p in S.PERCENTILES]
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+D = S.DEFAULTS  # every field default comes from the spec's one table
+
+
+def in_bounds(field: str, rule: str, name: str) -> models.CheckConstraint:
+    """`field` within the bounds of FIELD_RULES[rule] (a null passes: nullable fields are optional)."""
+    r = S.FIELD_RULES[rule]
+    low = Q(**{f"{field}__gt" if r.low_open else f"{field}__gte": r.low})
+    condition = low & Q(**{f"{field}__lte": r.high}) if r.high is not None else low
+    if r.default is None:
+        condition = Q(**{f"{field}__isnull": True}) | condition
+    return models.CheckConstraint(condition=condition, name=name)
 
 
 class PriceEntry(models.Model):
@@ -58,7 +69,7 @@ class Experiment(models.Model):
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="experiments")
-    device = models.CharField(max_length=16, default="auto", help_text=DEVICE_HELP)
+    device = models.CharField(max_length=16, default=D["device"], help_text=DEVICE_HELP)
     accelerator = models.ForeignKey(PriceEntry, null=True, blank=True, on_delete=models.PROTECT,
                                     related_name="experiments")
     notes = models.TextField(blank=True)
@@ -85,18 +96,16 @@ class Experiment(models.Model):
 
 class SLOTarget(models.Model):
     experiment = models.OneToOneField(Experiment, on_delete=models.CASCADE, related_name="slo")
-    percentile = models.FloatField(choices=PERCENTILE_CHOICES, default=99.0)
-    latency_ms = models.FloatField(default=100.0)
-    max_violation_rate = models.FloatField(default=0.01)
-    min_throughput_rps = models.FloatField(null=True, blank=True)
+    percentile = models.FloatField(choices=PERCENTILE_CHOICES, default=D["slo.percentile"])
+    latency_ms = models.FloatField(default=D["slo.latency_ms"])
+    max_violation_rate = models.FloatField(default=D["slo.max_violation_rate"])
+    min_throughput_rps = models.FloatField(null=True, blank=True)  # default None, as D["slo.min_throughput_rps"]
 
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(percentile__in=list(S.PERCENTILES)), name="slo_percentile_listed"),
-            models.CheckConstraint(condition=Q(latency_ms__gt=0) & Q(latency_ms__lte=S.MAX_LATENCY_MS),
-                                   name="slo_latency_in_bounds"),
-            models.CheckConstraint(condition=Q(max_violation_rate__gte=0) & Q(max_violation_rate__lte=1),
-                                   name="slo_violation_rate_is_a_fraction"),
+            in_bounds("latency_ms", "slo.latency_ms", "slo_latency_in_bounds"),
+            in_bounds("max_violation_rate", "slo.max_violation_rate", "slo_violation_rate_is_a_fraction"),
             models.CheckConstraint(condition=Q(min_throughput_rps__isnull=True) | Q(min_throughput_rps__gt=0),
                                    name="slo_min_throughput_positive"),
         ]
@@ -115,7 +124,7 @@ class Function(models.Model):
     model_key = models.CharField(max_length=100)
     input_shape = models.JSONField(null=True, blank=True)
     options = models.JSONField(default=dict, blank=True)
-    weight = models.FloatField(default=1.0, help_text="share of a workload split across functions")
+    weight = models.FloatField(default=D["function.weight"], help_text="share of a workload split across functions")
 
     class Meta:
         ordering = ["position", "id"]
@@ -146,8 +155,8 @@ class Workload(models.Model):
     pattern = models.CharField(max_length=16, choices=[(p, p) for p in S.PATTERNS])
     params = models.JSONField(default=dict, blank=True, help_text="pattern parameters, validated by workers.spec")
     duration_s = models.FloatField()
-    time_compression = models.FloatField(default=1.0)
-    seed = models.BigIntegerField(default=0)
+    time_compression = models.FloatField(default=D["workload.time_compression"])
+    seed = models.BigIntegerField(default=D["workload.seed"])
     trace_file = models.FileField(upload_to=trace_upload_to, null=True, blank=True)
     trace_format = models.CharField(max_length=16, blank=True, choices=[(f, f) for f in S.TRACE_FORMATS])
     trace_filename = models.CharField(max_length=200, blank=True)
@@ -157,10 +166,8 @@ class Workload(models.Model):
         ordering = ["id"]
         constraints = [
             models.CheckConstraint(condition=Q(pattern__in=list(S.PATTERNS)), name="workload_pattern_known"),
-            models.CheckConstraint(condition=Q(duration_s__gt=0) & Q(duration_s__lte=S.MAX_DURATION_S),
-                                   name="workload_duration_in_bounds"),
-            models.CheckConstraint(condition=Q(time_compression__gte=1) & Q(time_compression__lte=S.MAX_COMPRESSION),
-                                   name="workload_compression_in_bounds"),
+            in_bounds("duration_s", "workload.duration_s", "workload_duration_in_bounds"),
+            in_bounds("time_compression", "workload.time_compression", "workload_compression_in_bounds"),
             models.CheckConstraint(condition=Q(seed__gte=0), name="workload_seed_non_negative"),
             models.CheckConstraint(condition=~Q(pattern="trace") | (Q(trace_file__gt="") & Q(trace_format__gt="")),
                                    name="workload_trace_has_file"),
@@ -188,48 +195,73 @@ class Variant(models.Model):
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="variants")
     position = models.PositiveSmallIntegerField(default=0)
     name = models.CharField(max_length=64)
-    sharing = models.CharField(max_length=16, choices=[(m, m) for m in S.SHARING_MODES], default="exclusive")
-    share = models.FloatField(null=True, blank=True, help_text="spatial: fraction of the device per instance")
-    batching_mode = models.CharField(max_length=16, choices=[(m, m) for m in S.BATCHING_MODES], default="none")
-    max_batch_size = models.PositiveIntegerField(default=1)
-    max_queue_delay_ms = models.FloatField(default=0.0)
-    shed = models.BooleanField(default=False)
-    min_instances = models.PositiveSmallIntegerField(default=1)
-    max_instances = models.PositiveSmallIntegerField(default=1)
-    target_concurrency = models.FloatField(default=1.0)
+    sharing = models.CharField(max_length=16, choices=[(m, m) for m in S.SHARING_MODES],
+                               default=D["variant.sharing"])
+    share = models.FloatField(null=True, blank=True, help_text="spatial: fraction of the device per instance "
+                                                               "(null, the default: 1 / max instances)")
+    runtime = models.CharField(max_length=16, choices=[(r, r) for r in S.RUNTIMES], default=D["variant.runtime"],
+                               help_text="process: each instance its own worker process; thread: instances share "
+                                         "one process (no isolation)")
+    batching_mode = models.CharField(max_length=16, choices=[(m, m) for m in S.BATCHING_MODES],
+                                     default=D["variant.batching.mode"])
+    max_batch_size = models.PositiveIntegerField(default=D["variant.batching.max_batch_size"],
+                                                 help_text="fixed and adaptive batching (mode none: 1)")
+    max_queue_delay_ms = models.FloatField(default=D["variant.batching.max_queue_delay_ms"])
+    shed = models.BooleanField(default=D["variant.batching.shed"])
+    min_instances = models.PositiveSmallIntegerField(default=D["variant.min_instances"])
+    max_instances = models.PositiveSmallIntegerField(default=D["variant.max_instances"])
+    target_concurrency = models.FloatField(default=D["variant.target_concurrency"])
     keep_alive_policy = models.CharField(max_length=16, choices=[(p, p) for p in S.KEEP_ALIVE_POLICIES],
-                                         default="fixed")
-    keep_alive_ttl_s = models.FloatField(default=60.0)
+                                         default=D["variant.keep_alive.policy"])
+    keep_alive_ttl_s = models.FloatField(default=D["variant.keep_alive.ttl_s"])
     keep_alive_params = models.JSONField(default=dict, blank=True, help_text="histogram policy parameters")
-    repeats = models.PositiveSmallIntegerField(default=1)
+    platform_delay_ms = models.FloatField(default=D["variant.platform_delay_ms"],
+                                          help_text="MODELLED delay added to each real cold start (provisioning, "
+                                                    "image pull); 0: only what really ran")
+    repeats = models.PositiveSmallIntegerField(default=D["variant.repeats"])
 
     class Meta:
         ordering = ["position", "id"]
         constraints = [
             models.UniqueConstraint(fields=["experiment", "name"], name="variant_name_unique_in_experiment"),
             models.CheckConstraint(condition=Q(min_instances__lte=F("max_instances")), name="variant_min_le_max"),
-            models.CheckConstraint(condition=Q(max_instances__gte=1) & Q(max_instances__lte=S.MAX_INSTANCES),
-                                   name="variant_max_instances_in_bounds"),
-            models.CheckConstraint(condition=Q(max_batch_size__gte=1) & Q(max_batch_size__lte=S.MAX_BATCH_SIZE),
-                                   name="variant_batch_size_in_bounds"),
-            models.CheckConstraint(condition=Q(max_queue_delay_ms__gte=0)
-                                   & Q(max_queue_delay_ms__lte=S.MAX_QUEUE_DELAY_MS),
-                                   name="variant_queue_delay_in_bounds"),
+            in_bounds("max_instances", "variant.max_instances", "variant_max_instances_in_bounds"),
+            in_bounds("max_batch_size", "variant.batching.max_batch_size", "variant_batch_size_in_bounds"),
+            in_bounds("max_queue_delay_ms", "variant.batching.max_queue_delay_ms", "variant_queue_delay_in_bounds"),
             models.CheckConstraint(condition=Q(target_concurrency__gt=0), name="variant_target_concurrency_positive"),
             models.CheckConstraint(condition=Q(keep_alive_ttl_s__gte=0), name="variant_ttl_non_negative"),
-            models.CheckConstraint(condition=Q(repeats__gte=1) & Q(repeats__lte=S.MAX_REPEATS),
-                                   name="variant_repeats_in_bounds"),
-            models.CheckConstraint(condition=Q(share__isnull=True) | (Q(share__gt=0) & Q(share__lte=1)),
-                                   name="variant_share_is_a_fraction"),
+            in_bounds("repeats", "variant.repeats", "variant_repeats_in_bounds"),
+            in_bounds("share", "variant.share", "variant_share_is_a_fraction"),
+            models.CheckConstraint(condition=Q(runtime__in=list(S.RUNTIMES)), name="variant_runtime_known"),
+            models.CheckConstraint(condition=~(Q(sharing="spatial") & Q(runtime="thread")),
+                                   name="variant_spatial_runs_processes"),
+            in_bounds("platform_delay_ms", "variant.platform_delay_ms", "variant_platform_delay_in_bounds"),
         ]
 
     def __str__(self) -> str:
         return self.name
 
+    @staticmethod
+    def spec_fields(v: S.VariantSpec) -> dict:
+        """The row's fields for a variant spec (the reverse of `to_spec`), as the services store them."""
+        ka = v.keep_alive
+        return dict(
+            sharing=v.sharing, share=v.share, runtime=v.runtime,
+            batching_mode=v.batching.mode, max_batch_size=v.batching.max_batch_size,
+            max_queue_delay_ms=v.batching.max_queue_delay_ms, shed=v.batching.shed,
+            min_instances=v.min_instances, max_instances=v.max_instances, target_concurrency=v.target_concurrency,
+            keep_alive_policy=ka.policy, keep_alive_ttl_s=ka.ttl_s,
+            keep_alive_params=(dict(bin_s=ka.bin_s, range_s=ka.range_s, head_percentile=ka.head_percentile,
+                                    tail_percentile=ka.tail_percentile, min_samples=ka.min_samples)
+                               if ka.policy == "histogram" else {}),
+            platform_delay_ms=v.platform_delay_ms, repeats=v.repeats,
+        )
+
     def to_spec(self) -> S.VariantSpec:
         ka = dict(self.keep_alive_params or {})
         return S.VariantSpec(
-            name=self.name, sharing=self.sharing, share=self.share,
+            name=self.name, sharing=self.sharing, share=self.share, runtime=self.runtime,
+            platform_delay_ms=self.platform_delay_ms,
             batching=S.BatchingSpec(mode=self.batching_mode, max_batch_size=self.max_batch_size,
                                     max_queue_delay_ms=self.max_queue_delay_ms, shed=self.shed),
             min_instances=self.min_instances, max_instances=self.max_instances,

@@ -33,13 +33,28 @@ class ErrorResponseSerializer(serializers.Serializer):
 
 
 # ---- the spec document (schema only; docs/spec.md is the full reference) -----------------------------------
+def ruled(rule: str, **kwargs) -> serializers.Field:
+    """A document field with the default and bounds of `workers.spec.FIELD_RULES[rule]` (the schema shows them)."""
+    r = S.FIELD_RULES[rule]
+    if not r.required:
+        kwargs["required"] = False
+        if r.default is None:
+            kwargs["allow_null"] = True
+        else:
+            kwargs["default"] = r.default
+    if r.choices:
+        return serializers.ChoiceField(choices=list(r.choices), **kwargs)
+    if isinstance(r.default, bool):
+        return serializers.BooleanField(**kwargs)
+    field = serializers.IntegerField if r.integer else serializers.FloatField
+    return field(min_value=r.low, max_value=r.high, **kwargs)
+
+
 class SLODocument(serializers.Serializer):
-    percentile = serializers.ChoiceField(choices=list(S.PERCENTILES), help_text="Latency percentile the SLO is on.")
-    latency_ms = serializers.FloatField(min_value=0, max_value=S.MAX_LATENCY_MS,
-                                        help_text="The percentile must stay under this (above 0).")
-    max_violation_rate = serializers.FloatField(required=False, min_value=0, max_value=1, default=0.01,
-                                                help_text="Fraction of requests that may be late or dropped.")
-    min_throughput_rps = serializers.FloatField(required=False, allow_null=True, min_value=0)
+    percentile = ruled("slo.percentile", help_text="Latency percentile the SLO is on.")
+    latency_ms = ruled("slo.latency_ms", help_text="The percentile must stay under this (above 0).")
+    max_violation_rate = ruled("slo.max_violation_rate", help_text="Fraction of requests that may be late or dropped.")
+    min_throughput_rps = ruled("slo.min_throughput_rps", help_text="Optional floor on completed requests/s (above 0).")
 
 
 class FunctionDocument(serializers.Serializer):
@@ -50,18 +65,16 @@ class FunctionDocument(serializers.Serializer):
                                         help_text="Per-request input shape, no batch dimension; default: "
                                                   "the model's.")
     options = serializers.DictField(required=False, help_text="Model options (see docs/spec.md).")
-    weight = serializers.FloatField(required=False, default=1.0, min_value=0,
-                                    help_text="Share of a workload split across functions (above 0).")
+    weight = ruled("function.weight", help_text="Share of a workload split across functions (above 0).")
 
 
 class WorkloadDocument(serializers.Serializer):
     pattern = serializers.ChoiceField(choices=list(S.PATTERNS))
-    duration_s = serializers.FloatField(min_value=0, max_value=S.MAX_DURATION_S,
-                                        help_text="Length in workload time (above 0).")
-    time_compression = serializers.FloatField(required=False, default=1.0, min_value=1, max_value=S.MAX_COMPRESSION,
-                                              help_text="The trial runs duration_s / time_compression wall-clock "
-                                                        f"seconds (at most {S.MAX_RUN_S:.0f}).")
-    seed = serializers.IntegerField(required=False, default=0, min_value=0, max_value=2**32 - 1)
+    duration_s = ruled("workload.duration_s", help_text="Length in workload time (above 0).")
+    time_compression = ruled("workload.time_compression",
+                             help_text="The trial runs duration_s / time_compression wall-clock "
+                                       f"seconds (at most {S.MAX_RUN_S:.0f}).")
+    seed = ruled("workload.seed")
     function = serializers.CharField(required=False, allow_null=True,
                                      help_text="Target function; absent: split across all functions by weight.")
     rate_rps = serializers.FloatField(required=False, max_value=S.MAX_RATE_RPS, help_text="constant, poisson, gamma")
@@ -71,13 +84,13 @@ class WorkloadDocument(serializers.Serializer):
                                   required=False, max_length=S.MAX_STEPS,
                                   help_text="steps: [[start_s, rate_rps], ...], first at 0")
     mean_rate_rps = serializers.FloatField(required=False, help_text="diurnal")
-    peak_to_trough = serializers.FloatField(required=False, help_text="diurnal (default 4)")
-    period_s = serializers.FloatField(required=False, help_text="diurnal (default 86400)")
+    peak_to_trough = ruled("workload.peak_to_trough", help_text="diurnal")
+    period_s = ruled("workload.period_s", help_text="diurnal")
     base_rate_rps = serializers.FloatField(required=False, help_text="burst")
     burst_rate_rps = serializers.FloatField(required=False, help_text="burst")
     mean_on_s = serializers.FloatField(required=False, help_text="burst")
     mean_off_s = serializers.FloatField(required=False, help_text="burst")
-    trace_format = serializers.ChoiceField(choices=list(S.TRACE_FORMATS), required=False, help_text="trace")
+    trace_format = ruled("workload.trace_format", help_text="trace")
     trace_content = serializers.CharField(required=False,
                                           help_text=f"trace: the file's text (at most "
                                                     f"{S.MAX_TRACE_BYTES // (1024 * 1024)} MiB)")
@@ -87,33 +100,41 @@ class WorkloadDocument(serializers.Serializer):
 
 
 class BatchingDocument(serializers.Serializer):
-    mode = serializers.ChoiceField(choices=list(S.BATCHING_MODES), default="none")
-    max_batch_size = serializers.IntegerField(required=False, min_value=1, max_value=S.MAX_BATCH_SIZE)
-    max_queue_delay_ms = serializers.FloatField(required=False, min_value=0, max_value=S.MAX_QUEUE_DELAY_MS)
-    shed = serializers.BooleanField(required=False, help_text="adaptive only")
+    mode = ruled("variant.batching.mode")
+    max_batch_size = ruled("variant.batching.max_batch_size", help_text="fixed and adaptive (mode none: 1)")
+    max_queue_delay_ms = ruled("variant.batching.max_queue_delay_ms", help_text="fixed and adaptive")
+    shed = ruled("variant.batching.shed", help_text="adaptive only")
 
 
 class KeepAliveDocument(serializers.Serializer):
-    policy = serializers.ChoiceField(choices=list(S.KEEP_ALIVE_POLICIES), default="fixed")
-    ttl_s = serializers.FloatField(required=False, min_value=0, max_value=S.MAX_TTL_S, default=60.0)
-    bin_s = serializers.FloatField(required=False, help_text="histogram")
-    range_s = serializers.FloatField(required=False, help_text="histogram")
-    head_percentile = serializers.FloatField(required=False, help_text="histogram")
-    tail_percentile = serializers.FloatField(required=False, help_text="histogram")
-    min_samples = serializers.IntegerField(required=False, help_text="histogram")
+    policy = ruled("variant.keep_alive.policy")
+    ttl_s = ruled("variant.keep_alive.ttl_s")
+    bin_s = ruled("variant.keep_alive.bin_s", help_text="histogram")
+    range_s = ruled("variant.keep_alive.range_s", help_text="histogram")
+    head_percentile = ruled("variant.keep_alive.head_percentile", help_text="histogram")
+    tail_percentile = ruled("variant.keep_alive.tail_percentile", help_text="histogram")
+    min_samples = ruled("variant.keep_alive.min_samples", help_text="histogram")
 
 
 class VariantDocument(serializers.Serializer):
     name = serializers.RegexField(S.NAME_RE.pattern, max_length=64)
-    sharing = serializers.ChoiceField(choices=list(S.SHARING_MODES), default="exclusive")
-    share = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1,
-                                   help_text="spatial: fraction of the device per instance")
+    sharing = ruled("variant.sharing")
+    share = ruled("variant.share", help_text="spatial: fraction of the device per instance (default 1 / "
+                                             "max_instances)")
+    runtime = ruled("variant.runtime", help_text='process: each instance its own worker process; thread: instances '
+                                                 'share one process ("shared process, no isolation"). Spatial '
+                                                 "sharing needs process.")
     batching = BatchingDocument(required=False)
-    min_instances = serializers.IntegerField(required=False, default=1, min_value=0, max_value=S.MAX_INSTANCES)
-    max_instances = serializers.IntegerField(required=False, default=1, min_value=1, max_value=S.MAX_INSTANCES)
-    target_concurrency = serializers.FloatField(required=False, default=1.0, max_value=S.MAX_TARGET_CONCURRENCY)
+    min_instances = ruled("variant.min_instances")
+    max_instances = ruled("variant.max_instances", help_text="Default: 1, or min_instances when larger.")
+    target_concurrency = ruled("variant.target_concurrency")
     keep_alive = KeepAliveDocument(required=False)
-    repeats = serializers.IntegerField(required=False, default=1, min_value=1, max_value=S.MAX_REPEATS)
+    platform_delay_ms = ruled("variant.platform_delay_ms",
+                              help_text="MODELLED, not measured: added to each real cold start for provisioning "
+                                        "and image pull; 0: only what really ran. Presets: "
+                                        + ", ".join(f"{p.key} {p.delay_ms:g}" for p in S.PLATFORM_DELAY_PRESETS)
+                                        + " (docs/method.md).")
+    repeats = ruled("variant.repeats")
 
 
 class SpecDocument(serializers.Serializer):
@@ -123,7 +144,7 @@ class SpecDocument(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     description = serializers.CharField(required=False, allow_blank=True, max_length=5_000)
     notes = serializers.CharField(required=False, allow_blank=True, max_length=20_000)
-    device = serializers.RegexField(S.DEVICE_RE.pattern, required=False, default="auto",
+    device = serializers.RegexField(S.DEVICE_RE.pattern, required=False, default=S.DEFAULTS["device"],
                                     help_text="auto, cpu, cuda or cuda:N")
     accelerator = serializers.CharField(required=False, allow_null=True,
                                         help_text="Price catalogue entry used for costs (GET /api/prices/).")

@@ -1,5 +1,6 @@
-// The experiment editor: rows that can be added, removed and cloned (Django formsets), and fields that
-// show only when they apply (batching fields for a batching mode, pattern parameters for a pattern).
+// The experiment editor: rows that can be added, removed and cloned (Django formsets), fields that show
+// only when they apply (batching fields for a batching mode, pattern parameters for a pattern), and the
+// modelled platform delay presets that fill in their number.
 // The server validates everything again; this only keeps the page tidy.
 (function () {
   "use strict";
@@ -30,6 +31,26 @@
       applyVisibility();
     }
     if (ev.target.matches("[data-model-select]")) showDefaultShape(ev.target);
+    if (ev.target.matches("[data-delay-preset]")) fillPlatformDelay(ev.target);
+  });
+
+  // ---- modelled platform delay presets --------------------------------------------------------------
+  // The preset select's values are delays in ms ("" = custom): picking one fills in the number, and typing
+  // a number shows the preset it matches, or custom.
+  function fillPlatformDelay(select) {
+    const row = select.closest("[data-row]");
+    const input = row && row.querySelector('[name$="-platform_delay_ms"]');
+    if (input && select.value !== "") input.value = select.value;
+  }
+
+  form.addEventListener("input", function (ev) {
+    if (!ev.target.name || !/-platform_delay_ms$/.test(ev.target.name)) return;
+    const row = ev.target.closest("[data-row]");
+    const select = row && row.querySelector("[data-delay-preset]");
+    if (!select) return;
+    const typed = ev.target.value.trim() === "" ? NaN : Number(ev.target.value);
+    const match = Array.from(select.options).find(function (o) { return o.value !== "" && Number(o.value) === typed; });
+    select.value = match ? match.value : "";
   });
 
   // ---- model default input shapes ---------------------------------------------------------------------

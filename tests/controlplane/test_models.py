@@ -110,6 +110,8 @@ def make_variant(experiment, **fields):
     {"min_instances": 3, "max_instances": 2}, {"max_instances": 0, "min_instances": 0}, {"max_instances": 65},
     {"max_queue_delay_ms": -1}, {"max_queue_delay_ms": 10_001}, {"target_concurrency": 0},
     {"keep_alive_ttl_s": -1}, {"repeats": 0}, {"repeats": 21}, {"share": 0}, {"share": 1.5},
+    {"runtime": "container"}, {"runtime": ""}, {"sharing": "spatial", "runtime": "thread"},
+    {"platform_delay_ms": -1}, {"platform_delay_ms": 600_001},
 ])
 def test_variant_values_out_of_bounds_are_refused(experiment, fields):
     assert refused(lambda: make_variant(experiment, **fields))
@@ -135,6 +137,34 @@ def test_a_variant_row_turns_into_its_spec(experiment):
     assert spec.batching.max_batch_size == 8 and spec.batching.max_queue_delay_ms == 2.5
     assert spec.keep_alive.policy == "histogram" and spec.keep_alive.bin_s == 0.5
     assert (spec.min_instances, spec.max_instances) == (0, 3)
+
+
+def test_a_new_variant_row_runs_in_processes_with_no_modelled_delay(experiment):
+    spec = make_variant(experiment).to_spec()
+    assert (spec.runtime, spec.platform_delay_ms, spec.batching.max_batch_size) == ("process", 0.0, 1)
+
+
+@pytest.mark.parametrize("fields", [
+    {"runtime": "thread", "sharing": "time_slice", "platform_delay_ms": 25_000},
+    {"runtime": "process", "sharing": "spatial", "share": 0.5, "max_instances": 2, "platform_delay_ms": 600_000},
+])
+def test_runtime_and_platform_delay_are_stored_and_read_back(experiment, fields):
+    spec = make_variant(experiment, **fields).to_spec()
+    assert (spec.runtime, spec.sharing, spec.platform_delay_ms) == (fields["runtime"], fields["sharing"],
+                                                                     fields["platform_delay_ms"])
+
+
+def test_spec_fields_and_to_spec_are_each_others_reverse(experiment):
+    from workers import spec as S
+
+    spec = S.parse_variant({"name": "v", "runtime": "thread", "sharing": "time_slice", "platform_delay_ms": 2_000,
+                            "min_instances": 0, "max_instances": 3,
+                            "batching": {"mode": "adaptive", "max_batch_size": 16, "shed": True},
+                            "keep_alive": {"policy": "histogram", "ttl_s": 5, "bin_s": 0.5, "range_s": 30}},
+                           "variants[0]")
+    row = Variant.objects.create(experiment=experiment, name=spec.name, **Variant.spec_fields(spec))
+    row.refresh_from_db()
+    assert row.to_spec() == spec
 
 
 def make_trial(experiment, **fields):

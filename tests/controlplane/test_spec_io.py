@@ -199,6 +199,25 @@ def test_per_function_workloads_come_back_in_their_order_and_targets(user, spec_
     assert Experiment.objects.count() == 1
 
 
+@pytest.mark.django_db
+def test_a_stored_variants_runtime_and_modelled_delay_are_in_its_spec_and_export(user, spec_data):
+    experiment = services.experiment_import(owner=user, data=spec_data)
+    experiment.variants.filter(name="batched").update(runtime="thread", platform_delay_ms=25_000)
+    variant = next(v for v in spec_io.experiment_to_spec(experiment).variants if v.name == "batched")
+    assert (variant.runtime, variant.platform_delay_ms, variant.isolation) == ("thread", 25_000.0, "none")
+    exported = spec_io.experiment_to_dict(experiment)
+    rows = {v["name"]: v for v in exported["variants"]}
+    assert (rows["batched"]["runtime"], rows["batched"]["platform_delay_ms"]) == ("thread", 25_000.0)
+    assert (rows["dedicated"]["runtime"], rows["dedicated"]["platform_delay_ms"]) == ("process", 0.0)
+    assert S.parse_experiment(exported).variants[1] == variant
+
+
+def test_the_examples_run_in_processes_with_no_modelled_delay():
+    for name in ("classifier-poc.json", "classifier-poc.yaml", "azure-trace-poc.json"):
+        spec = S.parse_experiment(spec_io.load_spec_file(EXAMPLES / name))
+        assert {(v.runtime, v.platform_delay_ms) for v in spec.variants} == {("process", 0.0)}, name
+
+
 def test_dump_spec_writes_json_or_yaml_that_reads_back(spec_data, tmp_path):
     for as_yaml, suffix in ((False, ".json"), (True, ".yaml")):
         path = tmp_path / f"out{suffix}"
@@ -220,11 +239,11 @@ def test_the_spec_doc_names_every_field_pattern_and_mode():
                                       "input_shape", "options", "weight", "share", "target_concurrency",
                                       "max_batch_size", "max_queue_delay_ms", "shed", "ttl_s", "bin_s", "range_s",
                                       "head_percentile", "tail_percentile", "min_samples", "repeats",
-                                      "time_compression", "seed"}
+                                      "time_compression", "seed", "runtime", "platform_delay_ms"}
     for params in S.PATTERN_PARAMS.values():
         names |= set(params)
     names |= set(S.PATTERNS) | set(S.TRACE_FORMATS) | set(S.SHARING_MODES) | set(S.BATCHING_MODES)
-    names |= set(S.KEEP_ALIVE_POLICIES)
+    names |= set(S.KEEP_ALIVE_POLICIES) | set(S.RUNTIMES)
     missing = sorted(n for n in names if f"`{n}`" not in DOC)
     assert not missing, missing
 

@@ -146,3 +146,55 @@ def test_a_non_object_spec_is_rejected_plainly():
     with pytest.raises(S.SpecError) as info:
         parse(["not", "an", "object"])
     assert "must be an object" in str(info.value)
+
+
+# ---- runtime and the modelled platform delay -------------------------------------------------------------
+def test_a_variant_runs_in_processes_with_no_modelled_delay_unless_told():
+    v = parse(EXAMPLE).variants[0]
+    assert (v.runtime, v.platform_delay_ms) == ("process", 0.0)
+    assert v.isolation == "process" and v.platform_delay_label == "none: only what really ran"
+
+
+def test_runtime_and_platform_delay_are_read_and_exported():
+    spec = parse(with_change(lambda d: d["variants"][0].update(runtime="thread", platform_delay_ms=25_000)))
+    v = spec.variants[0]
+    assert (v.runtime, v.platform_delay_ms) == ("thread", 25_000.0)
+    exported = spec.to_dict()["variants"][0]
+    assert (exported["runtime"], exported["platform_delay_ms"]) == ("thread", 25_000.0)
+    assert parse(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize("change, path, message", [
+    ({"runtime": "container"}, "variants[0].runtime", "must be one of: process, thread"),
+    ({"platform_delay_ms": -1}, "variants[0].platform_delay_ms", "must be between 0 and 600000"),
+    ({"platform_delay_ms": 600_001}, "variants[0].platform_delay_ms", "must be between 0 and 600000"),
+    ({"platform_delay_ms": "2s"}, "variants[0].platform_delay_ms", "must be a number"),
+    ({"sharing": "spatial", "runtime": "thread"}, "variants[0].runtime", "must be process for sharing spatial"),
+])
+def test_bad_runtime_and_platform_delay_values_name_the_field(change, path, message):
+    errs = errors_of(with_change(lambda d: d["variants"][0].update(change)))
+    assert any(m.startswith(message) for m in errs[path]), errs
+
+
+@pytest.mark.parametrize("sharing, runtime, mechanism, level, label", [
+    ("exclusive", "process", None, "process", "process"),
+    ("exclusive", "thread", None, "none", "shared process, no isolation"),
+    ("time_slice", "thread", "threads", "none", "shared process, no isolation"),
+    ("time_slice", "process", None, "none", "own processes, time-sliced device, no isolation"),
+    ("spatial", "process", "cpu-core-sets", "process", "process with a fixed share (cpu-core-sets)"),
+    ("spatial", "process", "mps", "process", "process with a fixed share (mps)"),
+    ("spatial", "process", "mig", "hardware partition", "hardware partition (MIG)"),
+])
+def test_isolation_says_what_separates_the_instances(sharing, runtime, mechanism, level, label):
+    assert S.isolation_level(sharing, runtime, mechanism) == level
+    assert S.isolation_label(sharing, runtime, mechanism) == label
+    variant = S.VariantSpec(name="v", sharing=sharing, runtime=runtime)
+    assert variant.isolation_label(mechanism) == label
+    assert variant.isolation in S.ISOLATION_LEVELS
+
+
+def test_platform_delay_labels_say_modelled_and_name_a_preset():
+    assert S.platform_delay_label(0) == "none: only what really ran"
+    assert S.platform_delay_label(2_000) == "modelled: +2 s per cold start (warm container pool, as of 2026-12-01)"
+    assert S.platform_delay_label(1_500) == "modelled: +1.5 s per cold start"
+    assert S.platform_delay_preset(25_000).key == "fresh-pull" and S.platform_delay_preset(1) is None
