@@ -147,7 +147,6 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
     rec.rows["function"][:] = arrivals.function_idx
     run_end = max(float(arrivals.run_s) - first, float(intended[-1]))
     grace = default_drain_grace_s(exp.slo.latency_ms) if drain_grace_s is None else float(drain_grace_s)
-    workload_s = max(float(w.duration_s) for w in exp.workloads)
 
     in_process = var.sharing != "spatial"
     concurrent = 1 if var.sharing == "exclusive" else (n_fn * var.max_instances if in_process else 1)
@@ -183,7 +182,8 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
         def emit(a: float, b: float) -> None:
             w = rec.window(a, b, state=platform.state(),
                            telemetry=telemetry.mean_between(a, b) if telemetry else None,
-                           cost_usd=cost_mod.cost_so_far_usd(list(rec.instances), spec.price, b))
+                           cost_usd=cost_mod.cost_so_far_usd(list(rec.instances), spec.price, b,
+                                                             sharing=var.sharing))
             windows.append(w)
             if on_window is not None:
                 try:
@@ -238,9 +238,9 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
         lat_ms = (rows["completed_s"][ok] - rows["intended_s"][ok]) * 1e3
         good = int(np.count_nonzero(lat_ms <= exp.slo.latency_ms))
         summary["cost"] = cost_mod.trial_cost(
-            instances=list(rec.instances), price=spec.price, run_s=run_s, devices=1,
-            completed=int(np.count_nonzero(ok)), good=good,
-            workload_duration_s=workload_s * (run_s / run_end if run_end > 0 else 1.0))
+            instances=list(rec.instances), price=spec.price, end_s=end_s, devices=1,
+            completed=int(np.count_nonzero(ok)), good=good, sharing=var.sharing,
+            time_compression=max(float(w.time_compression) for w in exp.workloads))
         summary["cold_start_phases_ms"] = _cold_start_phases(rec.cold_starts)
         # Cold starts count every load during the run, pre-warms included (they cost); these say how many
         # were histogram pre-warms and how many requests actually waited for one.
