@@ -181,7 +181,7 @@ def hardware_info(device: DeviceInfo, sharing_mechanism: str) -> dict:
 @dataclass
 class SharingPlan:
     mode: str  # exclusive | time_slice | spatial
-    mechanism: str  # exclusive | threads | cpu-core-sets | cuda-streams | mps | mig
+    mechanism: str  # exclusive | processes | threads | cpu-core-sets | cuda-contexts | cuda-streams | mps | mig
     core_sets: list[list[int]] | None = None  # cpu spatial: each instance's cores (affinity)
     threads_per_instance: int | None = None  # torch intra-op threads an instance should use
     mps_active_thread_percentage: int | None = None  # CUDA_MPS_ACTIVE_THREAD_PERCENTAGE per instance
@@ -224,8 +224,12 @@ def mig_devices(device: DeviceInfo) -> list[str]:
         _nvml_shutdown(nv)
 
 
-def sharing_plan(device: DeviceInfo, mode: str, *, instances: int, share: float) -> SharingPlan:
-    """How `instances` instances share `device` in `mode`; SharingUnavailable if the host cannot."""
+def sharing_plan(device: DeviceInfo, mode: str, *, instances: int, share: float, runtime: str = "process"
+                 ) -> SharingPlan:
+    """How `instances` instances share `device` in `mode`; SharingUnavailable if the host cannot.
+
+    runtime "process" (each instance its own process): time_slice is OS scheduling on the CPU and separate CUDA
+    contexts time-sliced by the GPU; runtime "thread": threads of one process (CUDA streams on a GPU)."""
     if mode not in ("exclusive", "time_slice", "spatial"):
         raise ValueError(f"unknown sharing mode {mode!r}")
     instances = max(1, int(instances))
@@ -234,6 +238,8 @@ def sharing_plan(device: DeviceInfo, mode: str, *, instances: int, share: float)
         if mode == "exclusive":
             return SharingPlan(mode, "exclusive", threads_per_instance=len(cores))
         if mode == "time_slice":
+            if runtime == "process":  # processes with no partition: the OS scheduler time-slices the cores
+                return SharingPlan(mode, "processes")
             # Instances are threads of one process and share its torch thread pool: no isolation.
             return SharingPlan(mode, "threads")
         per = math.floor(share * len(cores) + 1e-9)
@@ -250,8 +256,8 @@ def sharing_plan(device: DeviceInfo, mode: str, *, instances: int, share: float)
     # CUDA
     if mode == "exclusive":
         return SharingPlan(mode, "exclusive")
-    if mode == "time_slice":
-        return SharingPlan(mode, "cuda-streams")
+    if mode == "time_slice":  # untested here (no GPU on CI)
+        return SharingPlan(mode, "cuda-contexts" if runtime == "process" else "cuda-streams")
     migs = mig_devices(device)
     if len(migs) >= instances:
         return SharingPlan(mode, "mig", mig_devices=migs[:instances])

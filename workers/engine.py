@@ -22,7 +22,7 @@ import numpy as np
 
 from workers import cost as cost_mod
 from workers import devices, statistics, workload, zoo
-from workers.dispatcher import Dispatcher
+from workers.dispatcher import Dispatcher, behind_threshold_us
 from workers.platform import (
     MEMORY_HEADROOM,
     Platform,
@@ -33,10 +33,14 @@ from workers.platform import (
 )
 from workers.recorder import Recorder
 from workers.records import OUTCOME_OK, json_safe
-from workers.spec import TrialSpec
+from workers.spec import TrialSpec, isolation_label, isolation_level
 
 STOP_POLL_S = 0.2  # should_stop is polled at least this often (the contract says 0.25 s)
 LEAD_S = 0.1  # between fixing t0 and the first arrival: the dispatcher thread is up and sleeping
+# Memory an instance process needs beyond its model on the CPU (interpreter + torch, measured RSS ~250 MB here):
+# counted against the host's memory so that a runtime "process" variant does not start more than fit.
+PROCESS_OVERHEAD_BYTES = 300 * 2**20
+COLD_DRAIN_EXTRA_S = 120.0  # at most this much longer for cold starts still running when the grace ends
 CANCEL_JOIN_S = 1.0  # a cancelled trial gives running batches this long; the whole stop stays under 2 s
 # The GIL switch interval while a trial runs. The dispatcher, the instance threads and torch's Python-level
 # op dispatch share one GIL; CPython's default 5 ms lets a thread that is busy in Python make the
@@ -87,6 +91,7 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
         raise TrialFailed(str(exc)) from exc
 
     n_fn = len(exp.functions)
+    runtime = "process" if var.sharing == "spatial" else var.runtime
     share = var.effective_share
     if var.sharing == "spatial" and var.share is None and n_fn > 1:
         # effective_share assumes one function; with several, each instance slot gets an equal part.
@@ -95,17 +100,18 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
                      f"gets {share:.3g} of the device")
     slots = n_fn * var.max_instances if var.sharing == "spatial" else var.max_instances
     try:
-        plan = devices.sharing_plan(device, var.sharing, instances=slots, share=share)
+        plan = devices.sharing_plan(device, var.sharing, instances=slots, share=share, runtime=runtime)
     except devices.SharingUnavailable as exc:
         raise TrialFailed(str(exc)) from exc
 
     max_batch = var.batching.max_batch_size if var.batching.mode != "none" else 1
     budget = int(device.total_memory_bytes * MEMORY_HEADROOM)
+    overhead = PROCESS_OVERHEAD_BYTES if (runtime == "process" and device.kind == "cpu") else 0
     mem: list[int] = []
     for f in exp.functions:
         try:
             mem.append(int(zoo.estimate_memory_bytes(f.model, input_shape=f.input_shape, options=f.options,
-                                                     batch_size=max_batch)))
+                                                     batch_size=max_batch)) + overhead)
         except zoo.ModelError as exc:
             raise TrialFailed(f"function {f.name!r}: {exc}") from exc
     # A MIG slice or an MPS client gets its share of the GPU's memory; CPU core sets share the host's RAM.
@@ -139,6 +145,13 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
         raise TrialFailed("the workload produces no arrivals in its window")
 
     # ---- set up -----------------------------------------------------------------------------------------
+    # Weights are generated now, before the trial's clock starts: generating a file is a one-time preparation,
+    # never part of a timed cold start.
+    for f in exp.functions:
+        try:
+            zoo.ensure_weights(f.model, input_shape=f.input_shape, options=f.options, model_dir=model_dir)
+        except zoo.ModelError as exc:
+            raise TrialFailed(f"function {f.name!r}: {exc}") from exc
     _preload_end_of_trial_modules(artifact_path is not None)
     rec = Recorder(n, names, slo_latency_ms=exp.slo.latency_ms)
     first = float(arrivals.times_s[0])
@@ -148,16 +161,19 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
     run_end = max(float(arrivals.run_s) - first, float(intended[-1]))
     grace = default_drain_grace_s(exp.slo.latency_ms) if drain_grace_s is None else float(drain_grace_s)
 
-    in_process = var.sharing != "spatial"
-    concurrent = 1 if var.sharing == "exclusive" else (n_fn * var.max_instances if in_process else 1)
+    in_process = runtime == "thread"
+    concurrent = 1 if var.sharing == "exclusive" else (n_fn * var.max_instances if var.sharing != "spatial" else 1)
     threads = choose_torch_threads(device.kind, device.cores, concurrent)
-    torch_before = configure_torch_threads(threads)
+    # Thread runtime: the instances' torch runs in this process. Process runtime: each instance process gets
+    # `threads` intra-op threads (spatial ones their core set) and this process keeps its own settings.
+    torch_before = configure_torch_threads(threads) if in_process else {}
     switch_before = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     torch_device = "cpu" if device.kind == "cpu" else f"cuda:{device.index or 0}"
     platform = Platform(exp.functions, var, recorder=rec, function_idx=arrivals.function_idx, model_dir=model_dir,
                         slo_latency_ms=exp.slo.latency_ms, device_kind=device.kind, torch_device=torch_device,
-                        plan=plan, memory_budget_bytes=budget, mem_per_instance=mem, share=share)
+                        plan=plan, memory_budget_bytes=budget, mem_per_instance=mem, share=share,
+                        child_threads=threads)
     telemetry = None
     dispatcher = None
     windows: list[dict] = []
@@ -172,7 +188,8 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
         t0 = time.perf_counter() + LEAD_S
         platform.set_t0(t0)
         telemetry = devices.Telemetry(device, interval_s=0.2, t0=t0).start()
-        dispatcher = Dispatcher(intended, platform.submit, sent_s=rec.rows["sent_s"])
+        dispatcher = Dispatcher(intended, platform.submit, sent_s=rec.rows["sent_s"],
+                                behind_threshold_us=behind_threshold_us(exp.slo.latency_ms))
         if ready:
             dispatcher.start(t0=t0)
         else:  # cancelled while min instances were starting: nothing was sent
@@ -210,7 +227,11 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
             if dispatcher.done:
                 if platform.pending() == 0 and now >= run_end:
                     break
-                if now >= float(intended[-1]) + grace and now >= run_end:
+                # A cold start still in progress extends the drain (bounded): its requests are waiting for a
+                # real process start, and cutting them off at a fixed grace would report a start as a drop.
+                starting = platform.state()["instances_starting"] > 0 and now < float(intended[-1]) + grace + \
+                    COLD_DRAIN_EXTRA_S + platform.platform_delay_s
+                if now >= float(intended[-1]) + grace and now >= run_end and not starting:
                     left = platform.pending()
                     if left:
                         notes.append(f"{left} request(s) not finished {grace:g} s after the last arrival were "
@@ -232,7 +253,7 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
         k = dispatcher.n_sent  # requests never sent (cancel) are excluded
         rows = {c: a[:k] for c, a in rec.rows.items()}
         run_s = run_end if status == "succeeded" else max(min(end_s, run_end), 1e-3)
-        summary = statistics.summarize(rows, function_names=names, slo=exp.slo, run_s=run_s,
+        summary = statistics.summarize(rows, function_names=names, slo=exp.slo, arrival_s=run_s, end_s=end_s,
                                        cold_starts=list(rec.cold_starts), n_batches=rec.n_batches)
         ok = rows["outcome"] == OUTCOME_OK
         lat_ms = (rows["completed_s"][ok] - rows["intended_s"][ok]) * 1e3
@@ -254,7 +275,11 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
             notes.append(f"the dispatcher fell behind: worst lag {ds['lag_max_us'] / 1000:.1f} ms (threshold "
                          f"{ds['behind_threshold_us'] / 1000:.0f} ms); latencies include it (open loop)")
         hardware = devices.hardware_info(device, plan.mechanism)
+        hardware["runtime"] = runtime
+        hardware["isolation"] = isolation_label(var.sharing, runtime, plan.mechanism)
+        hardware["isolation_level"] = isolation_level(var.sharing, runtime, plan.mechanism)
         hardware["torch_threads"] = threads if in_process else None
+        hardware["instance_torch_threads"] = threads if not in_process and var.sharing != "spatial" else None
         hardware["gil_switch_interval_s"] = SWITCH_INTERVAL_S
         if var.sharing == "spatial":
             hardware["share"] = share
@@ -264,7 +289,7 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
                 hardware["mps_active_thread_percentage"] = plan.mps_active_thread_percentage
             if plan.mig_devices:
                 hardware["mig_devices"] = list(plan.mig_devices)
-            hardware["instances"] = [json_safe(c) for c in platform.spatial_children]
+            hardware["instances"] = [json_safe(c) for c in platform.spatial_children[:64]]
             if device.kind == "cpu" and device.cores <= sum(len(c) for c in plan.core_sets or []):
                 notes.append("spatial on cpu: the instances' core sets cover every core, so the dispatcher and "
                              "the platform's threads share cores with them")
@@ -282,6 +307,11 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
             "seed": spec.seed,
             "run_s": float(run_s),
             "simulated": False,
+            "runtime": runtime,
+            "isolation": hardware["isolation"],
+            # A compressed run is an accelerated replay: its figures are wall-clock figures of the faster load.
+            "time_compression": float(max(w.time_compression for w in exp.workloads)),
+            "platform_delay_ms": {"value": platform.platform_delay_s * 1e3, "modelled": True},
             "telemetry": telemetry.summary(),
             "notes": notes,
         })
@@ -310,19 +340,24 @@ def _preload_end_of_trial_modules(parquet: bool) -> None:
         import pyarrow.parquet  # noqa: F401
 
 
+PHASES = ("platform_delay_modelled", "process_start", "import", "device_context", "build", "load", "to_device",
+          "warmup", "total")
+
+
 def _cold_start_phases(cold_starts) -> dict:
-    """Where the cold starts paid by the load went: mean and min of each measured phase (build, load =
-    weights file read + move to the device, warmup, process_start for spatial, total), in ms."""
+    """Where the cold starts paid during the load went: the p50 of each phase in ms (None for a phase that did not
+    happen: process_start, import and device_context exist only for process instances, platform_delay_modelled
+    only with a modelled delay), their count, and whether the weights really came from the disk."""
     during = [c for c in cold_starts if c.during_load and c.timings_ms]
     out: dict = {"count": len(during)}
-    phases = ("build", "load", "warmup", "process_start", "total")
-    for p in phases:
-        if p == "load":
-            vals = [c.load_ms for c in during]
-        elif p == "total":
-            vals = [c.duration_ms for c in during]
-        else:
-            vals = [float(c.timings_ms[p]) for c in during if p in c.timings_ms]
-        out[f"{p}_mean"] = float(np.mean(vals)) if vals else None
-        out[f"{p}_min"] = float(np.min(vals)) if vals else None
+    for p in PHASES:
+        vals = [c.duration_ms for c in during] if p == "total" else \
+            [float(c.timings_ms[p]) for c in during if p in c.timings_ms]
+        out[p] = float(np.percentile(vals, 50.0)) if vals else None
+    resident = [c.page_cache_resident for c in cold_starts if c.page_cache_resident is not None]
+    # Share of the weights file still in the page cache after the drop, worst case over all cold starts:
+    # 0.0 means every load read the disk; None means the host could not tell.
+    out["page_cache_resident_max"] = float(max(resident)) if resident else None
+    out["weights_bytes"] = next((int(c.weights_bytes) for c in cold_starts if c.weights_bytes), None)
+    out["modelled"] = ["platform_delay_modelled"]
     return out

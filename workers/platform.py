@@ -2,7 +2,7 @@
 
 Per function: a request queue and a pool of instances (starting -> idle <-> busy -> evicted). The open-
 loop dispatcher hands requests to `submit`; free instances ask the function's batcher what to run; the
-autoscaler starts instances (real cold starts: `zoo.load_model`) when queued + in-flight work per
+autoscaler starts instances (real cold starts: workers.instance) when queued + in-flight work per
 instance exceeds the target concurrency; the keep-alive policy evicts idle ones. Decisions come from
 the policy objects of workers.policies, driven here with the wall clock (`time.perf_counter()` minus t0,
 where t0 is the instant the first arrival is due).
@@ -11,12 +11,17 @@ Queues cost nothing per request: the arrivals of function f, in order, are `orde
 its queue is the window order[head:tail]; the dispatcher advances tail, batches advance head. Each
 request's row in the recorder is written by the one thread that ran (or dropped) it.
 
-Sharing modes (DESIGN.md vocabulary):
+Runtimes: each instance is its own process by default (workers.instance.ProcessRunner: a real process
+start, torch import, device context, weights read from disk); `runtime: "thread"` keeps instances as threads
+of this process (ThreadRunner), labelled "shared process, no isolation".
+
+Sharing modes:
   exclusive  - one device thread owns the device; at most one instance is resident. A request for
                another function evicts the resident one (when it is idle) and pays a real cold start.
-  time_slice - one thread per instance, all in this process, running concurrently (on CUDA each on its
-               own torch.cuda.Stream); no isolation.
-  spatial    - one child process per instance with a fixed share: on CPU pinned to a disjoint core set
+  time_slice - one thread per instance here, each driving its instance (a process, or a model in this
+               process), running concurrently with no partition (on CUDA: separate contexts, or streams
+               with the thread runtime).
+  spatial    - one process per instance with a fixed share: on CPU pinned to a disjoint core set
                (sched_setaffinity + torch.set_num_threads(len(cores)), read back from the child and
                reported); on CUDA with CUDA_MPS_ACTIVE_THREAD_PERCENTAGE or CUDA_VISIBLE_DEVICES=<MIG
                uuid> set in the child before it initialises CUDA.
@@ -29,9 +34,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -42,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from workers import zoo
+from workers.instance import ModelRaised, ProcessRunner, ThreadRunner
 from workers.policies import Autoscaler, Batcher, KeepAlivePolicy, make_batcher, make_keep_alive
 from workers.recorder import Recorder
 from workers.records import (
@@ -120,207 +123,6 @@ def restore_torch_threads(before: dict) -> None:
         torch.set_num_threads(int(before["intra_op"]))
 
 
-# ---- runners: where an instance's model lives ----------------------------------------------------------
-class _ModelRaised(Exception):
-    """The model raised during a batch (the trial goes on; the batch's requests are errors)."""
-
-
-class _InProcessRunner:
-    """A model in this process (exclusive, time_slice). On CUDA each runner has its own stream."""
-
-    def __init__(self, fn: _Function, torch_device: str, model_dir: Path):
-        self.fn = fn
-        self.torch_device = torch_device
-        self.model_dir = model_dir
-        self.loaded = None
-        self.stream = None
-        self.info: dict = {}
-
-    def start(self) -> dict:
-        self.loaded = zoo.load_model(self.fn.spec.model, input_shape=self.fn.spec.input_shape,
-                                     options=self.fn.spec.options, device=self.torch_device,
-                                     model_dir=self.model_dir)
-        if self.torch_device.startswith("cuda"):  # untested here (no GPU on CI)
-            import torch
-
-            self.stream = torch.cuda.Stream(device=self.torch_device)
-        return {"timings_ms": dict(self.loaded.timings_ms), "weights_bytes": int(self.loaded.weights_bytes)}
-
-    def run(self, batch_size: int) -> None:
-        import torch
-
-        loaded = self.loaded
-        try:
-            with torch.inference_mode():
-                if self.stream is None:
-                    loaded.module(zoo.make_batch(loaded, batch_size))
-                else:  # untested here: CUDA time-slicing, one stream per instance thread
-                    with torch.cuda.stream(self.stream):
-                        loaded.module(zoo.make_batch(loaded, batch_size))
-                    self.stream.synchronize()  # completion means the result exists, not that it was queued
-        except Exception as exc:
-            raise _ModelRaised(f"{type(exc).__name__}: {exc}") from exc
-
-    def close(self) -> None:
-        self.loaded = None
-        self.stream = None
-        if self.torch_device.startswith("cuda"):  # give the memory back to the device for the next one
-            import torch
-
-            torch.cuda.empty_cache()
-
-
-class _ChildRunner:
-    """A model in its own process with a fixed share of the device (spatial).
-
-    The child is a fresh interpreter (`python -m workers.platform --instance-child FD`), not a
-    multiprocessing fork or spawn: forking a process that runs torch and a dozen threads can deadlock, and
-    spawn re-imports the parent's __main__ (a Celery worker, manage.py, a REPL), which may not be importable
-    twice. Its environment (CUDA_VISIBLE_DEVICES / CUDA_MPS_ACTIVE_THREAD_PERCENTAGE) is set before the
-    interpreter starts, so before CUDA can initialise; its affinity is set before it imports torch. The
-    two processes talk over a socketpair wrapped in multiprocessing Connections (small pickled messages).
-    """
-
-    def __init__(self, fn: _Function, torch_device: str, model_dir: Path, *, cores: list[int] | None,
-                 threads: int, env: dict[str, str]):
-        self.fn = fn
-        self.torch_device = torch_device
-        self.model_dir = model_dir
-        self.cores = cores
-        self.threads = threads
-        self.env = env
-        self.proc: subprocess.Popen | None = None
-        self.conn = None
-        self.info: dict = {}
-
-    def start(self, should_abort=None) -> dict:
-        from multiprocessing.connection import Connection
-
-        ours, theirs = socket.socketpair()
-        env = dict(os.environ)
-        env.update(self.env)
-        # The child must import what this process imports (workers, user-model modules from tests or
-        # plugins): give it this process's import path.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        if self.cores:
-            env["OMP_NUM_THREADS"] = str(len(self.cores))
-        t = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.platform", "--instance-child", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL, close_fds=True)
-        theirs.close()
-        self.conn = Connection(ours.detach())
-        spec = self.fn.spec
-        self.conn.send({"key": spec.model, "input_shape": spec.input_shape, "options": dict(spec.options),
-                        "model_dir": str(self.model_dir), "device": self.torch_device, "cores": self.cores,
-                        "threads": self.threads, "user_models": _user_model_paths()})
-        msg = self._recv(timeout_s=300.0, should_abort=should_abort)
-        if msg[0] != "ready":
-            self.kill()
-            self.close()
-            raise zoo.ModelError(f"instance process failed to start: {msg[1]}")
-        info = msg[1]
-        zoo_total = float(info["timings_ms"].get("total", 0.0))
-        timings = dict(info["timings_ms"])
-        # Process start (interpreter + torch import) is part of this kind of cold start; keep it visible.
-        timings["process_start"] = max(0.0, (time.perf_counter() - t) * 1e3 - zoo_total)
-        self.info = {"pid": self.proc.pid, "cores_requested": self.cores, "cores_actual": info["affinity"],
-                     "torch_threads": info["torch_threads"], "env": dict(self.env)}
-        return {"timings_ms": timings, "weights_bytes": int(info["weights_bytes"])}
-
-    def _recv(self, timeout_s: float, should_abort=None):
-        deadline = time.perf_counter() + timeout_s
-        while not self.conn.poll(0.05):
-            if should_abort is not None and should_abort():
-                return ("error", "stopped while the instance process was starting")
-            if self.proc is not None and self.proc.poll() is not None and not self.conn.poll(0):
-                return ("error", f"instance process exited with code {self.proc.returncode}")
-            if time.perf_counter() > deadline:
-                return ("error", f"no answer from the instance process within {timeout_s:.0f} s")
-        try:
-            return self.conn.recv()
-        except (EOFError, OSError) as exc:
-            code = self.proc.poll() if self.proc is not None else None
-            return ("error", f"instance process died ({type(exc).__name__}, exit code {code})")
-
-    def run(self, batch_size: int) -> None:
-        try:
-            self.conn.send(batch_size)
-            # The answer comes when the batch is done; a blocking recv releases the GIL meanwhile.
-            msg = self.conn.recv()
-        except (EOFError, OSError, ValueError) as exc:
-            code = self.proc.poll() if self.proc is not None else None
-            raise _ModelRaised(f"instance process is gone ({type(exc).__name__}, exit code {code})") from exc
-        if msg[0] != "ok":
-            raise _ModelRaised(str(msg[1]))
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-
-    def close(self) -> None:
-        if self.conn is not None:
-            try:
-                self.conn.send(None)
-            except (OSError, ValueError):
-                pass
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=1.0)
-        if self.conn is not None:
-            self.conn.close()
-        self.conn = None
-
-
-def _user_model_paths() -> dict[str, str]:
-    """User-model registrations to repeat in a child process (key -> dotted factory path)."""
-    return zoo.user_model_paths()
-
-
-def _instance_child(fd: int) -> int:
-    """Entry point of a spatial instance's process (python -m workers.platform --instance-child FD)."""
-    from multiprocessing.connection import Connection
-
-    conn = Connection(fd)
-    cfg = conn.recv()
-    cores = cfg["cores"]
-    if cores:
-        os.sched_setaffinity(0, cores)  # before torch starts its thread pool
-    try:
-        import torch
-
-        torch.set_num_threads(max(1, int(cfg["threads"])))
-        if cfg["user_models"]:
-            zoo.register_user_models(cfg["user_models"])
-        loaded = zoo.load_model(cfg["key"], input_shape=cfg["input_shape"], options=cfg["options"],
-                                device=cfg["device"], model_dir=Path(cfg["model_dir"]))
-        affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        conn.send(("ready", {"timings_ms": loaded.timings_ms, "weights_bytes": loaded.weights_bytes,
-                             "affinity": affinity, "torch_threads": torch.get_num_threads()}))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the cold start
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        return 1
-    cuda = loaded.device.type == "cuda"
-    while True:
-        try:
-            k = conn.recv()
-        except (EOFError, OSError):
-            return 0
-        if k is None:
-            return 0
-        try:
-            with torch.inference_mode():
-                loaded.module(zoo.make_batch(loaded, int(k)))
-            if cuda:
-                torch.cuda.synchronize(loaded.device)
-            conn.send(("ok", None))
-        except Exception as exc:  # noqa: BLE001 - a model error fails its batch, not the instance
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
-
-
 # ---- state ------------------------------------------------------------------------------------------------
 @dataclass(eq=False)
 class _Function:
@@ -367,6 +169,7 @@ class _Instance:
     runner: Any = None
     slot: int | None = None
     cs_start_s: float = math.nan
+    delay_end_s: float = math.nan  # end of the modelled platform delay (cs_start_s when there is none)
     ready_s: float = math.nan
     idle_since_s: float = math.nan
     keep_until_s: float | None = None  # a pre-warmed instance is kept until then unless used
@@ -385,8 +188,13 @@ class Platform:
     def __init__(self, functions: Sequence[FunctionSpec], variant: VariantSpec, *, recorder: Recorder,
                  function_idx: np.ndarray, model_dir: Path, slo_latency_ms: float, device_kind: str = "cpu",
                  torch_device: str = "cpu", plan: Any = None, memory_budget_bytes: int | None = None,
-                 mem_per_instance: Sequence[int] | None = None, share: float | None = None):
+                 mem_per_instance: Sequence[int] | None = None, share: float | None = None,
+                 child_threads: int = 1):
         self.functions = list(functions)
+        self.runtime = variant.runtime
+        self.platform_delay_s = float(variant.platform_delay_ms) / 1000.0
+        self.child_threads = max(1, int(child_threads))  # torch threads of each instance process (not spatial)
+        self._stop_event = threading.Event()
         self.variant = variant
         self.rec = recorder
         self.model_dir = Path(model_dir)
@@ -489,6 +297,7 @@ class Platform:
         try:
             for inst in self._instances:
                 inst.cs_start_s -= t0_abs
+                inst.delay_end_s -= t0_abs
                 inst.ready_s -= t0_abs
                 inst.idle_since_s -= t0_abs
                 life = inst.life
@@ -574,22 +383,26 @@ class Platform:
         return True
 
     def _make_runner(self, fn: _Function, slot: int | None):
-        if not self.spatial:
-            return _InProcessRunner(fn, self.torch_device, self.model_dir)
+        """The instance's runner: its own process (runtime "process", and always for spatial), or a thread of
+        this process (runtime "thread")."""
+        if not self.spatial and self.runtime == "thread":
+            return ThreadRunner(fn.spec, self.torch_device, self.model_dir)
         plan = self.plan
         cores = None
         env: dict[str, str] = {}
         device = self.torch_device
-        threads = 1
-        if self.device_kind == "cpu":
-            cores = list(plan.core_sets[slot])
-            threads = len(cores)
-        elif getattr(plan, "mechanism", "") == "mig":  # untested here (no GPU on CI)
-            env["CUDA_VISIBLE_DEVICES"] = str(plan.mig_devices[slot])
-            device = "cuda:0"  # the only device the child can see
-        elif getattr(plan, "mechanism", "") == "mps":  # untested here (no GPU on CI)
-            env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(int(plan.mps_active_thread_percentage))
-        return _ChildRunner(fn, device, self.model_dir, cores=cores, threads=threads, env=env)
+        threads = self.child_threads
+        if self.spatial:
+            if self.device_kind == "cpu":
+                cores = list(plan.core_sets[slot])
+                threads = len(cores)
+            elif getattr(plan, "mechanism", "") == "mig":  # untested here (no GPU on CI)
+                env["CUDA_VISIBLE_DEVICES"] = str(plan.mig_devices[slot])
+                device = "cuda:0"  # the only device the child can see
+            elif getattr(plan, "mechanism", "") == "mps":  # untested here (no GPU on CI)
+                env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(int(plan.mps_active_thread_percentage))
+        return ProcessRunner(fn.spec, device, self.model_dir, cores=cores, threads=threads, env=env,
+                             user_models=zoo.user_model_paths())
 
     def _slot_count(self) -> int:
         plan = self.plan
@@ -645,11 +458,17 @@ class Platform:
             inst.life.start_s = t_cs
             inst.life.end_s = t_cs
             inst.life.last_busy_end_s = t_cs
+        if not inst.prestart:
+            self.rec.cold_start_began.append(t_cs)  # windows count a cold start in the second it began
         try:
-            if isinstance(inst.runner, _ChildRunner):
-                info = inst.runner.start(should_abort=lambda: self._stopping)
-            else:
-                info = inst.runner.start()
+            delay_s = self.platform_delay_s
+            if delay_s > 0:
+                # MODELLED provisioning / image pull (the variant's platform_delay_ms): nothing real runs for it;
+                # it is added before the real process start and reported as its own, labelled phase.
+                if self._stop_event.wait(delay_s):
+                    raise PlatformError("stopped during the modelled platform delay")
+            inst.delay_end_s = t_cs + delay_s
+            info = inst.runner.start(should_abort=lambda: self._stopping)
         except Exception as exc:  # noqa: BLE001 - a failed cold start is recorded, the trial goes on
             msg = f"cold start of {fn.spec.name!r} ({fn.spec.model}) failed: {type(exc).__name__}: {exc}"
             if not self._stopping:  # a start cut short by the end of the run is not an error
@@ -667,6 +486,9 @@ class Platform:
             return False
         t_ready = self.now()
         timings = dict(info.get("timings_ms") or {})
+        if self.platform_delay_s > 0:
+            timings["platform_delay_modelled"] = self.platform_delay_s * 1e3
+            timings["total"] = float(timings.get("total", 0.0)) + self.platform_delay_s * 1e3
         if getattr(inst.runner, "info", None):
             self.spatial_children.append({"instance": inst.id, "function": fn.spec.name, **inst.runner.info})
         if inst.keep_until_s is not None:
@@ -675,7 +497,8 @@ class Platform:
             self.rec.cold_starts.append(ColdStart(
                 function=fn.idx, instance=inst.id, start_s=t_cs, end_s=t_ready,
                 load_ms=float(timings.get("load", 0.0)) + float(timings.get("to_device", 0.0)),
-                during_load=not inst.prestart, timings_ms=timings))
+                during_load=not inst.prestart, timings_ms=timings,
+                page_cache_resident=info.get("page_cache_resident"), weights_bytes=info.get("weights_bytes")))
         with fn.cond:
             inst.ready_s = t_ready
             inst.idle_since_s = t_ready
@@ -827,7 +650,7 @@ class Platform:
         err = None
         try:
             inst.runner.run(k)
-        except _ModelRaised as exc:
+        except ModelRaised as exc:
             err = str(exc)
         t_end = self.now()
         if err is not None:
@@ -868,7 +691,10 @@ class Platform:
             if inst.held_from is not None:
                 rows["batch_wait_s"][i] = max(0.0, inst.taken_s - max(sent, inst.held_from))
             if sent < inst.ready_s:
-                rows["cold_wait_s"][i] = inst.ready_s - max(sent, inst.cs_start_s)
+                waited_from = max(sent, inst.cs_start_s)
+                rows["cold_wait_s"][i] = inst.ready_s - waited_from
+                if inst.delay_end_s > waited_from:
+                    rows["modelled_wait_s"][i] = inst.delay_end_s - waited_from
             if err is None:
                 rows["completed_s"][i] = t_end
                 rows["outcome"][i] = OUTCOME_OK
@@ -885,7 +711,10 @@ class Platform:
             # overheads stay in queue_wait, where they belong.
             rows["batch_wait_s"][idx] = np.maximum(0.0, inst.taken_s - np.maximum(sent, inst.held_from))
         if sent[0] < inst.ready_s:  # oldest first: if any waited for the cold start, the first did
-            rows["cold_wait_s"][idx] = np.clip(inst.ready_s - np.maximum(sent, inst.cs_start_s), 0.0, None)
+            waited_from = np.maximum(sent, inst.cs_start_s)
+            rows["cold_wait_s"][idx] = np.clip(inst.ready_s - waited_from, 0.0, None)
+            if inst.delay_end_s > inst.cs_start_s:
+                rows["modelled_wait_s"][idx] = np.clip(inst.delay_end_s - waited_from, 0.0, None)
         if err is None:
             rows["completed_s"][idx] = t_end
             rows["outcome"][idx] = OUTCOME_OK
@@ -957,7 +786,7 @@ class Platform:
             life = InstanceLife(function=fn.idx, instance=iid, share=1.0, start_s=now, end_s=now,
                                 last_busy_end_s=now, busy_s=0.0, evicted=False)
             inst = _Instance(id=iid, fn=fn, share=1.0, life=life, prestart=prestart,
-                             runner=_InProcessRunner(fn, self.torch_device, self.model_dir),
+                             runner=self._make_runner(fn, None),
                              keep_until_s=keep_until_s)
             fn.n_starting += 1
             fn.instances.append(inst)
@@ -1083,12 +912,13 @@ class Platform:
         """Stop: no more batches start; running ones get up to join_s to finish; what is still queued or
         running is dropped; instances still alive are closed with evicted=False at end_s."""
         self._stopping = True
+        self._stop_event.set()
         conds = list({id(fn.cond): fn.cond for fn in self.fns}.values())
         for c in conds:
             with c:
                 c.notify_all()
         for inst in list(self._instances):  # a process still starting up has nothing to finish
-            if inst.state == STARTING and isinstance(inst.runner, _ChildRunner):
+            if inst.state == STARTING:
                 inst.runner.kill()
         deadline = time.perf_counter() + join_s
         for t in list(self._threads):
@@ -1117,9 +947,4 @@ class Platform:
         # Instances whose thread is stuck (a long cold start, a long batch) are abandoned: daemon threads,
         # and any instance process is killed here so nothing outlives the trial.
         for inst in self._instances:
-            if isinstance(inst.runner, _ChildRunner):
-                inst.runner.kill()
-
-
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--instance-child":
-    raise SystemExit(_instance_child(int(sys.argv[2])))
+            inst.runner.kill()

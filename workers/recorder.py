@@ -38,6 +38,7 @@ class Recorder:
         self.function_names = list(function_names)
         self.rows: dict[str, np.ndarray] = records.empty_rows(self.n)
         self.cold_starts: list[ColdStart] = []
+        self.cold_start_began: list[float] = []  # run-clock start of each cold start during the load
         self.instances: list[InstanceLife] = []
         self.n_batches = 0
         # Index arrays of requests whose outcome (ok / error / dropped) was just written, in finishing order.
@@ -75,7 +76,8 @@ class Recorder:
         lag = lag[np.isfinite(lag)]
         lag_p99_us = float(np.percentile(lag, 99.0)) * 1e6 if len(lag) else None
 
-        cold = sum(1 for c in list(self.cold_starts) if c.during_load and t0_s <= c.start_s < t1_s)
+        # Counted in the second the cold start began, even when it ends seconds later.
+        cold = sum(1 for t in list(self.cold_start_began) if t0_s <= t < t1_s)
         state = state or {}
         telemetry = telemetry or {}
         out = {

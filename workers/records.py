@@ -23,7 +23,8 @@ ROW_COLUMNS: dict[str, np.dtype] = {
     "completed_s": np.dtype(np.float64),  # result ready (NaN: not completed)
     "instance": np.dtype(np.int32),  # instance id that ran it (-1: none)
     "batch_size": np.dtype(np.int16),  # size of the batch it ran in (0: none)
-    "cold_wait_s": np.dtype(np.float32),  # part of its wait spent waiting for a cold start
+    "cold_wait_s": np.dtype(np.float32),  # part of its wait spent waiting for a cold start (modelled part included)
+    "modelled_wait_s": np.dtype(np.float32),  # of cold_wait_s: the MODELLED platform delay (platform_delay_ms)
     "batch_wait_s": np.dtype(np.float32),  # part of its wait an instance was free but the batcher held it
     "outcome": np.dtype(np.int8),  # OUTCOME_*
 }
@@ -50,7 +51,9 @@ class ColdStart:
     end_s: float  # instance ready (after warm-up)
     load_ms: float  # of which: reading the weights file and moving them to the device
     during_load: bool  # False for min-instance prestarts before the load began
-    timings_ms: dict | None = None  # build / load / to_device / warmup as measured by the zoo
+    timings_ms: dict | None = None  # phases in ms (workers.instance); platform_delay_modelled is not measured
+    page_cache_resident: float | None = None  # share of the weights file still cached after the drop
+    weights_bytes: int | None = None
 
     @property
     def duration_ms(self) -> float:

@@ -40,6 +40,9 @@ BUILTIN_SHAPES: dict[str, tuple[int, ...]] = {
     "mlp-small": (256,),
     "cnn-small": (3, 32, 32),
     "transformer-small": (32, 64),
+    # BERT-base-sized: 12 layers of width 768, 12 heads, feed-forward 3072, a 30,522-way output head;
+    # about 109 M parameters, 436 MB of float32 weights: what loading a realistic model costs.
+    "transformer-base": (32, 768),
 }
 # Options each built-in accepts, with defaults; anything else is refused so a typo is not silently ignored.
 BUILTIN_OPTIONS: dict[str, dict[str, int]] = {
@@ -47,6 +50,7 @@ BUILTIN_OPTIONS: dict[str, dict[str, int]] = {
     "mlp-small": {"hidden": 512, "layers": 3, "classes": 10},
     "cnn-small": {"width": 16, "classes": 10},
     "transformer-small": {"layers": 2, "heads": 4, "ff": 128, "classes": 10},
+    "transformer-base": {"layers": 12, "heads": 12, "ff": 3072, "classes": 30522},
 }
 USER_WEIGHTS_OPTION = "weights_path"  # user models may point at their own weights file
 
@@ -164,8 +168,8 @@ def _resolve(key: str, input_shape: Any, options: dict | None) -> tuple[tuple[in
             known = ", ".join(sorted(allowed)) or "none"
             raise ModelError(f"model {key!r}: unknown option(s) {', '.join(unknown)} (accepted: {known})")
         for name, value in opts.items():
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8192:
-                raise ModelError(f"model {key!r}: option {name} must be a whole number between 1 and 8192")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
+                raise ModelError(f"model {key!r}: option {name} must be a whole number between 1 and 65536")
         opts = {**allowed, **opts}
         _check_builtin_shape(key, shape, opts)
     return shape, opts
@@ -182,12 +186,11 @@ def _check_builtin_shape(key: str, shape: tuple[int, ...], opts: dict) -> None:
     if key == "cnn-small" and (len(shape) != 3 or shape[1] < 4 or shape[2] < 4):
         raise ModelError(f"model 'cnn-small' takes a (channels, height, width) input with height and "
                          f"width of at least 4, not {shape}")
-    if key == "transformer-small":
+    if key in ("transformer-small", "transformer-base"):
         if len(shape) != 2:
-            raise ModelError(f"model 'transformer-small' takes a (tokens, width) input, not {shape}")
+            raise ModelError(f"model {key!r} takes a (tokens, width) input, not {shape}")
         if shape[1] % opts["heads"]:
-            raise ModelError(f"model 'transformer-small': width {shape[1]} must be divisible by "
-                             f"heads ({opts['heads']})")
+            raise ModelError(f"model {key!r}: width {shape[1]} must be divisible by heads ({opts['heads']})")
 
 
 def _fingerprint(key: str, shape: tuple[int, ...], opts: dict) -> str:
@@ -236,8 +239,8 @@ def _build(key: str, shape: tuple[int, ...], opts: dict) -> torch.nn.Module:
             nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, opts["classes"]),
         )
-    if key == "transformer-small":
-        return _torch_classes()["transformer-small"](shape[1], opts)
+    if key in ("transformer-small", "transformer-base"):
+        return _torch_classes()["transformer"](shape[1], opts)
     factory = _user_factory(key)
     assert factory is not None  # _check_key ran first
     user_opts = {k: v for k, v in opts.items() if k != USER_WEIGHTS_OPTION}
@@ -267,7 +270,7 @@ def _torch_classes() -> dict[str, type]:
         def forward(self, x):
             return x
 
-    class TinyTransformer(nn.Module):
+    class TinyTransformer(nn.Module):  # transformer-small and transformer-base, by options
         def __init__(self, width: int, opts: dict) -> None:
             super().__init__()
             layer = nn.TransformerEncoderLayer(width, opts["heads"], dim_feedforward=opts["ff"], dropout=0.0,
@@ -279,7 +282,7 @@ def _torch_classes() -> dict[str, type]:
         def forward(self, x):
             return self.head(self.encoder(x).mean(dim=1))
 
-    return {"null": NullModel, "transformer-small": TinyTransformer}
+    return {"null": NullModel, "transformer": TinyTransformer}
 
 
 def _build_seeded(key: str, shape: tuple[int, ...], opts: dict, seed: int) -> torch.nn.Module:
@@ -323,6 +326,13 @@ def ensure_weights(key: str, *, input_shape=None, options: dict | None = None, m
         meta = json.dumps({"model": key, "input_shape": list(shape), "options": opts, "zoo_version": ZOO_VERSION},
                           sort_keys=True, default=str)
         save_file(state, tmp, metadata={"slsbench": meta})
+        # On disk before it is visible: dirty pages cannot be dropped from the page cache, and every cold start
+        # drops them to read the file from the disk.
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -370,15 +380,14 @@ class LoadedModel:
 
 
 def load_model(key: str, *, input_shape=None, options: dict | None = None, device: Any = "cpu",
-               model_dir: Path, drop_page_cache: bool = False) -> LoadedModel:
+               model_dir: Path) -> LoadedModel:
     """A real cold start: build the skeleton, read the weights file, move to `device`, warm up.
 
     `ensure_weights` runs first and is not timed: generating the file is a one-time preparation, not
     part of any cold start. Each phase is timed with time.perf_counter; `total` is their sum measured
     end to end. On CUDA the device is synchronized before each phase ends so the times are honest.
-    With drop_page_cache the file's pages are dropped from the OS cache first (posix_fadvise), so the
-    load reads the disk as a first cold start on a fresh node would; by default a repeated cold start
-    may be served from the page cache, as it would on a warm node.
+    The platform's runners (workers.instance) drop the file's page cache before calling this, so the load
+    reads the disk as a cold start on a fresh node would.
     """
     import torch
 
@@ -391,8 +400,6 @@ def load_model(key: str, *, input_shape=None, options: dict | None = None, devic
     else:
         path = ensure_weights(key, input_shape=shape, options=options, model_dir=model_dir)
     dev = torch.device(device)
-    if drop_page_cache:
-        _drop_page_cache(path)
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -437,16 +444,6 @@ def load_model(key: str, *, input_shape=None, options: dict | None = None, devic
         "total": (t_end - t_start) * 1e3,
     }
     return loaded
-
-
-def _drop_page_cache(path: Path) -> None:
-    if not hasattr(os, "posix_fadvise"):
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def make_batch(loaded: LoadedModel, batch_size: int) -> torch.Tensor:

@@ -160,18 +160,7 @@ def _safe_filename(filename: str, fmt: str) -> str:
 
 
 def _variant_fields(v: S.VariantSpec, position: int) -> dict:
-    ka = v.keep_alive
-    return dict(
-        position=position, sharing=v.sharing, share=v.share,
-        batching_mode=v.batching.mode, max_batch_size=v.batching.max_batch_size,
-        max_queue_delay_ms=v.batching.max_queue_delay_ms, shed=v.batching.shed,
-        min_instances=v.min_instances, max_instances=v.max_instances, target_concurrency=v.target_concurrency,
-        keep_alive_policy=ka.policy, keep_alive_ttl_s=ka.ttl_s,
-        keep_alive_params=(dict(bin_s=ka.bin_s, range_s=ka.range_s, head_percentile=ka.head_percentile,
-                                tail_percentile=ka.tail_percentile, min_samples=ka.min_samples)
-                           if ka.policy == "histogram" else {}),
-        repeats=v.repeats,
-    )
+    return dict(position=position, **Variant.spec_fields(v))
 
 
 def _variants_replace(experiment: Experiment, variants: Iterable[S.VariantSpec]) -> None:

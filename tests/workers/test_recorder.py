@@ -32,6 +32,8 @@ def test_window_counts_what_finished_since_the_last_window():
     rec.finished(np.arange(3))
     rec.finished(3)
     rec.finished(np.array([4]))
+    # A cold start during the load is announced when it begins (prestarts never are).
+    rec.cold_start_began.append(0.1)
     rec.cold_starts.append(ColdStart(0, 0, 0.1, 0.3, 5.0, True))
     rec.cold_starts.append(ColdStart(0, 1, -1.0, -0.5, 5.0, False))  # a prestart: not a load cold start
     w = rec.window(0.0, 1.0, state={"queue_depth": 3, "instances_busy": 1}, telemetry={"cpu_util_pct": 50.0},
@@ -56,6 +58,16 @@ def test_window_counts_what_finished_since_the_last_window():
     assert w2["offered_rps"] == 5.0
     # Requests intended in the window but never sent do not count toward its dispatch lag.
     assert w2["dispatch_lag_p99_us"] == pytest.approx(50.0, abs=1e-3)
+
+
+def test_a_cold_start_counts_in_the_second_it_began_even_when_it_ends_later():
+    rec = filled()
+    rec.cold_start_began.append(1.4)  # begins in [1, 2) ...
+    assert rec.window(0.0, 1.0)["cold_starts"] == 0
+    assert rec.window(1.0, 2.0)["cold_starts"] == 1  # ... and is counted there, before it has ended
+    rec.cold_starts.append(ColdStart(0, 0, 1.4, 3.6, 5.0, True))  # it ends in [3, 4)
+    assert rec.window(2.0, 3.0)["cold_starts"] == 0
+    assert rec.window(3.0, 4.0)["cold_starts"] == 0  # not counted twice
 
 
 def test_empty_window_is_json_safe():
