@@ -42,10 +42,13 @@ check: setup
 test: setup chromium lint check
 	$(BIN)/pytest
 
+# All three run even if one misses a goal (it exits 1 after printing); the target fails if any did.
+# BENCH_ARGS=--short: a second or two each, goals not enforced. RUNTIME=process|thread: overhead and batching.
 bench: setup
-	$(BIN)/python manage.py bench overhead
-	$(BIN)/python manage.py bench loadgen
-	$(BIN)/python manage.py bench batching
+	@status=0; for b in overhead loadgen batching; do \
+	  rt=; if [ -n "$(RUNTIME)" ] && [ $$b != loadgen ]; then rt="--runtime $(RUNTIME)"; fi; \
+	  $(BIN)/python manage.py bench $$b $(BENCH_ARGS) $$rt || status=1; \
+	done; exit $$status
 
 clean:
 	rm -rf $(VENV) node_modules var

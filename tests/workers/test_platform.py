@@ -69,49 +69,78 @@ def rows_of(result) -> dict:
 
 
 def test_overload_queues_grow_and_batching_raises_throughput(model_dir, tmp_path):
-    # cnn-small on 16x16 images: one instance computes ~13,000 single images/s in a bare loop here but ~30,000/s
-    # in batches of 32 (at 32x32 a 2-core CPU gains almost nothing from batching convolutions: measured
-    # 6,700/s at batch 1 vs 6,100/s at 32). Through the platform, unbatched, per-request overhead brings one
-    # instance to ~6,000-9,000/s, so 12,000 requests/s is above unbatched capacity and within batched.
+    # cnn-small on 16x16 images: one instance computes ~13,000 single images/s in a bare loop on an idle
+    # 2-core box but ~30,000/s in batches of 32 (at 32x32 a 2-core CPU gains almost nothing from batching
+    # convolutions). Through the platform, unbatched, per-request overhead brings one instance well below
+    # 12,000 requests/s (measured 1,800-9,000/s depending on what else the machine runs), so 12,000/s is
+    # above unbatched capacity; batched it keeps up on an idle machine and is overloaded less on a busy one.
     load = {"pattern": "poisson", "rate_rps": 12000, "duration_s": 1.5, "seed": 1}
     fn = [{"name": "f", "model": "cnn-small", "input_shape": [3, 16, 16]}]
-    none = run_trial(trial({}, load, functions=fn), model_dir=model_dir, drain_grace_s=0.3,
-                     artifact_path=tmp_path / "n.parquet")
-    fixed = run_trial(trial({"batching": {"mode": "fixed", "max_batch_size": 32, "max_queue_delay_ms": 2}}, load,
-                            functions=fn), model_dir=model_dir, drain_grace_s=0.3, artifact_path=tmp_path / "f.parquet")
-    sn, sf = none.summary, fixed.summary
-    assert sn["requests"] == sf["requests"] > 15000  # same seed: the same arrivals
+    variants = {"none": {}, "fixed": {"batching": {"mode": "fixed", "max_batch_size": 32, "max_queue_delay_ms": 2}}}
+    # Three alternating rounds (none, fixed / fixed, none / none, fixed) and medians: load from elsewhere on a
+    # shared machine slows both variants of a round alike, and one disturbed trial cannot decide a comparison.
+    # The unbatched runs are the baseline, measured in this test, minutes apart at most.
+    runs: dict[str, list] = {"none": [], "fixed": []}
+    for r in range(3):
+        for name in (("none", "fixed") if r % 2 == 0 else ("fixed", "none")):
+            runs[name].append(run_trial(trial(variants[name], load, functions=fn), model_dir=model_dir,
+                                        drain_grace_s=0.3, artifact_path=tmp_path / f"{name}-{r}.parquet"))
+    rows = {name: [rows_of(res) for res in results] for name, results in runs.items()}
+    for n, f in zip(runs["none"], runs["fixed"], strict=True):
+        assert n.summary["requests"] == f.summary["requests"] > 15000  # same seed: the same arrivals
+        assert f.summary["mean_batch_size"] > 4 and n.summary["mean_batch_size"] == 1
 
-    def sustained_rps(result) -> float:  # completions while the load was on, after the first 0.3 s
-        r = rows_of(result)
+    def sustained_rps(r: dict) -> float:  # completions while the load was on, after the first 0.3 s
         done = np.array(r["completed_s"], dtype=float)
         return float(np.count_nonzero((done >= 0.3) & (done < 1.5)) / 1.2)
 
-    # Batching raises throughput...
-    assert sustained_rps(fixed) > 1.3 * sustained_rps(none)
-    assert sf["mean_batch_size"] > 4 and sn["mean_batch_size"] == 1
+    def latency_ms(r: dict) -> np.ndarray:  # NaN: not completed
+        return np.array(r["latency_ms"], dtype=float)
+
+    # Batching raises throughput: the median sustained rate against the median of the unbatched baseline.
+    none_rps = [sustained_rps(r) for r in rows["none"]]
+    fixed_rps = [sustained_rps(r) for r in rows["fixed"]]
+    assert np.median(fixed_rps) > 1.3 * np.median(none_rps), (fixed_rps, none_rps)
+
     # ...and without it the queue grows: requests later in the run wait longer (open loop, no omission).
-    r = rows_of(none)
-    ok = np.array(r["outcome"]) == OUTCOME_OK
-    lat = np.array(r["latency_ms"], dtype=float)
-    intended = np.array(r["intended_s"])
-    order = np.argsort(intended[ok])
-    served = lat[ok][order]  # completed requests by intended arrival: FIFO under overload
-    half = len(served) // 2
-    assert np.median(served[half:]) > 2 * np.median(served[:half])  # grows ~linearly with time
-    assert sn["breakdown_ms"]["queue_wait"] > 10 * sf["breakdown_ms"]["queue_wait"]
-    assert sn["latency_ms"]["p99"] > sf["latency_ms"]["p99"]
-    assert max(w["queue_depth"] for w in none.windows) > 100
-    # Percentiles are ordered, in the summary and in every window.
-    for s in (sn, sf):
-        lm = s["latency_ms"]
-        assert lm["p50"] <= lm["p90"] <= lm["p95"] <= lm["p99"] <= lm["p999"] <= lm["max"]
-        lo, hi = s["slo_percentile_ci_ms"]
-        assert lo <= s["slo_percentile_ms"] <= hi
-    for w in none.windows + fixed.windows:
-        if w["p50_ms"] is not None:
-            assert w["p50_ms"] <= w["p95_ms"] <= w["p99_ms"]
-    json.dumps([sn, sf, none.windows, fixed.windows], allow_nan=False)
+    growth = []
+    for r in rows["none"]:
+        ok = np.array(r["outcome"]) == OUTCOME_OK
+        served = latency_ms(r)[ok][np.argsort(np.array(r["intended_s"])[ok])]  # by intended arrival: FIFO
+        half = len(served) // 2
+        growth.append(np.median(served[half:]) / np.median(served[:half]))  # ~3 if it grows linearly
+    assert np.median(growth) > 1.5, growth
+    assert np.median([max(w["queue_depth"] for w in res.windows) for res in runs["none"]]) > 100
+    # The same requests (same arrivals, matched by index; those completed in both runs) wait far longer
+    # unbatched. Matched, because completed-only means are biased: unbatched, only the early requests
+    # complete at all, so their mean leaves out exactly the longest waits.
+    slower = []
+    for rn, rf in zip(rows["none"], rows["fixed"], strict=True):
+        ln, lf = latency_ms(rn), latency_ms(rf)
+        both = np.isfinite(ln) & np.isfinite(lf)
+        assert np.count_nonzero(both) > 100
+        slower.append(np.median(ln[both]) / np.median(lf[both]))
+    assert np.median(slower) > 2, slower
+
+    # Percentiles are ordered, in every summary and every window.
+    def ordered(figures: dict, keys: tuple[str, ...]) -> bool:
+        # Those that exist are non-decreasing; None (beyond the run, no samples) may only follow them.
+        vals = [figures.get(k) for k in keys]
+        known = [v for v in vals if v is not None]
+        return known == sorted(known) and vals[: len(known)] == known
+
+    pct = ("p50", "p90", "p95", "p99", "p999", "max")
+    for res in runs["none"] + runs["fixed"]:
+        s = res.summary
+        for key in ("latency_ms", "latency_completed_ms"):  # all requests / completed only, where both exist
+            if key in s:
+                assert ordered(s[key], pct), (key, s[key])
+        ci, point = s.get("slo_percentile_ci_ms"), s.get("slo_percentile_ms")
+        if ci is not None and point is not None:
+            assert ci[0] <= point <= ci[1]
+        for w in res.windows:
+            assert ordered(w, ("p50_ms", "p95_ms", "p99_ms")), w
+    json.dumps([[res.summary, res.windows] for res in runs["none"] + runs["fixed"]], allow_nan=False)
 
 
 def test_fixed_batching_holds_requests_for_the_delay(model_dir):
