@@ -137,9 +137,23 @@ def _iso(value) -> str | None:
 
 
 def trial_result_row(trial: Trial) -> dict:
-    """One trial's figures, shaped once for pages, the API and reports. Figures are None until it has a summary."""
+    """One trial's figures, shaped once for pages, the API and reports. Figures are None until it has a summary.
+
+    `latency_ms` counts every request (dropped, failed and unfinished ones as beyond the run: a percentile
+    whose rank falls among them is None, and `unfinished` says how many there were); `latency_completed_ms`
+    counts the completed ones only. `slo_verdict` is met / not_met / inconclusive with its reasons; summaries
+    stored before it existed get it from their `slo_met` (and their latency_ms, completed-only, is also their
+    latency_completed_ms).
+    """
     s = trial.summary or {}
     latency = s.get("latency_ms") or {}
+    completed = s.get("latency_completed_ms")
+    if completed is None and latency and "unfinished" not in latency:
+        completed = latency
+    completed = completed or {}
+    verdict = s.get("slo_verdict")
+    if verdict is None and s.get("slo_met") is not None:
+        verdict = {"verdict": "met" if s["slo_met"] else "not_met", "reasons": list(s.get("slo_reasons") or [])}
     cold = s.get("cold_start_ms") or {}
     cost = s.get("cost") or {}
     return {
@@ -155,11 +169,16 @@ def trial_result_row(trial: Trial) -> dict:
         "dropped": s.get("dropped"),
         "errors": s.get("errors"),
         "latency_ms": {k: latency.get(k) for k in LATENCY_KEYS},
+        "latency_completed_ms": {k: completed.get(k) for k in LATENCY_KEYS},
+        "unfinished": latency.get("unfinished"),
         "slo_percentile_ci_ms": s.get("slo_percentile_ci_ms"),
         "slo_met": s.get("slo_met"),
+        "slo_verdict": verdict,
         "violation_rate": s.get("violation_rate"),
         "throughput_rps": s.get("throughput_rps"),
         "goodput_rps": s.get("goodput_rps"),
+        "drain_s": s.get("drain_s"),
+        "completed_in_drain": s.get("completed_in_drain"),
         "cold_starts": s.get("cold_starts"),
         "cold_start_ms": {k: cold.get(k) for k in COLD_START_KEYS},
         "mean_batch_size": s.get("mean_batch_size"),

@@ -242,6 +242,14 @@ class CostSerializer(serializers.Serializer):
     monthly_provisioned_usd = serializers.FloatField(allow_null=True)
 
 
+class SLOVerdictSerializer(serializers.Serializer):
+    verdict = serializers.ChoiceField(choices=["met", "not_met", "inconclusive"],
+                                      help_text="inconclusive: the percentile's 95 % interval straddles the "
+                                                "target, or there were too few requests or seconds for one")
+    reasons = serializers.ListField(child=serializers.CharField(), help_text="One sentence per condition that "
+                                                                             "failed or could not be decided.")
+
+
 class TrialRowSerializer(serializers.Serializer):
     """A trial's figures (`selectors.trial_result_row`); figures are null until the trial has a summary."""
 
@@ -257,14 +265,25 @@ class TrialRowSerializer(serializers.Serializer):
     completed = serializers.IntegerField(allow_null=True)
     dropped = serializers.IntegerField(allow_null=True)
     errors = serializers.IntegerField(allow_null=True)
-    latency_ms = LatencySerializer()
-    slo_percentile_ci_ms = serializers.ListField(child=serializers.FloatField(), allow_null=True,
-                                                 help_text="95 % confidence interval [low, high] of the SLO "
-                                                           "percentile")
-    slo_met = serializers.BooleanField(allow_null=True)
+    latency_ms = LatencySerializer(help_text="Over every request: dropped, failed and unfinished ones count as "
+                                             "beyond the run, so a percentile whose rank falls among them is null.")
+    latency_completed_ms = LatencySerializer(help_text="Over the completed requests only.")
+    unfinished = serializers.IntegerField(allow_null=True, help_text="Requests that never completed (dropped, "
+                                                                     "failed or still waiting at the end).")
+    slo_percentile_ci_ms = serializers.ListField(
+        child=serializers.FloatField(allow_null=True), allow_null=True,
+        help_text="95 % confidence interval [low, high] of the SLO percentile (moving-block bootstrap); a null "
+                  "bound lies beyond the run; null: no interval (too few requests or seconds)")
+    slo_met = serializers.BooleanField(allow_null=True, help_text="True only when slo_verdict is met.")
+    slo_verdict = SLOVerdictSerializer(allow_null=True)
     violation_rate = serializers.FloatField(allow_null=True)
-    throughput_rps = serializers.FloatField(allow_null=True)
+    throughput_rps = serializers.FloatField(allow_null=True, help_text="Completions within the arrival window "
+                                                                       "divided by that window.")
     goodput_rps = serializers.FloatField(allow_null=True)
+    drain_s = serializers.FloatField(allow_null=True, help_text="Seconds from the last arrival to the end of the "
+                                                                "drain.")
+    completed_in_drain = serializers.IntegerField(allow_null=True, help_text="Requests completed after the "
+                                                                             "arrival window (not in throughput).")
     cold_starts = serializers.IntegerField(allow_null=True)
     cold_start_ms = ColdStartSerializer()
     mean_batch_size = serializers.FloatField(allow_null=True)

@@ -32,7 +32,10 @@ def percentile_key(percentile: float) -> str:
 
 
 def at_a_glance(rows: list[dict], slo) -> dict | None:
-    """The one result the list shows: the cheapest variant that met the SLO, else the fastest one."""
+    """The one result the list shows: the cheapest variant that met the SLO, else the fastest one.
+
+    Met means the verdict is met (the percentile's interval lies within the target), not inconclusive;
+    a percentile beyond the run (None: its rank fell among unfinished requests) is never the fastest."""
     key = percentile_key(slo.percentile) if slo else "p99"
     done = [r for r in rows if r.get("status") == Trial.Status.SUCCEEDED and (r.get("latency_ms") or {}).get(key)]
     if not done:
@@ -43,11 +46,14 @@ def at_a_glance(rows: list[dict], slo) -> dict | None:
         values = [v for v in (c.get("serverless_per_1k_usd"), c.get("provisioned_per_1k_usd")) if v is not None]
         return min(values) if values else math.inf
 
-    met = [r for r in done if r.get("slo_met")]
+    def verdict(r: dict) -> str | None:
+        return (r.get("slo_verdict") or {}).get("verdict")
+
+    met = [r for r in done if verdict(r) == "met"]
     best = (min(met, key=lambda r: (cost(r), r["latency_ms"][key])) if met
             else min(done, key=lambda r: r["latency_ms"][key]))
     return {"variant": best["variant"], "percentile": key, "latency_ms": best["latency_ms"][key],
-            "slo_ms": slo.latency_ms if slo else None, "met": bool(best.get("slo_met")),
+            "slo_ms": slo.latency_ms if slo else None, "met": verdict(best) == "met", "verdict": verdict(best),
             "cost_per_1k_usd": None if cost(best) == math.inf else cost(best),
             "met_count": len({r["variant"] for r in met}), "variant_count": len({r["variant"] for r in rows})}
 

@@ -421,3 +421,15 @@ def test_swagger_ui_loads_its_assets_locally_not_from_a_cdn(owner):
     assert all(a.startswith("/") for a in assets), assets  # no external host: works offline
     bundle = next(a for a in assets if a.endswith("swagger-ui-bundle.js"))
     assert owner.get(bundle).status_code == 200
+
+
+def test_a_row_with_a_bound_beyond_the_run_and_a_verdict_serializes(owner, experiment, trial):
+    summary = dict(SUMMARY, slo_percentile_ci_ms=[18.0, None], slo_met=False,
+                   slo_verdict={"verdict": "inconclusive", "reasons": ["p99 interval straddles the target"]},
+                   drain_s=0.4, completed_in_drain=2)
+    Trial.objects.filter(pk=trial.pk).update(status="succeeded", summary=summary, device="cpu")
+    body = owner.get(f"/api/trials/{trial.code}/").json()
+    assert body["slo_percentile_ci_ms"] == [18.0, None]
+    assert body["slo_verdict"] == {"verdict": "inconclusive", "reasons": ["p99 interval straddles the target"]}
+    assert (body["drain_s"], body["completed_in_drain"], body["unfinished"]) == (0.4, 2, None)
+    assert body["latency_completed_ms"] == SUMMARY["latency_ms"]

@@ -557,3 +557,36 @@ def test_import_reports_a_json_syntax_error_with_its_line(owner_client):
 def test_import_with_nothing_chosen_says_so(owner_client):
     response = owner_client.post(reverse("experiment-import"), {})
     assert response.status_code == 400 and "choose a spec file" in response.content.decode()
+
+
+def test_trial_pages_show_the_three_way_verdict_and_percentiles_beyond_the_drain(owner_client, experiment):
+    data = json.loads(json.dumps(SPEC))
+    shed = Trial.objects.create(
+        experiment=experiment, variant_name="dedicated", run_number=1, spec=data, status="succeeded",
+        summary={"requests": 2000, "completed": 1958, "latency_ms": {
+                     "p50": 4.0, "p90": 9.0, "p95": 12.0, "p99": None, "p999": None, "max": None, "mean": None,
+                     "unfinished": 42, "unfinished_share": 0.021},
+                 "latency_completed_ms": {"p50": 3.9, "p99": 30.0},
+                 "slo_percentile_ci_ms": [None, None],
+                 "slo_percentile_ci": {"method": "moving-block bootstrap", "block_s": 3, "resamples": 2000,
+                                       "confidence": 0.95},
+                 "slo_verdict": {"verdict": "not_met", "reasons": ["p99 latency beyond the run is above the 50 ms "
+                                                                   "target"]},
+                 "slo_met": False, "drain_s": 2.5, "completed_in_drain": 17, "cost": {}})
+    unsure = Trial.objects.create(
+        experiment=experiment, variant_name="batched", run_number=1, spec=data, status="succeeded",
+        summary={"latency_ms": {"p50": 5.0, "p99": 48.0, "unfinished": 0}, "slo_percentile_ci_ms": [44.0, 53.0],
+                 "slo_verdict": {"verdict": "inconclusive", "reasons": ["p99 latency 48.0 ms: its 95 % interval "
+                                                                        "44.0 ms – 53.0 ms straddles the 50 ms "
+                                                                        "target"]},
+                 "slo_met": False, "cost": {}})
+    html = owner_client.get(reverse("experiment-trials", args=[experiment.code])).content.decode()
+    assert "&gt; drain (42 unfinished)" in html and "✗ missed" in html and "beyond the run is above" in html
+    assert "? inconclusive" in html and "straddles the 50 ms target" in html and "48.0 ms" in html
+    page = owner_client.get(reverse("trial-detail", args=[shed.code])).content.decode()
+    assert 'data-verdict="not_met"' in page and "SLO missed" in page
+    assert "&gt; drain (42 unfinished)" in page and "&gt; drain – &gt; drain" in page
+    assert "2.5 s, 17 completed in it" in page and "3.90 / 30.00" in page
+    page = owner_client.get(reverse("trial-detail", args=[unsure.code])).content.decode()
+    assert 'data-verdict="inconclusive"' in page and "SLO inconclusive" in page and "straddles" in page
+    assert "44.00 – 53.00" in page

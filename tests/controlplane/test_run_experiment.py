@@ -179,3 +179,20 @@ def test_the_default_owner_is_a_command_line_user_that_cannot_log_in(price_catal
     owner = django_user_model.objects.get(username="cli")
     assert not owner.has_usable_password()
     assert Experiment.objects.get().owner == owner
+
+
+def test_the_table_shows_the_verdict_with_its_reasons_and_percentiles_beyond_the_drain():
+    from controlplane.experiments.management.commands.run_experiment import format_row
+
+    row = {"variant": "dedicated", "repeat": 0, "status": "succeeded", "requests": 1000, "unfinished": 12,
+           "latency_ms": {"p50": 4.0, "p99": None}, "throughput_rps": 99.0, "cold_starts": 0, "cost": {},
+           "slo_verdict": {"verdict": "not_met", "reasons": ["p99 latency beyond the run is above the target"]}}
+    first, *details = format_row(row).splitlines()
+    assert re.match(r"^dedicated\s+0\s+succeeded\s+4\.00\s+>drain\s+NOT MET\s", first), first
+    assert details == ["    p99 > drain (12 unfinished)", "    SLO not met: p99 latency beyond the run is above the target"]
+    unsure = dict(row, unfinished=0, latency_ms={"p50": 4.0, "p99": 48.0},
+                  slo_verdict={"verdict": "inconclusive", "reasons": ["interval straddles the target"]})
+    first, *details = format_row(unsure).splitlines()
+    assert "48.00  inconclusive" in first and details == ["    SLO inconclusive: interval straddles the target"]
+    met = dict(unsure, slo_verdict={"verdict": "met", "reasons": []})
+    assert len(format_row(met).splitlines()) == 1 and "  met  " in format_row(met)

@@ -163,9 +163,10 @@ def test_the_row_has_exactly_the_documented_keys(user, experiment):
     trial = services.experiment_run(experiment=experiment, user=user)[0]
     assert list(selectors.trial_result_row(trial)) == [
         "trial", "variant", "repeat", "run_number", "status", "device", "error", "requests", "completed", "dropped",
-        "errors", "latency_ms", "slo_percentile_ci_ms", "slo_met", "violation_rate", "throughput_rps",
-        "goodput_rps", "cold_starts", "cold_start_ms", "mean_batch_size", "cost", "simulated", "hardware",
-        "started_at", "finished_at"]
+        "errors", "latency_ms", "latency_completed_ms", "unfinished", "slo_percentile_ci_ms", "slo_met",
+        "slo_verdict", "violation_rate", "throughput_rps", "goodput_rps", "drain_s", "completed_in_drain",
+        "cold_starts", "cold_start_ms", "mean_batch_size", "cost", "simulated", "hardware", "started_at",
+        "finished_at"]
 
 
 def test_results_are_the_latest_run_in_the_runs_variant_order(user, experiment, spec_data):
@@ -200,3 +201,31 @@ def test_the_catalogues_list_prices_and_zoo_models():
     assert "H100-80GB" in [p.name for p in selectors.price_list()]
     models = {m["key"]: m["default_input_shape"] for m in selectors.model_list()}
     assert models["cnn-small"] == [3, 32, 32]
+
+
+def test_a_row_carries_the_three_way_verdict_and_what_did_not_finish(user, experiment):
+    trial = services.experiment_run(experiment=experiment, user=user)[0]
+    summary = dict(SUMMARY, latency_ms=dict(SUMMARY["latency_ms"], p99=None, p999=None, max=None, mean=None,
+                                            unfinished=3, unfinished_share=0.03),
+                   latency_completed_ms=SUMMARY["latency_ms"], slo_percentile_ci_ms=[18.0, None], slo_met=False,
+                   slo_verdict={"verdict": "not_met", "reasons": ["p99 latency beyond the run"]},
+                   drain_s=1.5, completed_in_drain=4)
+    Trial.objects.filter(pk=trial.pk).update(status="succeeded", summary=summary)
+    trial.refresh_from_db()
+    row = selectors.trial_result_row(trial)
+    assert row["slo_verdict"] == {"verdict": "not_met", "reasons": ["p99 latency beyond the run"]}
+    assert row["latency_ms"]["p99"] is None and row["unfinished"] == 3 and "unfinished" not in row["latency_ms"]
+    assert row["latency_completed_ms"] == SUMMARY["latency_ms"] and row["slo_percentile_ci_ms"] == [18.0, None]
+    assert (row["slo_met"], row["drain_s"], row["completed_in_drain"]) == (False, 1.5, 4)
+
+
+def test_a_summary_stored_before_the_verdict_existed_gets_one_from_slo_met(user, experiment):
+    trial = services.experiment_run(experiment=experiment, user=user)[0]
+    Trial.objects.filter(pk=trial.pk).update(status="succeeded", summary=dict(SUMMARY, slo_met=False,
+                                                                              slo_reasons=["too slow"]))
+    trial.refresh_from_db()
+    row = selectors.trial_result_row(trial)
+    assert row["slo_verdict"] == {"verdict": "not_met", "reasons": ["too slow"]}
+    # Its latency_ms was over completed requests only: that is what it shows as such.
+    assert row["latency_completed_ms"] == SUMMARY["latency_ms"] and row["unfinished"] is None
+    assert row["drain_s"] is None and row["completed_in_drain"] is None

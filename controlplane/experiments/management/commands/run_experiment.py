@@ -31,8 +31,9 @@ POLL_S = 1.0
 CANCEL_WAIT_S = 15.0  # how long Ctrl-C waits for running trials to stop before giving up on them
 
 COLUMNS = (("variant", 18, "<"), ("rep", 3, ">"), ("status", 9, "<"), ("p50 ms", 8, ">"), ("p99 ms", 8, ">"),
-           ("SLO", 4, "<"), ("thr rps", 8, ">"), ("cold", 4, ">"), ("$/1k srvless", 12, ">"),
+           ("SLO", 12, "<"), ("thr rps", 8, ">"), ("cold", 4, ">"), ("$/1k srvless", 12, ">"),
            ("$/1k prov", 10, ">"))
+VERDICTS = {"met": "met", "not_met": "NOT MET", "inconclusive": "inconclusive"}
 
 
 def _num(value, digits: int) -> str:
@@ -40,14 +41,30 @@ def _num(value, digits: int) -> str:
 
 
 def format_row(row: dict) -> str:
+    """The trial's table row, then indented lines: percentiles beyond the run and why the SLO was not met.
+
+    A percentile that is None because its rank fell among unfinished requests shows as ">drain" in the
+    table and "> drain (N unfinished)" below it."""
     cost = row.get("cost") or {}
     latency = row.get("latency_ms") or {}
-    slo = {True: "yes", False: "NO"}.get(row.get("slo_met"), "-")
-    values = (row["variant"], str(row["repeat"]), row["status"], _num(latency.get("p50"), 2),
-              _num(latency.get("p99"), 2), slo, _num(row.get("throughput_rps"), 1),
+    unfinished = row.get("unfinished") or 0
+    verdict = row.get("slo_verdict") or {}
+
+    def pct(key: str) -> str:
+        value = latency.get(key)
+        return ">drain" if value is None and unfinished else _num(value, 2)
+
+    values = (row["variant"], str(row["repeat"]), row["status"], pct("p50"), pct("p99"),
+              VERDICTS.get(verdict.get("verdict"), "-"), _num(row.get("throughput_rps"), 1),
               "-" if row.get("cold_starts") is None else str(row["cold_starts"]),
               _num(cost.get("serverless_per_1k_usd"), 5), _num(cost.get("provisioned_per_1k_usd"), 5))
-    return "  ".join(f"{v:{align}{width}}" for v, (_, width, align) in zip(values, COLUMNS, strict=True))
+    lines = ["  ".join(f"{v:{align}{width}}" for v, (_, width, align) in zip(values, COLUMNS, strict=True))]
+    beyond = [k for k in ("p50", "p99") if latency.get(k) is None and unfinished and row.get("requests")]
+    if beyond:
+        lines.append(f"    {' and '.join(beyond)} > drain ({unfinished} unfinished)")
+    if verdict.get("verdict") in ("not_met", "inconclusive"):
+        lines.append(f"    SLO {VERDICTS[verdict['verdict']].lower()}: " + "; ".join(verdict.get("reasons") or []))
+    return "\n".join(lines)
 
 
 def header() -> str:
