@@ -54,9 +54,18 @@ def trial(variant: dict, workload: dict, *, model="cnn-small", functions=None, s
     exp = parse_experiment({
         "name": "t", "device": "cpu", "slo": {"percentile": 99, "latency_ms": slo_ms},
         "functions": functions or [{"name": "f", "model": model}],
-        "workload": workload, "variants": [{"name": "v", **variant}],
+        "workload": workload, "variants": [{"name": "v", **_policy_runtime(variant)}],
     })
     return TrialSpec(exp, exp.variants[0], repeat=repeat, price=price)
+
+
+def _policy_runtime(variant: dict) -> dict:
+    """These tests check the platform's policies (batching, keep-alive, autoscaling, swaps) with timings of a
+    fraction of a second, so their instances are threads (cold starts of milliseconds) unless a test says
+    otherwise; process instances and their seconds-long cold starts are tested in test_cold_start.py."""
+    if variant.get("sharing") == "spatial" or "runtime" in variant:
+        return variant
+    return {"runtime": "thread", **variant}
 
 
 def trace(times: list[float], duration: float) -> dict:
@@ -164,8 +173,8 @@ def test_scale_to_zero_pays_a_real_cold_start(model_dir, tmp_path):
     assert s["completed"] == len(times)
     assert s["prestarts"] == 0 and s["cold_starts"] == 3
     phases = s["cold_start_phases_ms"]
-    weight_load_ms = phases["load_min"]  # reading the safetensors file + moving it to the device
-    assert weight_load_ms > 0 and phases["total_min"] >= weight_load_ms
+    weight_load_ms = phases["load"]  # p50 of reading the safetensors file
+    assert weight_load_ms > 0 and phases["total"] >= weight_load_ms
     rows = rows_of(r)
     lat = np.array(rows["latency_ms"])
     cold_ms = np.array(rows["cold_wait_s"]) * 1e3
@@ -174,7 +183,7 @@ def test_scale_to_zero_pays_a_real_cold_start(model_dir, tmp_path):
     for i in firsts:
         # The first request of each burst waited for a whole real cold start, weight load included.
         assert cold_ms[i] >= weight_load_ms
-        assert lat[i] >= cold_ms[i] >= 0.9 * phases["total_min"]
+        assert lat[i] >= cold_ms[i] >= 0.5 * phases["total"]
     # Requests inside a burst, after the instance is warm, do not pay it again.
     assert s["breakdown_ms"]["cold_start"] > 0
     assert s["cold_start_ms"]["p50"] >= weight_load_ms
@@ -238,7 +247,8 @@ def test_exclusive_swaps_between_functions_with_real_cold_starts(model_dir):
         "name": "t", "device": "cpu", "slo": {"percentile": 99, "latency_ms": 100}, "functions": functions,
         "workloads": [trace([0.0, 0.6, 1.2], 1.5) | {"function": "a"},
                       trace([0.0, 0.6, 1.2], 1.5) | {"function": "b"}],
-        "variants": [{"name": "v", "sharing": "exclusive", "min_instances": 1, "max_instances": 2}],
+        "variants": [{"name": "v", "sharing": "exclusive", "runtime": "thread", "min_instances": 1,
+                      "max_instances": 2}],
     })
     r = run_trial(TrialSpec(exp, exp.variants[0]), model_dir=model_dir)
     s = r.summary
@@ -268,7 +278,10 @@ def test_adaptive_batching_with_shedding_drops_what_cannot_make_it(model_dir):
     s = r.summary
     assert s["dropped"] > 0.1 * s["requests"]
     assert s["completed"] > 0
-    assert s["latency_ms"]["p50"] < 30 * 3
+    assert s["latency_completed_ms"]["p50"] < 30 * 3  # the served ones stay near the deadline...
+    # ...but the shed ones count in the headline figures: beyond the run, never absent.
+    assert s["latency_ms"]["unfinished"] == s["dropped"] + s["errors"]
+    assert s["slo_verdict"]["verdict"] == "not_met"
 
 
 def test_histogram_keep_alive_prewarms_once_it_has_seen_the_idle_times(model_dir, tmp_path):
@@ -296,7 +309,7 @@ def test_exclusive_with_interleaved_functions_serves_everyone(model_dir):
     exp = parse_experiment({
         "name": "t", "device": "cpu", "slo": {"percentile": 99, "latency_ms": 100}, "functions": functions,
         "workload": {"pattern": "poisson", "rate_rps": 300, "duration_s": 1.0, "seed": 9},
-        "variants": [{"name": "v", "sharing": "exclusive", "min_instances": 1,
+        "variants": [{"name": "v", "sharing": "exclusive", "runtime": "thread", "min_instances": 1,
                       "batching": {"mode": "adaptive", "max_batch_size": 8}}],
     })
     r = run_trial(TrialSpec(exp, exp.variants[0]), model_dir=model_dir)
