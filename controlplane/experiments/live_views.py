@@ -9,18 +9,27 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from workers.spec import DEFAULTS
+
 from . import selectors, services
 from .models import Trial
 
 BREAKDOWN_LABELS = (("dispatch_lag", "dispatch lag"), ("cold_start", "waiting for a cold start"),
+                    ("platform_delay_modelled", "modelled platform delay (not measured)"),
                     ("batch_wait", "waiting for the batch to fill"), ("queue_wait", "queued for an instance"),
                     ("compute", "compute"))
+PHASE_LABELS = (("platform_delay_modelled", "platform delay (modelled, not measured)"),
+                ("process_start", "process start"), ("import", "import torch and the model code"),
+                ("device_context", "device context"), ("build", "build the module"),
+                ("load", "read the weights from disk"), ("to_device", "move to the device"),
+                ("warmup", "warm-up pass"), ("total", "total"))
 
 
 def _slo(trial: Trial) -> dict:
     slo = (trial.spec or {}).get("slo") or {}
-    rate = float(slo.get("max_violation_rate", 0.01))
-    return {"percentile": float(slo.get("percentile", 99.0)), "latency_ms": float(slo.get("latency_ms", 100.0)),
+    rate = float(slo.get("max_violation_rate", DEFAULTS["slo.max_violation_rate"]))
+    return {"percentile": float(slo.get("percentile", DEFAULTS["slo.percentile"])),
+            "latency_ms": float(slo.get("latency_ms", DEFAULTS["slo.latency_ms"])),
             "max_violation_rate": rate, "max_violation_pct": rate * 100,
             "min_throughput_rps": slo.get("min_throughput_rps")}
 
@@ -69,6 +78,8 @@ def trial_detail(request, code):
         "slo": slo,
         "hardware": summary.get("hardware") or {},
         "breakdown": _breakdown(summary),
+        "phases": [{"key": k, "label": label, "ms": (row.get("cold_start_phases_ms") or {}).get(k)}
+                   for k, label in PHASE_LABELS] if row.get("cold_start_phases_ms") else [],
         "per_function": sorted((summary.get("per_function") or {}).items()),
         "page_data": page_data,
         "can_cancel": trial.status in (Trial.Status.QUEUED, Trial.Status.RUNNING) and not trial.cancel_requested,

@@ -31,7 +31,10 @@ STATUSES = ("draft", "queued", "running", "finished", "failed", "cancelled")
 LATENCY_KEYS = ("p50", "p90", "p95", "p99", "p999", "max", "mean")
 COLD_START_KEYS = ("p50", "max")
 COST_KEYS = ("serverless_per_1k_usd", "provisioned_per_1k_usd", "serverless_per_1k_good_usd",
-             "provisioned_per_1k_good_usd", "monthly_serverless_usd", "monthly_provisioned_usd")
+             "provisioned_per_1k_good_usd", "monthly_serverless_usd", "monthly_provisioned_usd", "monthly_note",
+             "time_compression")
+PHASE_KEYS = ("platform_delay_modelled", "process_start", "import", "device_context", "build", "load", "to_device",
+              "warmup", "total")
 
 
 # ---- experiments ------------------------------------------------------------------------------------
@@ -156,6 +159,8 @@ def trial_result_row(trial: Trial) -> dict:
         verdict = {"verdict": "met" if s["slo_met"] else "not_met", "reasons": list(s.get("slo_reasons") or [])}
     cold = s.get("cold_start_ms") or {}
     cost = s.get("cost") or {}
+    phases = s.get("cold_start_phases_ms") or {}
+    dispatch = s.get("dispatch") or {}
     return {
         "trial": str(trial.code),
         "variant": trial.variant_name,
@@ -184,6 +189,18 @@ def trial_result_row(trial: Trial) -> dict:
         "mean_batch_size": s.get("mean_batch_size"),
         # Per-1,000 and monthly figures only: totals depend on the run length and mislead side by side.
         "cost": {k: cost.get(k) for k in COST_KEYS},
+        "cold_start_phases_ms": {k: phases.get(k) for k in PHASE_KEYS} if phases else None,
+        "prewarms": s.get("prewarms"),
+        "requests_paid_cold_start": s.get("requests_paid_cold_start"),
+        "dispatch": {"behind": dispatch.get("behind"), "lag_p99_us": dispatch.get("lag_p99_us"),
+                     "lag_max_us": dispatch.get("lag_max_us"), "behind_threshold_us": dispatch.get("behind_threshold_us")}
+        if dispatch else None,
+        "notes": list(s.get("notes") or []),
+        # How the run was made: replayed faster, instances as processes or threads, a modelled delay.
+        "time_compression": s.get("time_compression", cost.get("time_compression")),
+        "runtime": s.get("runtime"),
+        "isolation": s.get("isolation") or (s.get("hardware") or {}).get("isolation"),
+        "platform_delay_ms": (s.get("platform_delay_ms") or {}).get("value"),
         "simulated": s.get("simulated"),
         "hardware": s.get("hardware"),
         "started_at": _iso(trial.started_at),

@@ -237,9 +237,40 @@ class CostSerializer(serializers.Serializer):
     serverless_per_1k_good_usd = serializers.FloatField(allow_null=True, help_text="per 1,000 requests that met "
                                                                                    "the SLO")
     provisioned_per_1k_good_usd = serializers.FloatField(allow_null=True)
-    monthly_serverless_usd = serializers.FloatField(allow_null=True,
-                                                    help_text="projected at the workload's uncompressed rate")
+    monthly_serverless_usd = serializers.FloatField(
+        allow_null=True, help_text="30 days at the run's real rate, from the same billed spans as the per-1,000 "
+                                   "figures; null for a compressed replay (see monthly_note)")
     monthly_provisioned_usd = serializers.FloatField(allow_null=True)
+    monthly_note = serializers.CharField(allow_null=True, required=False,
+                                         help_text="Why there is no monthly figure (a compressed replay).")
+    time_compression = serializers.FloatField(allow_null=True, required=False)
+
+
+class ColdStartPhasesSerializer(serializers.Serializer):
+    """p50 of each phase of the cold starts paid during the load, in ms; null for a phase that did not happen."""
+
+    platform_delay_modelled = serializers.FloatField(allow_null=True, help_text="MODELLED, not measured")
+    process_start = serializers.FloatField(allow_null=True)
+    import_ = serializers.FloatField(allow_null=True, source="import", label="import")
+    device_context = serializers.FloatField(allow_null=True)
+    build = serializers.FloatField(allow_null=True)
+    load = serializers.FloatField(allow_null=True)
+    to_device = serializers.FloatField(allow_null=True)
+    warmup = serializers.FloatField(allow_null=True)
+    total = serializers.FloatField(allow_null=True)
+
+    def to_representation(self, instance):
+        out = super().to_representation(instance)
+        out["import"] = out.pop("import_")
+        return out
+
+
+class DispatchSerializer(serializers.Serializer):
+    behind = serializers.BooleanField(allow_null=True, help_text="The dispatcher's worst lag exceeded 10 % of "
+                                                                 "the SLO latency (latencies include it).")
+    lag_p99_us = serializers.FloatField(allow_null=True)
+    lag_max_us = serializers.FloatField(allow_null=True)
+    behind_threshold_us = serializers.FloatField(allow_null=True)
 
 
 class SLOVerdictSerializer(serializers.Serializer):
@@ -287,7 +318,21 @@ class TrialRowSerializer(serializers.Serializer):
     cold_starts = serializers.IntegerField(allow_null=True)
     cold_start_ms = ColdStartSerializer()
     mean_batch_size = serializers.FloatField(allow_null=True)
+    cold_start_phases_ms = ColdStartPhasesSerializer(allow_null=True)
+    prewarms = serializers.IntegerField(allow_null=True, help_text="Histogram pre-warms (cold starts no request "
+                                                                   "asked for).")
+    requests_paid_cold_start = serializers.IntegerField(allow_null=True)
+    dispatch = DispatchSerializer(allow_null=True)
+    notes = serializers.ListField(child=serializers.CharField())
     cost = CostSerializer()
+    time_compression = serializers.FloatField(allow_null=True, help_text="> 1: an accelerated replay; its "
+                                                                         "figures are wall-clock figures of the "
+                                                                         "faster load.")
+    runtime = serializers.CharField(allow_null=True, help_text="process (each instance its own process) or "
+                                                               "thread (shared process, no isolation)")
+    isolation = serializers.CharField(allow_null=True)
+    platform_delay_ms = serializers.FloatField(allow_null=True, help_text="MODELLED delay added to each cold "
+                                                                          "start (0: none)")
     simulated = serializers.BooleanField(allow_null=True)
     hardware = serializers.DictField(allow_null=True, help_text="device name, torch version, sharing mechanism, ...")
     started_at = serializers.DateTimeField(allow_null=True)

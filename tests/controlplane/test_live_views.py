@@ -110,3 +110,26 @@ def test_a_trial_without_an_artifact_has_nothing_to_download(client, user, trial
     client.force_login(user)
 
     assert client.get(url("trial-artifact", trial)).status_code == 404
+
+
+def test_a_finished_page_labels_a_replay_a_thread_runtime_a_modelled_delay_and_shows_cold_start_phases(
+        client, user, trial):
+    summary = {"requests": 10, "completed": 10, "latency_ms": {"p99": 5.0, "unfinished": 0},
+               "time_compression": 20.0, "runtime": "thread", "isolation": "shared process, no isolation",
+               "platform_delay_ms": {"value": 2000.0, "modelled": True}, "prewarms": 1, "requests_paid_cold_start": 4,
+               "cold_start_phases_ms": {"count": 2, "platform_delay_modelled": 2000.0, "build": 3.0, "load": 8.0,
+                                        "total": 2050.0, "page_cache_resident_max": 0.0, "modelled": ["x"]},
+               "breakdown_ms": {"dispatch_lag": 0.01, "cold_start": 1.0, "platform_delay_modelled": 40.0,
+                                "batch_wait": 0.0, "queue_wait": 0.5, "compute": 2.0}}
+    Trial.objects.filter(pk=trial.pk).update(status="succeeded", summary=summary)
+    client.force_login(user)
+    html = client.get(url("trial-detail", trial)).content.decode()
+    assert "replayed 20× faster" in html
+    assert "instances: shared process, no isolation" in html
+    assert "+2000 ms modelled platform delay per cold start" in html
+    assert 'id="phases-table"' in html and "platform delay (modelled, not measured)" in html
+    assert "read the weights from disk" in html and "disk (page cache dropped)" in html
+    assert "1 pre-warm paid by no request" in html
+    assert "modelled platform delay (not measured)" in html  # its own line in the breakdown
+    experiment_html = client.get(trial.experiment.get_absolute_url()).content.decode()
+    assert "shared process, no isolation" in experiment_html and "replayed 20× faster" in experiment_html

@@ -151,7 +151,7 @@ def test_a_finished_trial_row_carries_the_summarys_figures(user, experiment):
     row = selectors.trial_result_row(trial)
     assert row["latency_ms"] == SUMMARY["latency_ms"]
     assert row["cold_start_ms"] == {"p50": 250.0, "max": 250.0}
-    assert row["cost"] == {k: SUMMARY["cost"][k] for k in selectors.COST_KEYS}  # totals and price stay out
+    assert row["cost"] == {k: SUMMARY["cost"].get(k) for k in selectors.COST_KEYS}  # totals and price stay out
     assert (row["requests"], row["completed"], row["dropped"], row["errors"]) == (100, 97, 2, 1)
     assert (row["slo_met"], row["violation_rate"], row["slo_percentile_ci_ms"]) == (True, 0.004, [18.0, 23.0])
     assert (row["throughput_rps"], row["goodput_rps"], row["mean_batch_size"]) == (19.4, 19.3, 1.0)
@@ -165,8 +165,30 @@ def test_the_row_has_exactly_the_documented_keys(user, experiment):
         "trial", "variant", "repeat", "run_number", "status", "device", "error", "requests", "completed", "dropped",
         "errors", "latency_ms", "latency_completed_ms", "unfinished", "slo_percentile_ci_ms", "slo_met",
         "slo_verdict", "violation_rate", "throughput_rps", "goodput_rps", "drain_s", "completed_in_drain",
-        "cold_starts", "cold_start_ms", "mean_batch_size", "cost", "simulated", "hardware", "started_at",
-        "finished_at"]
+        "cold_starts", "cold_start_ms", "mean_batch_size", "cost", "cold_start_phases_ms", "prewarms",
+        "requests_paid_cold_start", "dispatch", "notes", "time_compression", "runtime", "isolation",
+        "platform_delay_ms", "simulated", "hardware", "started_at", "finished_at"]
+
+
+def test_the_row_says_how_the_run_was_made_and_what_it_noticed(user, experiment):
+    trial = services.experiment_run(experiment=experiment, user=user)[0]
+    summary = {**SUMMARY, "notes": ["the dispatcher fell behind: worst lag 12.0 ms (threshold 5 ms)"],
+               "dispatch": {"behind": True, "lag_p99_us": 800.0, "lag_max_us": 12000.0, "behind_threshold_us": 5000.0,
+                            "sent": 100, "priority": "nice"},
+               "prewarms": 2, "requests_paid_cold_start": 3, "time_compression": 10.0, "runtime": "thread",
+               "isolation": "shared process, no isolation", "platform_delay_ms": {"value": 2000.0, "modelled": True},
+               "cold_start_phases_ms": {"count": 1, "import": 1600.0, "total": 1800.0, "modelled": ["x"]}}
+    Trial.objects.filter(pk=trial.pk).update(status="succeeded", summary=summary)
+    trial.refresh_from_db()
+    row = selectors.trial_result_row(trial)
+    assert row["notes"] == summary["notes"]
+    assert row["dispatch"] == {"behind": True, "lag_p99_us": 800.0, "lag_max_us": 12000.0,
+                               "behind_threshold_us": 5000.0}
+    assert (row["prewarms"], row["requests_paid_cold_start"]) == (2, 3)
+    assert (row["time_compression"], row["runtime"], row["isolation"]) == (10.0, "thread",
+                                                                           "shared process, no isolation")
+    assert row["platform_delay_ms"] == 2000.0
+    assert row["cold_start_phases_ms"]["import"] == 1600.0 and row["cold_start_phases_ms"]["process_start"] is None
 
 
 def test_results_are_the_latest_run_in_the_runs_variant_order(user, experiment, spec_data):

@@ -384,7 +384,8 @@ def test_summarize_empty_and_nothing_completed():
     assert s["slo_met"] is False and s["slo_reasons"] == ["no request completed"]
     assert s["slo_verdict"] == {"verdict": "not_met", "reasons": ["no request completed"]}
     assert s["violation_rate"] == 1.0 and s["mean_batch_size"] is None
-    assert s["breakdown_ms"] == dict.fromkeys(["dispatch_lag", "cold_start", "batch_wait", "queue_wait", "compute"])
+    assert s["breakdown_ms"] == dict.fromkeys(["dispatch_lag", "cold_start", "platform_delay_modelled", "batch_wait",
+                                               "queue_wait", "compute"])
     e = summarize(empty_rows(0), function_names=["a"], slo=SLOSpec(), arrival_s=1.0, cold_starts=[], n_batches=0)
     assert e["requests"] == 0 and e["violation_rate"] is None and e["slo_met"] is False
     assert e["latency_ms"]["unfinished"] == 0 and e["throughput_rps"] == 0.0 and e["drain_s"] == 0.0
