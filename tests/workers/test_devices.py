@@ -55,7 +55,9 @@ def test_cpu_exclusive_and_time_slice_plans():
     cpu = resolve_device("cpu")
     assert sharing_plan(cpu, "exclusive", instances=1, share=1.0).mechanism == "exclusive"
     ts = sharing_plan(cpu, "time_slice", instances=4, share=1.0)
-    assert ts.mechanism == "threads" and ts.core_sets is None
+    assert ts.mechanism == "processes" and ts.core_sets is None  # instance processes, scheduled by the OS
+    threads = sharing_plan(cpu, "time_slice", instances=4, share=1.0, runtime="thread")
+    assert threads.mechanism == "threads" and threads.core_sets is None
 
 
 @pytest.mark.skipif(CORES < 2, reason="needs at least 2 usable cores")
@@ -82,7 +84,8 @@ def test_cuda_spatial_without_mig_or_mps_says_what_is_missing(monkeypatch, tmp_p
     # A CUDA DeviceInfo on this host: NVML is absent or reports no MIG, and the MPS pipe dir is empty.
     monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
     gpu = DeviceInfo("cuda:0", "cuda", 0, "Some GPU", 1 << 30, cores=100)
-    assert sharing_plan(gpu, "time_slice", instances=2, share=1.0).mechanism == "cuda-streams"
+    assert sharing_plan(gpu, "time_slice", instances=2, share=1.0).mechanism == "cuda-contexts"
+    assert sharing_plan(gpu, "time_slice", instances=2, share=1.0, runtime="thread").mechanism == "cuda-streams"
     with pytest.raises(SharingUnavailable, match=r"MIG mode .* or a running MPS daemon \(`nvidia-cuda-mps-control -d`\)"):
         sharing_plan(gpu, "spatial", instances=2, share=0.5)
     (tmp_path / "control").touch()  # what a running MPS control daemon leaves in its pipe directory
