@@ -153,6 +153,9 @@ class ThreadRunner:
     def kill(self) -> None:
         pass
 
+    def fileno(self) -> None:
+        return None  # in-process: nothing to wait on
+
     def close(self) -> None:
         self.loaded = None
         self.stream = None
@@ -187,6 +190,7 @@ class ProcessRunner:
         self.proc: subprocess.Popen | None = None
         self.conn = None
         self.info: dict = {}
+        self._send_error: Exception | None = None
 
     def start(self, should_abort=None) -> dict:
         from multiprocessing.connection import Connection
@@ -244,15 +248,35 @@ class ProcessRunner:
             return ("error", f"instance process died ({type(exc).__name__}, exit code {code})")
 
     def run(self, batch_size: int) -> None:
+        self.send(batch_size)
+        self.finish()
+
+    def send(self, batch_size: int) -> None:
+        """Hand a batch to the process (a 4-byte write: the caller may hold a lock). finish() reads the answer."""
         try:
             self.conn.send_bytes(_SIZE.pack(batch_size))
-            # The answer comes when the batch is done; a blocking read releases the GIL meanwhile.
+        except (OSError, ValueError) as exc:
+            self._send_error = exc
+
+    def finish(self) -> None:
+        """Wait for the answer to the batch sent last; a blocking read releases the GIL meanwhile."""
+        try:
+            if self._send_error is not None:
+                raise self._send_error
             msg = self.conn.recv_bytes()
         except (EOFError, OSError, ValueError) as exc:
+            self._send_error = None
             code = self.proc.poll() if self.proc is not None else None
             raise ModelRaised(f"instance process is gone ({type(exc).__name__}, exit code {code})") from exc
         if msg[:1] != _OK:
             raise ModelRaised(msg[1:].decode("utf-8", "replace"))
+
+    def fileno(self) -> int | None:
+        """The connection's descriptor: readable when the answer to a batch (or the process's end) arrives."""
+        return self.conn.fileno() if self.conn is not None else None
+
+    def dead(self) -> bool:
+        return self.proc is None or self.proc.poll() is not None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import select
 import threading
 import time
 from collections.abc import Sequence
@@ -123,6 +124,74 @@ def restore_torch_threads(before: dict) -> None:
         torch.set_num_threads(int(before["intra_op"]))
 
 
+class _WakeCondition(threading.Condition):
+    """A Condition whose waiters can also wake when a file descriptor becomes readable.
+
+    An instance process answers a batch on its socket. The thread that drives it waits for work with
+    wait_fd(timeout, fd): it wakes on a notify (new work, eviction, stop) or when the process answers a batch
+    that the dispatcher's thread handed to it directly (see Platform._push). That saves the cross-thread wake-up
+    per request that a plain Condition would add: arrival -> process instead of arrival -> thread -> process.
+    notify() wakes fd-waiters too (spurious wake-ups are fine: every waiter re-checks its state).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fd_waiters: dict[int, int] = {}  # thread id -> write end of its wake pipe
+        self._pipes = threading.local()
+
+    def _pipe(self) -> tuple[int, int]:
+        pipe = getattr(self._pipes, "fds", None)
+        if pipe is None:
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            pipe = self._pipes.fds = (r, w)
+        return pipe
+
+    def wait_fd(self, timeout: float, fd: int) -> bool:
+        """Under the lock: release it, wait for a notify, fd readable or the timeout; re-acquire. True if fd is
+        readable."""
+        r, w = self._pipe()
+        me = threading.get_ident()
+        self._fd_waiters[me] = w
+        saved = self._release_save()
+        try:
+            ready, _, _ = select.select([r, fd], [], [], max(0.0, timeout))
+        finally:
+            self._acquire_restore(saved)
+            self._fd_waiters.pop(me, None)
+        if r in ready:
+            try:
+                while os.read(r, 64):
+                    pass
+            except BlockingIOError:
+                pass
+        return fd in ready
+
+    def close_pipe(self) -> None:
+        """Called by a waiting thread before it ends: its wake pipe is closed."""
+        pipe = getattr(self._pipes, "fds", None)
+        if pipe is not None:
+            for f in pipe:
+                os.close(f)
+            self._pipes.fds = None
+
+    def _wake_fd_waiters(self) -> None:
+        for w in list(self._fd_waiters.values()):
+            try:
+                os.write(w, b"x")
+            except (BlockingIOError, OSError):
+                pass  # its pipe is full (it will wake) or closed (it is gone)
+
+    def notify(self, n: int = 1) -> None:
+        super().notify(n)
+        self._wake_fd_waiters()
+
+    def notify_all(self) -> None:
+        super().notify_all()
+        self._wake_fd_waiters()
+
+
 # ---- state ------------------------------------------------------------------------------------------------
 @dataclass(eq=False)
 class _Function:
@@ -130,7 +199,7 @@ class _Function:
     spec: FunctionSpec
     order: np.ndarray  # request indices of this function, in arrival order
     batcher: Batcher
-    cond: threading.Condition
+    cond: _WakeCondition
     mem_bytes: int
     head: int = 0  # queue = order[head:tail]
     tail: int = 0
@@ -148,6 +217,7 @@ class _Function:
     held_from: float | None = None  # hold_since of the batch just taken (for batch_wait_s)
     taken_s: float = math.nan
     instances: list = field(default_factory=list)
+    parked: list = field(default_factory=list)  # idle process instances waiting with wait_fd (may be pushed to)
 
     @property
     def alive(self) -> int:
@@ -179,6 +249,7 @@ class _Instance:
     taken_s: float = math.nan  # when the batcher released its current batch
     batches: int = 0  # batches run since its cold start
     thread: threading.Thread | None = None
+    pushed_at: float | None = None  # its current batch was handed to its process at this run time
 
 
 class Platform:
@@ -223,7 +294,7 @@ class Platform:
         self._threads: list[threading.Thread] = []
         self._instances: list[_Instance] = []
         # Exclusive: one condition for all queues, since one device thread serves them all.
-        shared = threading.Condition() if self.exclusive else None
+        shared = _WakeCondition() if self.exclusive else None
         self.fns: list[_Function] = []
         fidx = np.asarray(function_idx)
         self._single = len(self.functions) == 1
@@ -233,7 +304,7 @@ class Platform:
             batcher = make_batcher(variant.batching, slo_latency_ms=slo_latency_ms)
             mem = int(mem_per_instance[i]) if mem_per_instance is not None else 0
             self.fns.append(_Function(idx=i, spec=f, order=order, batcher=batcher,
-                                      cond=shared or threading.Condition(), mem_bytes=mem))
+                                      cond=shared or _WakeCondition(), mem_bytes=mem))
         self._needs_intended = [getattr(fn.batcher, "deadline_s", None) is not None for fn in self.fns]
         self._free_slots: list[int] = []
         if self.spatial:
@@ -337,9 +408,47 @@ class Platform:
             if fn.failed is not None:
                 self._fail_queue(fn, now)
                 return
+            if fn.parked and self._push(fn, now):
+                return  # handed straight to an idle instance process: nobody else needs waking
             if not self.exclusive and fn.alive < self.autoscaler.max_instances:
                 self._autoscale(fn)
             fn.cond.notify()
+
+    def _push(self, fn: _Function, now: float) -> bool:
+        """Under fn.cond, in the dispatcher's thread: if the batcher releases a batch now and an idle instance
+        process is parked, send the batch to that process directly; its thread wakes on the answer. The same
+        decision the instance's thread would take (same batcher call, same bookkeeping), one wake-up sooner."""
+        if self.exclusive and any(f.queued for f in self.fns if f is not fn):
+            return False  # the device thread decides between functions
+        inst = fn.parked[-1]
+        if inst.state != IDLE or inst.evict or self._stopping:
+            return False
+        idx = self._decide(fn, now)
+        if idx is None:
+            return False
+        fn.parked.pop()
+        self._mark_busy(inst, idx)
+        inst.pushed_at = now
+        inst.runner.send(len(idx))
+        if fn.queued > 0:
+            fn.cond.notify()  # the rest is for another instance
+        return True
+
+    def _park(self, inst: _Instance, timeout: float):
+        """Under fn.cond: wait for work as a parked process instance. Returns the indices of a batch pushed to it
+        meanwhile (already sent to its process), or None."""
+        fn = inst.fn
+        fn.parked.append(inst)
+        try:
+            readable = fn.cond.wait_fd(timeout, inst.runner.fileno())
+        finally:
+            if inst in fn.parked:
+                fn.parked.remove(inst)
+        if inst.pushed_at is not None:
+            return inst.current
+        if readable and inst.runner.dead():
+            inst.evict = True  # its process is gone: retire it (a batch would only fail)
+        return None
 
     def _autoscale(self, fn: _Function) -> None:
         """Under fn.cond: start instances if queued + in-flight work per instance exceeds the target."""
@@ -429,7 +538,7 @@ class Platform:
             fn.cond.notify_all()
 
     @staticmethod
-    def _notify(cond: threading.Condition) -> None:
+    def _notify(cond: _WakeCondition) -> None:
         _normal_priority()
         with cond:
             cond.notify_all()
@@ -531,6 +640,8 @@ class Platform:
             self._retire_runner(inst)
         except BaseException as exc:  # a platform bug: record it and retire the instance, never hang the trial
             self._crashed(inst, exc)
+        finally:
+            inst.fn.cond.close_pipe()
 
     def _crashed(self, inst: _Instance, exc: BaseException) -> None:
         self._note_error(f"platform error in instance {inst.id} ({inst.fn.spec.name!r}): {type(exc).__name__}: {exc}")
@@ -571,7 +682,12 @@ class Platform:
                 if now >= deadline:
                     return None
                 timeout = min(timeout, deadline - now)
-            fn.cond.wait(timeout)
+            if inst.runner.fileno() is not None:
+                pushed = self._park(inst, timeout)
+                if pushed is not None:
+                    return pushed
+            else:
+                fn.cond.wait(timeout)
 
     def _decide(self, fn: _Function, now: float):
         """Under fn.cond: ask the batcher; apply drops; return the indices to run now, or None (then
@@ -646,10 +762,16 @@ class Platform:
     def _run_batch(self, inst: _Instance, idx: np.ndarray) -> None:
         fn = inst.fn
         k = len(idx)
-        t_start = self.now()
         err = None
+        pushed = inst.pushed_at is not None
+        # A pushed batch was sent by the dispatcher's thread at pushed_at; only its answer is awaited here.
+        t_start = inst.pushed_at if pushed else self.now()
+        inst.pushed_at = None
         try:
-            inst.runner.run(k)
+            if pushed:
+                inst.runner.finish()
+            else:
+                inst.runner.run(k)
         except ModelRaised as exc:
             err = str(exc)
         t_end = self.now()
@@ -748,6 +870,7 @@ class Platform:
                         fn.failed = f"the device thread failed: {type(exc).__name__}: {exc}"
                     self._fail_queue(fn, self.now())
         finally:
+            self._wake_device.close_pipe()
             self._prestarted.set()
 
     def _exclusive_loop(self, first: _Function | None) -> None:
@@ -764,7 +887,7 @@ class Platform:
                 elif action in ("stop", "evict", "swap"):
                     if resident is not None:
                         self._evicted(resident)
-            if action == "batch":
+            if action in ("batch", "pushed"):
                 self._run_batch(resident, arg)
                 continue
             if resident is not None and action in ("stop", "evict", "swap"):
@@ -796,7 +919,8 @@ class Platform:
 
     def _exclusive_next(self, resident: _Instance | None):
         """Under the shared condition: what the device does next.
-        ("batch", idx) | ("swap", (function, keep_until)) | ("evict", None) | ("stop", None)."""
+        ("batch", idx) | ("pushed", idx) | ("swap", (function, keep_until)) | ("evict", None) | ("stop", None).
+        "pushed": the dispatcher's thread already sent the batch to the resident process (Platform._push)."""
         cond = self._wake_device
         rows = self.rec.rows
         while True:
@@ -844,7 +968,12 @@ class Platform:
                 nxt = self._next_prewarm_s()
                 if nxt is not None:
                     timeout = min(timeout, max(0.0, nxt - now))
-            cond.wait(timeout)
+            if resident is not None and resident.state == IDLE and resident.runner.fileno() is not None:
+                pushed = self._park(resident, timeout)
+                if pushed is not None:
+                    return "pushed", pushed
+            else:
+                cond.wait(timeout)
 
     # ---- histogram pre-warm --------------------------------------------------------------------------------
     def _claim_prewarm(self, fn: _Function, now: float) -> float | None:
