@@ -32,7 +32,7 @@ from workers.platform import (
     restore_torch_threads,
 )
 from workers.recorder import Recorder
-from workers.records import OUTCOME_OK, json_safe
+from workers.records import COLD_START_PHASES, OUTCOME_OK, json_safe
 from workers.spec import TrialSpec, isolation_label, isolation_level
 
 STOP_POLL_S = 0.2  # should_stop is polled at least this often (the contract says 0.25 s)
@@ -340,8 +340,7 @@ def _preload_end_of_trial_modules(parquet: bool) -> None:
         import pyarrow.parquet  # noqa: F401
 
 
-PHASES = ("platform_delay_modelled", "process_start", "import", "device_context", "build", "load", "to_device",
-          "warmup", "total")
+PHASES = COLD_START_PHASES
 
 
 def _cold_start_phases(cold_starts) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 
 from workers import records
 from workers.records import (
+    COLD_START_PHASES,
     OUTCOME_DROPPED,
     OUTCOME_ERROR,
     OUTCOME_NAMES,
@@ -117,6 +118,19 @@ class Recorder:
         table["latency_ms"] = pa.array((cols["completed_s"] - cols["intended_s"]) * 1e3, from_pandas=True)
         fn_idx = cols["function"].astype(np.int32)
         table["function_name"] = pa.DictionaryArray.from_arrays(pa.array(fn_idx), pa.array(names, pa.string()))
+        # The phases of the cold start a request waited for (that of the instance that then ran it), so each row
+        # says where its cold wait went; null for requests that waited for none.
+        waited = (cols["cold_wait_s"] > 0) & (cols["instance"] >= 0)
+        n_inst = max([c.instance for c in self.cold_starts] + [int(cols["instance"].max()) if k else -1]) + 1
+        for phase in COLD_START_PHASES:
+            by_instance = np.full(max(n_inst, 1), np.nan, dtype=np.float32)
+            for c in self.cold_starts:
+                v = (c.timings_ms or {}).get(phase)
+                if v is not None:
+                    by_instance[c.instance] = v
+            col = np.full(k, np.nan, dtype=np.float32)
+            col[waited] = by_instance[cols["instance"][waited]]
+            table[f"cold_start_{phase}_ms"] = pa.array(col, from_pandas=True)
         outcome_names = [OUTCOME_NAMES[i] for i in range(len(OUTCOME_NAMES))]
         table["outcome_name"] = pa.DictionaryArray.from_arrays(pa.array(cols["outcome"].astype(np.int32)),
                                                                pa.array(outcome_names, pa.string()))

@@ -28,6 +28,9 @@ ROW_COLUMNS: dict[str, np.dtype] = {
     "batch_wait_s": np.dtype(np.float32),  # part of its wait an instance was free but the batcher held it
     "outcome": np.dtype(np.int8),  # OUTCOME_*
 }
+# Phases of a cold start (workers.instance), in the order they happen; platform_delay_modelled is MODELLED.
+COLD_START_PHASES = ("platform_delay_modelled", "process_start", "import", "device_context", "build", "load",
+                     "to_device", "warmup", "total")
 OUTCOME_PENDING = 0
 OUTCOME_OK = 1
 OUTCOME_DROPPED = 2  # shed by the adaptive batcher or never served before the run ended

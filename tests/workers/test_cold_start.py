@@ -87,7 +87,7 @@ def test_page_cache_drop_is_checked_with_mincore(tmp_path):
 
 def test_scale_to_zero_with_processes_pays_seconds_not_milliseconds(model_dir, tmp_path):
     thread = run_trial(scale_to_zero({"runtime": "thread"}), model_dir=model_dir, artifact_path=tmp_path / "t.parquet")
-    proc = run_trial(scale_to_zero(), model_dir=model_dir, artifact_path=tmp_path / "p.parquet")
+    proc = run_trial(scale_to_zero(slo_ms=250.0), model_dir=model_dir, artifact_path=tmp_path / "p.parquet")
     st, sp = thread.summary, proc.summary
     assert sp["runtime"] == "process" and st["runtime"] == "thread"
     assert st["isolation"] == "shared process, no isolation"
@@ -103,6 +103,14 @@ def test_scale_to_zero_with_processes_pays_seconds_not_milliseconds(model_dir, t
     waited = rows["cold_wait_s"][rows["outcome"] == OUTCOME_OK]
     assert waited.max() * 1e3 >= 0.5 * ph["import"]
     assert sp["requests_paid_cold_start"] >= sp["cold_starts"]
+    # Each row that waited for a cold start carries that cold start's phases; the others carry none.
+    paid = rows["cold_wait_s"] > 0
+    assert np.all(rows["cold_start_import_ms"][paid] > 0)
+    assert np.all(np.isnan(rows["cold_start_import_ms"][~paid].astype(float)))
+    assert np.all(rows["cold_wait_s"][paid] * 1e3 <= rows["cold_start_total_ms"][paid] + 1.0)
+    # The dispatcher's "behind" threshold is 10 % of the SLO target (250 ms here), not a fixed 10 ms.
+    assert sp["dispatch"]["behind_threshold_us"] == pytest.approx(25_000.0)
+    assert st["dispatch"]["behind_threshold_us"] == pytest.approx(10_000.0)
 
 
 def test_a_modelled_platform_delay_is_added_to_each_cold_start_and_labelled(model_dir, tmp_path):
