@@ -53,11 +53,13 @@ DEFAULT_PRICE = "cpu"  # price entry used when the experiment names no accelerat
 class TrialMonitor(threading.Thread):
     """Runs beside the engine while a trial runs.
 
-    Every `interval_s` it heart-beats (which also reads the cancel flag), renews the device lease, and
-    stores then publishes the windows the engine produced since the last tick. Storing before
-    publishing means a page that connects at any moment sees every window exactly once in its
-    snapshot or as an event. DB and Redis work stays off the engine's thread, which only appends to a
-    queue, so a slow database cannot delay the load generator.
+    Every `interval_s` it heart-beats (which also reads the cancel flag) and renews the device lease. A
+    window the engine produces wakes it at once: it stores then publishes the window without waiting for
+    the next tick, so a live page draws each second as soon as it ends (waiting for the tick added up to
+    `interval_s` to every window, the first included). Storing before publishing means a page that
+    connects at any moment sees every window exactly once in its snapshot or as an event. DB and Redis
+    work stays off the engine's thread, which only appends to a queue and sets an event, so a slow
+    database cannot delay the load generator.
     """
 
     def __init__(self, trial: Trial, lease: DeviceLease | None, *, interval_s: float = HEARTBEAT_S,
@@ -75,6 +77,7 @@ class TrialMonitor(threading.Thread):
         self._next_index = 0
         self._index_lock = threading.Lock()
         self._done = threading.Event()
+        self._wake = threading.Event()  # set by on_window and stop: flush now rather than at the next tick
         self._lease_renewed_at = time.monotonic()
 
     # -- called from the engine's threads --------------------------------------------------------------
@@ -83,6 +86,7 @@ class TrialMonitor(threading.Thread):
             index = self._next_index
             self._next_index += 1
         self._windows.put((index, json_safe(window)))
+        self._wake.set()
 
     def should_stop(self) -> bool:
         return (self.cancel_requested.is_set() or self.lease_lost.is_set()
@@ -91,14 +95,24 @@ class TrialMonitor(threading.Thread):
     # -- the thread ---------------------------------------------------------------------------------------
     def run(self) -> None:
         try:
-            while not self._done.wait(self.interval_s):
-                self._tick()
+            next_tick = time.monotonic() + self.interval_s
+            while True:
+                self._wake.wait(max(0.0, next_tick - time.monotonic()))
+                self._wake.clear()
+                if self._done.is_set():
+                    break
+                if time.monotonic() >= next_tick:
+                    self._tick()
+                    next_tick = time.monotonic() + self.interval_s
+                else:  # woken by a new window
+                    self._flush_or_retry_later()
             self.flush()
         finally:
             connection.close()  # this thread's own DB connection
 
     def stop(self) -> None:
         self._done.set()
+        self._wake.set()
         self.join()
 
     def _tick(self) -> None:
@@ -109,6 +123,9 @@ class TrialMonitor(threading.Thread):
             # A database blip must not kill a trial that is measuring fine; the next tick tries again.
             log.warning("trial %s: heartbeat failed", self.trial_id, exc_info=True)
         self._renew_lease()
+        self._flush_or_retry_later()
+
+    def _flush_or_retry_later(self) -> None:
         try:
             self.flush()
         except DatabaseError:

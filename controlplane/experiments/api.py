@@ -7,6 +7,8 @@ Everything is private to its owner: anyone else's experiment or trial is 404, ne
 
 from __future__ import annotations
 
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ParseError
@@ -246,7 +248,7 @@ class TrialCancelView(SpecAPIView):
 
 # ---- catalogues ---------------------------------------------------------------------------------------------
 class PriceListView(APIView):
-    """The dated price catalogue (read-only here; edited in the admin)."""
+    """The dated price catalogue (read-only here; staff edit it on the Prices page)."""
 
     @extend_schema(summary="The price catalogue used for costs", responses=ser.PriceEntrySerializer(many=True))
     def get(self, request: Request) -> Response:
@@ -260,3 +262,39 @@ class ModelListView(APIView):
     def get(self, request: Request) -> Response:
         return Response(ser.ModelEntrySerializer(selectors.model_list(), many=True).data)
 
+
+# ---- the compare basket -------------------------------------------------------------------------------------
+def _pins_body(request: Request) -> dict:
+    pins = list(selectors.pins_for(user=request.user))
+    return ser.PinListSerializer({"html_url": request.build_absolute_uri(reverse("compare-pinned")),
+                                  "count": len(pins), "pins": pins}, context={"request": request}).data
+
+
+class PinListView(SpecAPIView):
+    """Your compare basket: trials pinned from any run or experiment, to open on one comparison page."""
+
+    parser_classes = [JSONParser]
+
+    @extend_schema(summary="Your pinned trials", responses={200: ser.PinListSerializer})
+    def get(self, request: Request) -> Response:
+        return Response(_pins_body(request))
+
+    @extend_schema(summary="Pin a trial (pinning it again changes nothing)", request=ser.PinRequest,
+                   responses={201: ser.PinListSerializer, 200: ser.PinListSerializer, 400: ERRORS, 404: NOT_FOUND})
+    def post(self, request: Request) -> Response:
+        body = _object_body(request, allowed=("trial",))
+        if "trial" not in body:
+            raise S.SpecError([S.FieldError("trial", "is required: the code of one of your trials")])
+        trial = selectors.trial_get_for(user=request.user, code=body["trial"])
+        _, created = services.pin_add(user=request.user, trial=trial)
+        return Response(_pins_body(request), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(summary="Unpin one trial, or every trial when none is named", parameters=[
+        OpenApiParameter("trial", OpenApiTypes.UUID, description="The trial to unpin (default: all of them).")],
+        request=None, responses={200: ser.UnpinResponseSerializer, 404: NOT_FOUND})
+    def delete(self, request: Request) -> Response:
+        code = request.query_params.get("trial")
+        if code:
+            trial = selectors.trial_get_for(user=request.user, code=code)
+            return Response({"unpinned": int(services.pin_remove(user=request.user, trial=trial))})
+        return Response({"unpinned": services.pins_clear(user=request.user)})

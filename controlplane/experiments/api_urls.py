@@ -19,5 +19,6 @@ urlpatterns = [
     path("trials/<uuid:code>/windows/", api.TrialWindowsView.as_view(), name="api-trial-windows"),
     path("trials/<uuid:code>/cancel/", api.TrialCancelView.as_view(), name="api-trial-cancel"),
     path("prices/", api.PriceListView.as_view(), name="api-prices"),
+    path("pins/", api.PinListView.as_view(), name="api-pins"),
     path("models/", api.ModelListView.as_view(), name="api-models"),
 ]

@@ -17,6 +17,8 @@ from django.forms import formset_factory
 
 from workers import spec as S
 
+from .models import PriceEntry
+
 PERCENTILE_CHOICES = [(f"{p:g}", f"p{p:g}") for p in S.PERCENTILES]
 PATTERN_LABELS = {
     "constant": "constant", "poisson": "poisson", "gamma": "gamma (bursty)", "steps": "steps",
@@ -106,9 +108,11 @@ class BasicsForm(LayoutMixin, forms.Form):
     GROUPS = (("", ("name", "device", "accelerator", "description", "notes")),)
     WIDE = ("description", "notes")
 
-    def __init__(self, *args: Any, price_entries: list | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, price_entries: list | None = None, worker_devices: dict | None = None,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
-        choices = [("", "none: no cost figures")]
+        # Without an entry the worker prices trials with the "cpu" entry (workers.tasks.DEFAULT_PRICE).
+        choices = [("", "none: trials are priced with the cpu entry")]
         for p in price_entries or []:
             serverless_h = p.serverless_usd_per_s * 3600
             choices.append((p.name, f"{p.name}: ${p.on_demand_usd_per_h:.2f}/h on demand, "
@@ -118,9 +122,51 @@ class BasicsForm(LayoutMixin, forms.Form):
             choices.append((current, f"{current} (not in the price catalogue)"))
         self.fields["accelerator"].choices = choices
         current_device = self.data.get("device") if self.is_bound else self.initial.get("device")
-        if current_device and current_device not in {c[0] for c in DEVICE_CHOICES}:
-            # A spec file may name cuda:12; keep it selectable rather than silently changing it.
-            self.fields["device"].choices = DEVICE_CHOICES + [(current_device, current_device)]
+        self.fields["device"].choices = device_choices(worker_devices, current_device)
+        if worker_devices is not None:
+            self.fields["device"].help_text = ("Worker pool: devices the running workers serve come first; auto "
+                                               "takes a GPU when there is one.")
+
+
+NO_WORKER = "no worker has this device"
+
+
+def device_choices(worker_devices: dict | None, current: str | None = None) -> list:
+    """The device select: with worker reports (`selectors.worker_devices`), the devices some worker serves
+    first ("auto (cpu on 1 worker)"), then the others marked "no worker has this device", still selectable
+    (a worker may start later). Without reports (Redis unreadable): the plain list. A device a spec file
+    named (cuda:12) is kept rather than silently changed."""
+    names = [c[0] for c in DEVICE_CHOICES]
+    if current and current not in names:
+        names.append(current)
+    if worker_devices is None:
+        return [(n, n) for n in names]
+    served = worker_devices.get("devices") or {}
+    resolves = worker_devices.get("resolves") or {}
+    names += sorted(d for d in served if d not in names and S.DEVICE_RE.match(d))
+
+    def label(name: str) -> str:
+        workers = len(served[name])
+        means = f"{' / '.join(resolves[name])} " if resolves.get(name) else ""
+        return f"{name} ({means}on {workers} worker{'s' if workers != 1 else ''})"
+
+    reported = [(n, label(n)) for n in names if n in served]
+    others = [(n, f"{n} ({NO_WORKER})") for n in names if n not in served]
+    return reported + others
+
+
+def default_price_entry(device: str, worker_devices: dict | None, price_names: list[str]) -> str:
+    """The price entry a new experiment starts with: "cpu" when the device is cpu, or auto and no worker
+    reports a GPU (auto runs on the CPU there); otherwise none (the accelerator's entry is the user's call)."""
+    if "cpu" not in price_names:
+        return ""
+    if device == "cpu":
+        return "cpu"
+    if device == "auto":
+        resolves = ((worker_devices or {}).get("resolves") or {}).get("auto") or []
+        if not any(str(target).startswith("cuda") for target in resolves):
+            return "cpu"
+    return ""
 
 
 class SLOForm(LayoutMixin, forms.Form):
@@ -398,14 +444,18 @@ class ExperimentEditor:
 
     def __init__(self, *, data: Any = None, files: Any = None, initial: dict | None = None,
                  price_entries: list | None = None, kept_workloads: list[dict] | None = None,
-                 stored_trace: dict | None = None):
+                 stored_trace: dict | None = None, worker_devices: dict | None = None):
         spec = initial or NEW_EXPERIMENT
         self.is_bound = data is not None
         self.kept_workloads = kept_workloads or []  # per-function workloads (spec files / API): read-only
         self.stored_trace = stored_trace  # {"content", "filename", "format"} of the saved split workload
         shapes = model_shapes()
         self.model_shapes = shapes
-        self.basics = BasicsForm(data, initial=self._basics_initial(spec), price_entries=price_entries)
+        basics = self._basics_initial(spec)
+        if initial is None:  # a new experiment starts with the price entry that fits its device
+            basics["accelerator"] = default_price_entry(basics["device"], worker_devices,
+                                                        [p.name for p in price_entries or []])
+        self.basics = BasicsForm(data, initial=basics, price_entries=price_entries, worker_devices=worker_devices)
         self.slo = SLOForm(data, prefix="slo", initial=self._slo_initial(spec.get("slo") or {}))
         workload = spec.get("workload") or NEW_EXPERIMENT["workload"]
         self.workload = WorkloadForm(data, files, prefix="workload", initial=self._workload_initial(workload))
@@ -694,3 +744,21 @@ class ExperimentEditor:
     @property
     def has_errors(self) -> bool:
         return bool(self.summary)
+
+
+# ---- the price catalogue ---------------------------------------------------------------------------------
+class PriceEntryForm(forms.ModelForm):
+    """Add or edit one dated price entry (staff). The model's check constraints are validated with the form."""
+
+    class Meta:
+        model = PriceEntry
+        fields = ["name", "accelerator", "memory_gb", "on_demand_usd_per_h", "serverless_usd_per_s", "min_billed_s",
+                  "granularity_s", "idle_tail_s", "as_of", "source"]
+        labels = {"on_demand_usd_per_h": "Provisioned ($ per device-hour)",
+                  "serverless_usd_per_s": "Serverless ($ per device-second)", "min_billed_s": "Minimum billed (s)",
+                  "granularity_s": "Billing granularity (s)", "idle_tail_s": "Idle tail billed (s)",
+                  "memory_gb": "Device memory (GB)", "as_of": "Prices as of"}
+        widgets = {"as_of": forms.DateInput(attrs={"type": "date"}), "source": forms.Textarea(attrs={"rows": 2}),
+                   **{f: forms.NumberInput(attrs={"step": "any", "inputmode": "decimal"})
+                      for f in ("memory_gb", "on_demand_usd_per_h", "serverless_usd_per_s", "min_billed_s",
+                                "granularity_s", "idle_tail_s")}}

@@ -7,6 +7,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from workers.spec import DEFAULTS
@@ -32,6 +33,18 @@ def _slo(trial: Trial) -> dict:
             "latency_ms": float(slo.get("latency_ms", DEFAULTS["slo.latency_ms"])),
             "max_violation_rate": rate, "max_violation_pct": rate * 100,
             "min_throughput_rps": slo.get("min_throughput_rps")}
+
+
+def _prestart(trial: Trial) -> dict:
+    """What the worker starts before the load begins, from the trial's frozen spec: the live page says so
+    while it waits for the first window (each instance is a real process start, a second or two)."""
+    spec = trial.spec or {}
+    variant = next((v for v in spec.get("variants") or [] if v.get("name") == trial.variant_name), {})
+    per_function = int(variant.get("min_instances", DEFAULTS["variant.min_instances"]) or 0)
+    functions = max(1, len(spec.get("functions") or []))
+    sharing = variant.get("sharing", DEFAULTS["variant.sharing"])
+    instances = min(per_function, 1) if sharing == "exclusive" else per_function * functions
+    return {"instances": instances, "runtime": variant.get("runtime", DEFAULTS["variant.runtime"])}
 
 
 def _price_name(summary: dict) -> str | None:
@@ -67,7 +80,12 @@ def trial_detail(request, code):
         "slo": slo,
         "windows": [{"index": w.pop("index"), "window": w} for w in selectors.trial_windows(trial)],
         "ws_path": f"/ws/trials/{trial.code}/",
+        "prestart": _prestart(trial),
+        # How long it has been running when the page was rendered (server clock; the page counts on from it).
+        "running_for_s": (timezone.now() - trial.started_at).total_seconds()
+        if trial.status == Trial.Status.RUNNING and trial.started_at else None,
     }
+    pinned = selectors.pinned_trial_codes(user=request.user)
     return render(request, "experiments/trial_detail.html", {
         "trial": trial,
         "experiment": trial.experiment,
@@ -82,6 +100,8 @@ def trial_detail(request, code):
                    for k, label in PHASE_LABELS] if row.get("cold_start_phases_ms") else [],
         "per_function": sorted((summary.get("per_function") or {}).items()),
         "page_data": page_data,
+        "pinned": str(trial.code) in pinned,
+        "pin_count": len(pinned),
         "can_cancel": trial.status in (Trial.Status.QUEUED, Trial.Status.RUNNING) and not trial.cancel_requested,
     })
 

@@ -343,3 +343,21 @@ class TrialWindow(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["trial", "index"], name="window_unique_per_trial_second"),
         ]
+
+
+class Pin(models.Model):
+    """A trial in a user's "compare" basket: trials of any run or experiment, opened on one comparison page.
+    Stored per user so the basket (and its link) outlives the session."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="pins")
+    trial = models.ForeignKey(Trial, on_delete=models.CASCADE, related_name="pins")
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "trial"], name="pin_unique_per_user_trial"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} pinned {self.trial}"

@@ -25,7 +25,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce
 from django.http import Http404
 
-from .models import Experiment, PriceEntry, Trial, TrialWindow
+from .models import Experiment, Pin, PriceEntry, Trial, TrialWindow
 
 STATUSES = ("draft", "queued", "running", "finished", "failed", "cancelled")
 LATENCY_KEYS = ("p50", "p90", "p95", "p99", "p999", "max", "mean")
@@ -245,3 +245,58 @@ def model_list() -> list[dict]:
             shape = None
         out.append({"key": key, "default_input_shape": shape})
     return out
+
+
+# ---- workers --------------------------------------------------------------------------------------------
+def worker_devices() -> dict | None:
+    """The devices that running workers report serving (see worker_registry), or None when Redis cannot be
+    read (then nobody knows, and pages say nothing either way).
+
+    `{"devices": {"cpu": ["cpu-1@host"], "auto": [...]}, "resolves": {"auto": ["cpu"]}, "workers": [...]}`:
+    device name -> hostnames of the workers serving it; what auto (and bare cuda) mean on those workers.
+    """
+    import redis
+    from django.conf import settings
+
+    from . import worker_registry
+
+    try:
+        conn = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            reports = worker_registry.read_reports(conn)
+        finally:
+            conn.close()
+    except redis.RedisError:
+        return None
+    devices: dict[str, list[str]] = {}
+    resolves: dict[str, list[str]] = {}
+    for r in reports:
+        for d in r.get("devices") or []:
+            devices.setdefault(str(d), []).append(str(r.get("hostname")))
+        for d, target in (r.get("resolves") or {}).items():
+            if target and target not in resolves.setdefault(str(d), []):
+                resolves[str(d)].append(str(target))
+    return {"devices": devices, "resolves": resolves, "workers": reports}
+
+
+# ---- the compare basket ---------------------------------------------------------------------------------
+def pinned_trials(*, user) -> QuerySet:
+    """The user's pinned trials, in the order they were pinned, with their experiment (one query)."""
+    if not getattr(user, "is_authenticated", False):
+        return Trial.objects.none()
+    return (Trial.objects.filter(pins__user=user, experiment__owner=user)
+            .select_related("experiment", "variant").order_by("pins__created", "pins__id"))
+
+
+def pinned_trial_codes(*, user) -> set[str]:
+    """Codes (as strings) of the user's pinned trials: what the pin / unpin buttons need."""
+    if not getattr(user, "is_authenticated", False):
+        return set()
+    return {str(c) for c in Pin.objects.filter(user=user).values_list("trial__code", flat=True)}
+
+
+def pins_for(*, user) -> QuerySet:
+    """The user's pins (trial and experiment joined), in the order they were pinned."""
+    if not getattr(user, "is_authenticated", False):
+        return Pin.objects.none()
+    return Pin.objects.filter(user=user, trial__experiment__owner=user).select_related("trial", "trial__experiment")

@@ -412,3 +412,45 @@ class PriceEntrySerializer(serializers.ModelSerializer):
 class ModelEntrySerializer(serializers.Serializer):
     key = serializers.CharField()
     default_input_shape = serializers.ListField(child=serializers.IntegerField(), allow_null=True)
+
+
+# ---- the compare basket -------------------------------------------------------------------------------------
+class PinRequest(serializers.Serializer):
+    trial = serializers.UUIDField(help_text="Code of one of your trials.")
+
+
+class PinSerializer(serializers.Serializer):
+    """One pinned trial, labelled with its experiment and run."""
+
+    trial = serializers.UUIDField(source="trial.code", help_text="The trial's code.")
+    url = serializers.SerializerMethodField(help_text="The trial in the API.")
+    html_url = serializers.SerializerMethodField(help_text="The trial's page.")
+    experiment = serializers.UUIDField(source="trial.experiment.code", help_text="Its experiment's code.")
+    experiment_name = serializers.CharField(source="trial.experiment.name")
+    run_number = serializers.IntegerField(source="trial.run_number")
+    variant = serializers.CharField(source="trial.variant_name")
+    repeat = serializers.IntegerField(source="trial.repeat")
+    status = serializers.CharField(source="trial.status")
+    pinned_at = serializers.DateTimeField(source="created")
+
+    def _absolute(self, url: str) -> str:
+        request = self.context.get("request")
+        return request.build_absolute_uri(url) if request is not None else url
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_url(self, pin) -> str:
+        return self._absolute(reverse("api-trial-detail", kwargs={"code": pin.trial.code}))
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_html_url(self, pin) -> str:
+        return self._absolute(pin.trial.get_absolute_url())
+
+
+class PinListSerializer(serializers.Serializer):
+    html_url = serializers.URLField(help_text="The page that compares the pinned trials.")
+    count = serializers.IntegerField()
+    pins = PinSerializer(many=True, help_text="In the order they were pinned.")
+
+
+class UnpinResponseSerializer(serializers.Serializer):
+    unpinned = serializers.IntegerField(help_text="How many trials were unpinned.")

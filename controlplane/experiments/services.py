@@ -17,12 +17,13 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Max
+from django.http import Http404
 from django.utils import timezone
 
 from workers import spec as S
 
 from . import spec_io
-from .models import Experiment, Function, PriceEntry, SLOTarget, Trial, Variant, Workload
+from .models import Experiment, Function, Pin, PriceEntry, SLOTarget, Trial, Variant, Workload
 from .trials import trial_announce
 
 NAME_MAX_LEN = Experiment._meta.get_field("name").max_length
@@ -329,3 +330,45 @@ def experiment_cancel(*, experiment: Experiment) -> int:
         running = experiment.trials.filter(status=Trial.Status.RUNNING, cancel_requested=False).update(
             cancel_requested=True)
     return queued + running
+
+
+# ---- the compare basket -------------------------------------------------------------------------------------
+PIN_LIMIT = 100  # trials one user may pin: the comparison page stays readable (and fast) at this size
+
+
+def pin_add(*, user, trial: Trial) -> tuple[Pin, bool]:
+    """Pin one of the user's trials for comparison. Returns (pin, created); pinning twice changes nothing.
+    The caller has found the trial with `selectors.trial_get_for`; anyone else's trial is refused all the same."""
+    if trial.experiment.owner_id != user.pk:
+        raise Http404("No such trial.")
+    with transaction.atomic():
+        existing = Pin.objects.filter(user=user, trial=trial).first()
+        if existing is not None:
+            return existing, False
+        if Pin.objects.filter(user=user).count() >= PIN_LIMIT:
+            raise S.SpecError([S.FieldError("trial", f"the compare basket holds at most {PIN_LIMIT} trials; "
+                                                     "unpin some first")])
+        pin, created = Pin.objects.get_or_create(user=user, trial=trial)
+    return pin, created
+
+
+def pin_remove(*, user, trial: Trial) -> bool:
+    """Unpin a trial; False when it was not pinned."""
+    deleted, _ = Pin.objects.filter(user=user, trial=trial).delete()
+    return bool(deleted)
+
+
+def pins_clear(*, user) -> int:
+    """Empty the user's basket; returns how many trials were unpinned."""
+    deleted, _ = Pin.objects.filter(user=user).delete()
+    return deleted
+
+
+# ---- the price catalogue ------------------------------------------------------------------------------------
+def price_entry_save(*, entry: PriceEntry) -> PriceEntry:
+    """Store a new or edited price entry (staff only: the views check). Validated against the model's
+    constraints first, so the catalogue never holds a negative price or a zero billing granularity."""
+    entry.full_clean()
+    with transaction.atomic():
+        entry.save()
+    return entry

@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from . import views
+from . import pin_views, price_views, views
 
 urlpatterns = [
     path("", views.experiment_list, name="experiment-list"),
@@ -17,4 +17,11 @@ urlpatterns = [
     path("experiments/<uuid:code>/export/", views.experiment_export, name="experiment-export"),
     path("experiments/<uuid:code>/variants/<int:variant_id>/clone/", views.variant_clone, name="variant-clone"),
     path("trials/", include("controlplane.experiments.live_urls")),
+    path("trials/<uuid:code>/pin/", pin_views.trial_pin, name="trial-pin"),
+    path("trials/<uuid:code>/unpin/", pin_views.trial_unpin, name="trial-unpin"),
+    path("compare/pinned/", pin_views.pinned_comparison, name="compare-pinned"),
+    path("compare/pinned/clear/", pin_views.pins_clear, name="pins-clear"),
+    path("prices/", price_views.price_list, name="price-list"),
+    path("prices/new/", price_views.price_create, name="price-create"),
+    path("prices/<int:pk>/edit/", price_views.price_edit, name="price-edit"),
 ]

@@ -32,10 +32,13 @@ def percentile_key(percentile: float) -> str:
 
 
 def at_a_glance(rows: list[dict], slo) -> dict | None:
-    """The one result the list shows: the cheapest variant that met the SLO, else the fastest one.
+    """The one result the list shows: the cheapest variant that met the SLO, else the fastest one, with
+    `chosen_by` saying which rule picked it ("cheapest variant that met the SLO", "lowest p99: none met").
 
-    Met means the verdict is met (the percentile's interval lies within the target), not inconclusive;
-    a percentile beyond the run (None: its rank fell among unfinished requests) is never the fastest."""
+    Met means the three-way verdict is met (the percentile's interval lies within the target), not
+    inconclusive; a percentile beyond the run (None: its rank fell among unfinished requests) is never the
+    fastest. `repeats` and `repeats_met` count the chosen variant's finished repeats in the run, so a
+    verdict resting on one repeat can say so."""
     key = percentile_key(slo.percentile) if slo else "p99"
     done = [r for r in rows if r.get("status") == Trial.Status.SUCCEEDED and (r.get("latency_ms") or {}).get(key)]
     if not done:
@@ -50,12 +53,22 @@ def at_a_glance(rows: list[dict], slo) -> dict | None:
         return (r.get("slo_verdict") or {}).get("verdict")
 
     met = [r for r in done if verdict(r) == "met"]
-    best = (min(met, key=lambda r: (cost(r), r["latency_ms"][key])) if met
-            else min(done, key=lambda r: r["latency_ms"][key]))
+    inconclusive = {r["variant"] for r in done if verdict(r) == "inconclusive"} - {r["variant"] for r in met}
+    if met:
+        best = min(met, key=lambda r: (cost(r), r["latency_ms"][key]))
+        chosen_by = ("cheapest variant that met the SLO" if cost(best) != math.inf
+                     else f"lowest {key} among the variants that met the SLO (no cost figures)")
+    else:
+        best = min(done, key=lambda r: r["latency_ms"][key])
+        chosen_by = f"lowest {key}: none met" + (f", {len(inconclusive)} inconclusive" if inconclusive else "")
+    repeats = [r for r in done if r["variant"] == best["variant"]]
     return {"variant": best["variant"], "percentile": key, "latency_ms": best["latency_ms"][key],
             "slo_ms": slo.latency_ms if slo else None, "met": verdict(best) == "met", "verdict": verdict(best),
-            "cost_per_1k_usd": None if cost(best) == math.inf else cost(best),
-            "met_count": len({r["variant"] for r in met}), "variant_count": len({r["variant"] for r in rows})}
+            "reasons": list((best.get("slo_verdict") or {}).get("reasons") or []),
+            "cost_per_1k_usd": None if cost(best) == math.inf else cost(best), "chosen_by": chosen_by,
+            "repeats": len(repeats), "repeats_met": sum(1 for r in repeats if verdict(r) == "met"),
+            "met_count": len({r["variant"] for r in met}), "inconclusive_count": len(inconclusive),
+            "variant_count": len({r["variant"] for r in rows})}
 
 
 @login_required
@@ -89,6 +102,7 @@ def _editor_context(experiment: Experiment | None) -> dict:
 def _editor(request: HttpRequest, experiment: Experiment | None) -> HttpResponse:
     ctx = _editor_context(experiment)
     prices = list(selectors.price_list())
+    ctx["worker_devices"] = selectors.worker_devices()
     if request.method == "POST":
         editor = ExperimentEditor(data=request.POST, files=request.FILES, price_entries=prices, **ctx)
         spec = editor.validate()
@@ -179,8 +193,12 @@ def _runs(experiment: Experiment, slo) -> list[dict]:
     out = []
     for run_number in selectors.experiment_runs(experiment=experiment):
         rows = selectors.experiment_results(experiment=experiment, run_number=run_number)
+        repeats: dict[str, int] = {}
+        for r in rows:
+            repeats[r["variant"]] = repeats.get(r["variant"], 0) + 1
         for r in rows:
             r["slo_latency_ms"] = (r.get("latency_ms") or {}).get(key)
+            r["variant_repeats"] = repeats[r["variant"]]  # 1: a verdict resting on one repeat says so
             r["started"], r["finished"] = _when(r.get("started_at")), _when(r.get("finished_at"))
         out.append({"number": run_number, "rows": rows, "active": any(r["status"] in ACTIVE for r in rows)})
     return out
@@ -194,9 +212,13 @@ def _slo(experiment: Experiment) -> S.SLOSpec:
         return S.SLOSpec()
 
 
-def _detail_context(experiment: Experiment) -> dict:
+def _detail_context(experiment: Experiment, user=None) -> dict:
     slo = _slo(experiment)
     runs = _runs(experiment, slo)
+    pinned = selectors.pinned_trial_codes(user=user) if user is not None else set()
+    for run in runs:
+        for r in run["rows"]:
+            r["pinned"] = r["trial"] in pinned  # the row's pin / unpin button
     return {"experiment": experiment, "runs": runs, "active": any(r["active"] for r in runs), "slo": slo,
             "slo_key": percentile_key(slo.percentile), "violation_pct": slo.max_violation_rate * 100,
             "status": selectors.experiment_status(experiment)}
@@ -222,7 +244,7 @@ def experiment_detail(request: HttpRequest, code) -> HttpResponse:
                   if k not in ("pattern", "duration_s", "time_compression", "seed", "function", "trace_content")}
         workloads.append({"spec": w, "params": params, "curve": _curve_or_none(w), "chart_id": f"workload-chart-{i}",
                           "peak_rate_rps": S.peak_rate_rps(w)})
-    context = _detail_context(experiment) | {
+    context = _detail_context(experiment, request.user) | {
         "spec": spec, "functions": experiment.functions.all(), "variants": experiment.variants.all(),
         "workloads": workloads, "max_repeats": S.MAX_REPEATS,
         "curves": {w["chart_id"]: w["curve"] for w in workloads if w["curve"]},
@@ -235,7 +257,7 @@ def experiment_detail(request: HttpRequest, code) -> HttpResponse:
 def experiment_trials(request: HttpRequest, code) -> HttpResponse:
     """The trials table alone, which the detail page re-fetches every 2 s while a trial is active."""
     experiment = selectors.experiment_get_for(user=request.user, code=code)
-    return render(request, "experiments/_trials.html", _detail_context(experiment))
+    return render(request, "experiments/_trials.html", _detail_context(experiment, request.user))
 
 
 @login_required

@@ -145,7 +145,8 @@
       setText("fig-violation", measured ? fmt(over / measured * 100, 0) + " %" : "—");
     }
     setText("fig-cold", ws.length ? String(cold) : "—");
-    setText("fig-cost", cost === null ? "—" : "$" + cost.toFixed(6));
+    // Three significant figures, as the server's figures.format_usd writes dollars under $1.
+    setText("fig-cost", cost === null ? "—" : "$" + (cost >= 1 ? cost.toFixed(2) : cost > 0 ? cost.toPrecision(3) : "0"));
   }
 
   function setText(id, text) {
@@ -164,6 +165,48 @@
   function addWindow(index, w) {
     windows.set(index, w);
     scheduleRender();
+    showPhase();
+  }
+
+  // Before the first window: say what the worker is doing, with a running clock, so an empty page reads as
+  // progress. The engine starts the min instances (a real process start each, a second or two), then emits
+  // one window per second of load; the first arrives about 1 s after the load begins.
+  let phaseSince = null; // performance.now() at the moment the trial started running (as far as we know)
+  let phaseTimer = null;
+  function phaseText() {
+    if (status === "queued") {
+      return "Queued: waiting for a worker that serves this device.";
+    }
+    const n = (cfg.prestart && cfg.prestart.instances) || 0;
+    if (n > 0) {
+      return "Starting " + n + " instance" + (n === 1 ? "" : "s") + " before the load (" +
+        (cfg.prestart.runtime === "thread" ? "loading the model" : "a real process start each") +
+        "); the first one-second window follows 1 s after the load begins.";
+    }
+    return "Load starting: the first one-second window arrives 1 s after the first request.";
+  }
+  function showPhase() {
+    const el = document.getElementById("live-phase");
+    if (!el) { return; }
+    const waiting = windows.size === 0 && (status === "queued" || status === "running");
+    if (!waiting) {
+      el.hidden = true;
+      document.body.dataset.livePhase = windows.size ? "windows" : status;
+      if (phaseTimer !== null) { window.clearInterval(phaseTimer); phaseTimer = null; }
+      return;
+    }
+    if (status === "running" && phaseSince === null) {
+      phaseSince = performance.now() - (typeof cfg.running_for_s === "number" ? cfg.running_for_s * 1000 : 0);
+    }
+    setText("live-phase-text", phaseText());
+    const tick = function () {
+      setText("live-phase-elapsed", status === "running" && phaseSince !== null
+        ? ((performance.now() - phaseSince) / 1000).toFixed(1) + " s" : "");
+    };
+    tick();
+    if (phaseTimer === null) { phaseTimer = window.setInterval(tick, 100); }
+    el.hidden = false;
+    document.body.dataset.livePhase = status === "running" ? (cfg.prestart && cfg.prestart.instances ? "starting" : "load") : status;
   }
 
   function showStatus(s) {
@@ -180,6 +223,7 @@
       window.setTimeout(function () { window.location.reload(); }, 800);
     }
     if (s.status) { status = s.status; }
+    showPhase();
   }
 
   function notice(text) {
@@ -194,6 +238,7 @@
   if (cfg.finished) {
     return;
   }
+  showPhase();
 
   let retryMs = 1000;
   function connect() {

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
 from django.db import connection
 
-from controlplane.experiments import selectors, services
+from controlplane.experiments import selectors, services, worker_registry
+from controlplane.experiments.figures import format_usd_per_1k
 from controlplane.experiments.models import Trial
 from tests import processes
+from workers import tasks
 from workers.tasks import run_trial_by_id
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -93,7 +96,7 @@ def test_a_finished_trial_shows_its_charts_from_stored_windows_and_the_summary(p
     assert page.inner_text("#slo-verdict").startswith(text)
     for reason in row["slo_verdict"]["reasons"]:
         assert reason in page.inner_text("#slo-verdict")
-    assert f"{row['cost']['serverless_per_1k_usd']:.5f}" in page.inner_text("#cost-table")
+    assert format_usd_per_1k(row["cost"]["serverless_per_1k_usd"]) in page.inner_text("#cost-table")
     assert int(page.inner_text("#fig-cold")) == row["cold_starts"] >= 1
     assert int(page.inner_text("#fig-requests")) == row["requests"]  # one-second windows add up to the total
     # Windows count late requests exactly, so the live share is the summary's violation rate.
@@ -134,8 +137,27 @@ def daphne(test_redis, tmp_path, media_root):
     processes.stop(proc)
 
 
+@pytest.fixture
+def first_window_times(monkeypatch) -> list[float]:
+    """Wall-clock times at which the engine hands the monitor a window (a spy: the real on_window runs)."""
+    times: list[float] = []
+    real = tasks.TrialMonitor.on_window
+
+    def on_window(self, window):
+        times.append(time.time())
+        return real(self, window)
+
+    monkeypatch.setattr(tasks.TrialMonitor, "on_window", on_window)
+    return times
+
+
+FIRST_POINT = ("Chart.getChart(document.getElementById('chart-throughput')).data.datasets[0].data"
+               ".filter(p => p.y !== null).length >= 1")
+
+
 def test_a_running_trial_updates_live_over_the_websocket_then_shows_its_summary(authed_page, daphne, user,
-                                                                               price_catalogue, media_root):
+                                                                               price_catalogue, media_root,
+                                                                               first_window_times):
     experiment = services.experiment_import(owner=user, data=spec("live-page", 4))
     trial = services.experiment_run(experiment=experiment, user=experiment.owner, enqueue=False)[0]
     page = authed_page(daphne, user)
@@ -143,12 +165,18 @@ def test_a_running_trial_updates_live_over_the_websocket_then_shows_its_summary(
     page.wait_for_selector("body[data-live-socket='open']")
     assert page.inner_text("#trial-status").strip().lower() == "queued"
     assert points(page, "chart-throughput") == 0
+    assert page.is_visible("#live-phase") and "Queued" in page.inner_text("#live-phase")
+    worker_registry.warm_up()  # what a worker's pool process does when it starts
 
     # The worker's own code path, in a thread of this process: it publishes to the same channel layer.
     outcome = in_thread(lambda: run_trial_by_id(trial.id, worker=f"browser-test@{socket.gethostname()}",
                                                 redis_conn=None, publish=True))
     try:
         page.wait_for_function("document.getElementById('trial-status').textContent.trim() === 'running'")
+        # No instance to start first (min 0): the page says the load is starting until the first window.
+        page.wait_for_function(FIRST_POINT, timeout=20_000, polling="raf")
+        painted = time.time()
+        assert not page.is_visible("#live-phase")
         page.wait_for_function("Chart.getChart(document.getElementById('chart-throughput')).data.datasets[0].data"
                                ".length >= 2", timeout=20_000)
         assert page.inner_text("#fig-requests") not in ("", "—")
@@ -160,3 +188,46 @@ def test_a_running_trial_updates_live_over_the_websocket_then_shows_its_summary(
     page.wait_for_selector("body[data-live-ready='1']")
     assert page.inner_text("#trial-status").strip().lower() == "succeeded"
     assert points(page, "chart-throughput") == trial.windows.count()
+    trial.refresh_from_db()
+    claimed = trial.started_at.timestamp()
+    print(f"\nlive page, min 0 instances: claim -> first window painted {painted - claimed:.2f} s "
+          f"(engine emits it {first_window_times[0] - claimed:.2f} s after the claim; publish -> paint "
+          f"{painted - first_window_times[0]:.3f} s)")
+    # The first window covers the first second of load; it is drawn about a second after the trial starts.
+    assert painted - claimed < 2.0
+    assert painted - first_window_times[0] < 0.5
+
+
+def test_a_trial_starting_its_instances_says_so_at_once_and_draws_the_first_window_a_second_into_the_load(
+        authed_page, daphne, user, price_catalogue, media_root, first_window_times):
+    data = spec("live-prestart", 3)
+    data["variants"][0]["min_instances"] = 1  # one real process start before the load
+    experiment = services.experiment_import(owner=user, data=data)
+    trial = services.experiment_run(experiment=experiment, user=experiment.owner, enqueue=False)[0]
+    page = authed_page(daphne, user)
+    page.goto(f"/trials/{trial.code}/")
+    page.wait_for_selector("body[data-live-socket='open']")
+    worker_registry.warm_up()
+
+    outcome = in_thread(lambda: run_trial_by_id(trial.id, worker=f"browser-test@{socket.gethostname()}",
+                                                redis_conn=None, publish=True))
+    try:
+        page.wait_for_selector("body[data-live-phase='starting']", timeout=20_000)
+        phase_shown = time.time()
+        text = page.inner_text("#live-phase")
+        assert "Starting 1 instance before the load" in text and "process start" in text
+        page.wait_for_function(FIRST_POINT, timeout=20_000, polling="raf")
+        painted = time.time()
+        assert not page.is_visible("#live-phase")
+        page.wait_for_selector("#trial-summary", timeout=30_000)
+    finally:
+        outcome["thread"].join(60)
+    assert outcome["result"] == "succeeded"
+    trial.refresh_from_db()
+    claimed = trial.started_at.timestamp()
+    print(f"\nlive page, 1 instance started first: claim -> 'starting instances' shown {phase_shown - claimed:.2f} s, "
+          f"claim -> first window painted {painted - claimed:.2f} s (engine emits it "
+          f"{first_window_times[0] - claimed:.2f} s after the claim; publish -> paint "
+          f"{painted - first_window_times[0]:.3f} s)")
+    assert phase_shown - claimed < 1.0  # the page shows progress at once, not an empty page
+    assert painted - first_window_times[0] < 0.5

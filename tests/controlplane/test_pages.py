@@ -183,7 +183,8 @@ def test_the_list_shows_only_my_experiments_with_their_latest_result(owner_clien
     assert "bursty classifier" in html and "someone else" not in html
     assert 'class="badge badge-finished"' in html
     # The cheapest variant that met the SLO is the one shown at a glance.
-    assert "<strong>batched</strong>" in html and "p99 44.0 / 50 ms" in html and "$0.0070/1k" in html
+    assert "<strong>batched</strong>" in html and "p99 44.0 / 50 ms" in html and "$0.00700/1k" in html
+    assert "cheapest variant that met the SLO" in html
 
 
 def test_a_new_user_sees_an_empty_state_with_the_way_in(owner_client):

@@ -268,3 +268,21 @@ def test_ctrl_c_on_run_experiment_cancels_its_trials_and_exits_130(worker, user,
     assert proc.returncode == 130, output
     statuses = sorted(Trial.objects.filter(experiment__name="interrupted").values_list("status", flat=True))
     assert statuses == ["cancelled", "cancelled"], output
+
+
+def test_the_worker_reports_its_devices_in_redis_and_warms_up_its_pool_process(worker, settings, on_worker_redis):
+    from controlplane.experiments import selectors, worker_registry
+
+    hostname = f"{QUEUE}@{socket.gethostname()}"
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    key = f"{PREFIX}:{worker_registry.KEY_PREFIX}:{hostname}"
+    report = json.loads(processes.wait_for(lambda: client.get(key), 10, "the worker's report", worker))
+    assert report["devices"] == ["auto", "cpu"] and report["pools"] == ["pool.auto", "pool.cpu"]
+    assert report["resolves"] == {"auto": "cpu"}  # this host has no GPU: auto runs on the CPU
+    assert 0 < client.pttl(key) <= worker_registry.TTL_S * 1000  # it expires unless the heartbeat renews it
+    # The editor's selector sees it under the broker's key prefix.
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {**settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+                                                "global_keyprefix": f"{PREFIX}:"}
+    assert hostname in selectors.worker_devices()["devices"]["cpu"]
+    processes.wait_for(lambda: "worker warm-up: imports done" in processes.log_text(worker), 60,
+                       "the pool process to warm up", worker)
