@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 
 from workers import spec as S
 
-from . import selectors, services, spec_io
+from . import comparison, selectors, services, spec_io
 from . import serializers as ser
 
 ERRORS = OpenApiResponse(ser.ErrorResponseSerializer, description="Invalid input: every problem with its field path.")
@@ -298,3 +298,29 @@ class PinListView(SpecAPIView):
             trial = selectors.trial_get_for(user=request.user, code=code)
             return Response({"unpinned": int(services.pin_remove(user=request.user, trial=trial))})
         return Response({"unpinned": services.pins_clear(user=request.user)})
+
+
+# ---- the comparison ------------------------------------------------------------------------------------------
+class ExperimentComparisonView(SpecAPIView):
+    """Every variant of one run side by side: combined repeats, verdicts, costs (re-priced on request), deltas
+    against a baseline, the Pareto front, a recommendation and the chart series. The comparison page and the
+    reports read the same selector (`controlplane.experiments.comparison`)."""
+
+    @extend_schema(summary="Compare the variants of one run (the latest by default)", parameters=[
+        RUN_PARAM,
+        OpenApiParameter("baseline", str, description="Row key (the variant name) to compare against (default: "
+                                                      "the always-on variant, else the first)."),
+        OpenApiParameter("price", str, description="Price entry name or id: re-bill every trial from its stored "
+                                                   "spans (default: the costs as billed when each trial ran)."),
+        OpenApiParameter("charts", bool, description="false: leave out the chart series (default true)."),
+    ], responses={200: ser.ComparisonSerializer, 400: ERRORS, 404: NOT_FOUND})
+    def get(self, request: Request, code) -> Response:
+        experiment = selectors.experiment_get_for(user=request.user, code=code)
+        charts = request.query_params.get("charts", "true").strip().lower()
+        if charts not in ("true", "false", "1", "0"):
+            raise S.SpecError([S.FieldError("charts", "must be true or false")])
+        data = comparison.experiment_comparison(
+            experiment=experiment, run=_positive_int_param(request, "run"),
+            baseline=request.query_params.get("baseline") or None, price=request.query_params.get("price") or None,
+            charts=charts in ("true", "1"))
+        return Response(ser.ComparisonSerializer(data).data)

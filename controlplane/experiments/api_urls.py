@@ -15,6 +15,8 @@ urlpatterns = [
     path("experiments/<uuid:code>/clone/", api.ExperimentCloneView.as_view(), name="api-experiment-clone"),
     path("experiments/<uuid:code>/results/", api.ExperimentResultsView.as_view(), name="api-experiment-results"),
     path("experiments/<uuid:code>/trials/", api.ExperimentTrialsView.as_view(), name="api-experiment-trials"),
+    path("experiments/<uuid:code>/comparison/", api.ExperimentComparisonView.as_view(),
+         name="api-experiment-comparison"),
     path("trials/<uuid:code>/", api.TrialDetailView.as_view(), name="api-trial-detail"),
     path("trials/<uuid:code>/windows/", api.TrialWindowsView.as_view(), name="api-trial-windows"),
     path("trials/<uuid:code>/cancel/", api.TrialCancelView.as_view(), name="api-trial-cancel"),

@@ -454,3 +454,397 @@ class PinListSerializer(serializers.Serializer):
 
 class UnpinResponseSerializer(serializers.Serializer):
     unpinned = serializers.IntegerField(help_text="How many trials were unpinned.")
+
+
+# ---- the comparison (controlplane/experiments/comparison.py builds it; these only document and render it) --
+def _comparison_serializers() -> dict[str, type[serializers.Serializer]]:
+    """Serializers whose fields are the comparison's metric keys (one per figure), built from its METRICS."""
+    from . import comparison as cmp
+
+    def figure_fields(keys, field):
+        return {k: field(cmp.METRIC_BY_KEY[k]) for k in keys}
+
+    def figure(m):
+        return ComparisonFigureSerializer(help_text=f"{m.label} ({m.unit}; lower/higher is better: {m.better})")
+
+    def delta(m):
+        return ComparisonDeltaSerializer(allow_null=True, help_text=f"{m.label} against the baseline")
+
+    def value(m):
+        return serializers.FloatField(allow_null=True, help_text=f"{m.label} ({m.unit})"
+                                      + (": null beyond the run" if m.beyond_run else ""))
+
+    return {
+        "figures": type("ComparisonFiguresSerializer", (serializers.Serializer,),
+                        figure_fields(cmp.METRIC_KEYS, figure)),
+        "deltas": type("ComparisonDeltasSerializer", (serializers.Serializer,), figure_fields(cmp.METRIC_KEYS, delta)),
+        "function_figures": type("ComparisonFunctionFiguresSerializer", (serializers.Serializer,),
+                                 figure_fields(cmp.FUNCTION_METRIC_KEYS, figure)),
+        "function_deltas": type("ComparisonFunctionDeltasSerializer", (serializers.Serializer,),
+                                figure_fields(cmp.FUNCTION_METRIC_KEYS, delta)),
+        "repeat_figures": type("ComparisonRepeatFiguresSerializer", (serializers.Serializer,),
+                               figure_fields(cmp.METRIC_KEYS, value)),
+    }
+
+
+class ComparisonFigureSerializer(serializers.Serializer):
+    """One figure of a variant: the median across its repeats, with their min-max."""
+
+    value = serializers.FloatField(allow_null=True, help_text="Median across the repeats. For a latency, null is "
+                                                              "beyond the run (see beyond_run); else no figure.")
+    low = serializers.FloatField(allow_null=True, help_text="Smallest repeat.")
+    high = serializers.FloatField(allow_null=True, help_text="Largest repeat (null: beyond the run).")
+    n = serializers.IntegerField(help_text="Repeats with a figure.")
+    beyond_run = serializers.IntegerField(help_text="Repeats whose percentile lay beyond the run.")
+
+
+class ComparisonDeltaSerializer(serializers.Serializer):
+    abs = serializers.FloatField(allow_null=True, help_text="value - baseline value (null: one of them lies "
+                                                            "beyond the run)")
+    rel = serializers.FloatField(allow_null=True, help_text="abs / |baseline value|")
+    direction = serializers.ChoiceField(choices=["better", "worse", "same"], allow_null=True,
+                                        help_text="For this metric (lower latency and cost, higher throughput); "
+                                                  "null for metrics that are neither")
+    within_spread = serializers.BooleanField(allow_null=True, help_text="The two min-max ranges overlap (null: "
+                                                                        "fewer than 2 repeats on a side).")
+
+
+_CMP = _comparison_serializers()
+
+
+class ComparisonExperimentSerializer(serializers.Serializer):
+    code = serializers.UUIDField()
+    name = serializers.CharField()
+
+
+class ComparisonGroupSerializer(serializers.Serializer):
+    experiment = ComparisonExperimentSerializer()
+    run = serializers.IntegerField()
+
+
+class ComparisonScopeSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=["run", "trials"], help_text="One run of an experiment, or pinned trials.")
+    experiment = ComparisonExperimentSerializer(allow_null=True)
+    run = serializers.IntegerField(allow_null=True, help_text="null: the experiment was never run (or several runs).")
+    runs = serializers.ListField(child=serializers.IntegerField(), help_text="The experiment's runs, newest first "
+                                                                            "(the run picker).")
+    groups = ComparisonGroupSerializer(many=True, help_text="The (experiment, run) pairs the trials come from.")
+
+
+class ComparisonSLOSerializer(serializers.Serializer):
+    percentile = serializers.FloatField()
+    key = serializers.CharField(help_text='e.g. "p99" or "p999"')
+    label = serializers.CharField(help_text='e.g. "p99.9"')
+    metric = serializers.CharField(help_text='The figure the SLO is on, e.g. "p99_ms".')
+    latency_ms = serializers.FloatField()
+    max_violation_rate = serializers.FloatField()
+    min_throughput_rps = serializers.FloatField(allow_null=True)
+    consistent = serializers.BooleanField(help_text="false: pinned trials with different SLOs (each verdict is "
+                                                    "against its own; this is the first).")
+
+
+class ComparisonMetricSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    label = serializers.CharField()
+    unit = serializers.ChoiceField(choices=["ms", "count", "fraction", "rps", "usd"])
+    better = serializers.ChoiceField(choices=["lower", "higher"], allow_null=True)
+    beyond_run = serializers.BooleanField(help_text="A null value means beyond the run.")
+
+
+class ComparisonPriceEntrySerializer(serializers.Serializer):
+    name = serializers.CharField()
+    accelerator = serializers.CharField()
+    as_of = serializers.DateField()
+    source = serializers.CharField()
+    on_demand_usd_per_h = serializers.FloatField()
+    serverless_usd_per_s = serializers.FloatField()
+    granularity_s = serializers.FloatField()
+    min_billed_s = serializers.FloatField()
+    idle_tail_s = serializers.FloatField()
+    gpu = serializers.BooleanField(help_text="false: a CPU price")
+
+
+class ComparisonStoredPriceSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    as_of = serializers.DateField(allow_null=True)
+    changed = serializers.BooleanField(allow_null=True, help_text="The catalogue entry differs from the price the "
+                                                                  "trials were billed with.")
+
+
+class ComparisonNotRepricedSerializer(serializers.Serializer):
+    trial = serializers.UUIDField()
+    variant = serializers.CharField()
+    repeat = serializers.IntegerField()
+    reason = serializers.CharField()
+
+
+class ComparisonPricingSerializer(serializers.Serializer):
+    entry = ComparisonPriceEntrySerializer(allow_null=True, help_text="The entry the cost figures use.")
+    repriced = serializers.BooleanField(help_text="Every cost was re-billed from its stored spans with entry.")
+    stored = ComparisonStoredPriceSerializer(many=True, help_text="Prices the trials were billed with when they ran.")
+    not_repriced = ComparisonNotRepricedSerializer(many=True, help_text="Trials that kept their stored costs.")
+    note = serializers.CharField(help_text="Which entry and date the figures use.")
+
+
+class ComparisonCostScaleSerializer(serializers.Serializer):
+    per = serializers.IntegerField(help_text="1000 or 1000000 requests")
+    factor = serializers.FloatField(help_text="Multiply a per-1,000 figure by this.")
+    label = serializers.CharField()
+
+
+class ComparisonDisplaySerializer(serializers.Serializer):
+    cost_scale = ComparisonCostScaleSerializer(help_text="One unit for every per-request cost column.")
+
+
+class ComparisonConfigSerializer(serializers.Serializer):
+    sharing = serializers.CharField()
+    runtime = serializers.CharField()
+    batching_mode = serializers.CharField()
+    max_batch_size = serializers.IntegerField()
+    min_instances = serializers.IntegerField()
+    max_instances = serializers.IntegerField()
+    keep_alive_policy = serializers.CharField()
+    keep_alive_ttl_s = serializers.FloatField()
+    platform_delay_ms = serializers.FloatField(help_text="MODELLED")
+
+
+class ComparisonVerdictCountsSerializer(serializers.Serializer):
+    met = serializers.IntegerField()
+    not_met = serializers.IntegerField()
+    inconclusive = serializers.IntegerField()
+
+
+class ComparisonVerdictSerializer(serializers.Serializer):
+    verdict = serializers.ChoiceField(choices=["met", "not_met", "inconclusive"], allow_null=True,
+                                      help_text="The repeats' verdict when they agree, inconclusive when they do "
+                                                "not; null: no finished repeat yet")
+    reasons = serializers.ListField(child=serializers.CharField())
+    counts = ComparisonVerdictCountsSerializer(help_text="Repeats by verdict.")
+
+
+class ComparisonIntervalSerializer(serializers.Serializer):
+    estimate = serializers.FloatField(allow_null=True, help_text="null: beyond the run")
+    low = serializers.FloatField(allow_null=True)
+    high = serializers.FloatField(allow_null=True, help_text="null: beyond the run (or no interval)")
+    method = serializers.CharField(allow_null=True, help_text='"moving-block bootstrap" (one repeat) or "min-max '
+                                                              'of repeats"')
+    confidence = serializers.FloatField(allow_null=True)
+    beyond_run = serializers.IntegerField()
+
+
+class ComparisonFunctionRowSerializer(serializers.Serializer):
+    function = serializers.CharField()
+    figures = _CMP["function_figures"]()
+    deltas = _CMP["function_deltas"](allow_null=True)
+
+
+class ComparisonBreakdownSerializer(serializers.Serializer):
+    dispatch_lag = serializers.FloatField(allow_null=True)
+    cold_start = serializers.FloatField(allow_null=True)
+    platform_delay_modelled = serializers.FloatField(allow_null=True, help_text="MODELLED, not measured")
+    batch_wait = serializers.FloatField(allow_null=True)
+    queue_wait = serializers.FloatField(allow_null=True)
+    compute = serializers.FloatField(allow_null=True)
+
+
+class ComparisonFlagSerializer(serializers.Serializer):
+    code = serializers.ChoiceField(choices=["single_repeat", "partial", "excluded", "no_results", "on_cpu",
+                                            "cpu_priced_as_gpu", "dispatch_behind", "replay", "modelled_delay",
+                                            "thread_runtime", "not_repriced"])
+    text = serializers.CharField()
+
+
+class ComparisonRepeatSerializer(serializers.Serializer):
+    trial = serializers.UUIDField()
+    repeat = serializers.IntegerField()
+    status = serializers.CharField()
+    url = serializers.CharField(help_text="The trial's page.")
+    included = serializers.BooleanField(help_text="Counted in the row's figures (succeeded, with a summary).")
+    verdict = serializers.ChoiceField(choices=["met", "not_met", "inconclusive"], allow_null=True)
+    reasons = serializers.ListField(child=serializers.CharField())
+    slo_interval = serializers.ListField(child=serializers.FloatField(allow_null=True), allow_null=True,
+                                         help_text="The trial's 95 % interval of the SLO percentile")
+    figures = _CMP["repeat_figures"]()
+    price = serializers.CharField(allow_null=True, help_text="The price entry its costs use.")
+    repriced = serializers.BooleanField()
+    dispatch_behind = serializers.BooleanField(allow_null=True)
+    notes = serializers.ListField(child=serializers.CharField())
+
+
+class ComparisonRowSerializer(serializers.Serializer):
+    key = serializers.CharField(help_text="What baseline= takes.")
+    label = serializers.CharField()
+    variant = serializers.CharField()
+    experiment = ComparisonExperimentSerializer()
+    run = serializers.IntegerField()
+    status = serializers.CharField(help_text="queued, running, or finished (every trial of the row finished)")
+    trials = serializers.IntegerField()
+    included = serializers.IntegerField(help_text="Repeats whose figures count.")
+    baseline = serializers.BooleanField()
+    always_on = serializers.BooleanField(help_text="min_instances >= 1")
+    config = ComparisonConfigSerializer()
+    verdict = ComparisonVerdictSerializer()
+    slo_interval = ComparisonIntervalSerializer(help_text="Of the SLO percentile.")
+    figures = _CMP["figures"]()
+    deltas = _CMP["deltas"](allow_null=True, help_text="null for the baseline")
+    functions = ComparisonFunctionRowSerializer(many=True, help_text="Per function (empty with one function).")
+    breakdown_ms = ComparisonBreakdownSerializer(help_text="Medians across repeats.")
+    isolation_level = serializers.ChoiceField(choices=["none", "process", "hardware partition"], allow_null=True)
+    isolation = serializers.CharField(allow_null=True)
+    runtime = serializers.CharField(allow_null=True)
+    device = serializers.CharField(allow_null=True)
+    on_cpu = serializers.BooleanField(allow_null=True)
+    cpu_label = serializers.CharField(allow_null=True, help_text='e.g. "measured on CPU, priced as NVIDIA H100 '
+                                                                 '80GB"')
+    time_compression = serializers.FloatField(allow_null=True, help_text="> 1: an accelerated replay")
+    platform_delay_ms = serializers.FloatField(allow_null=True, help_text="MODELLED")
+    monthly_note = serializers.CharField(allow_null=True)
+    dispatch_behind = serializers.BooleanField(allow_null=True)
+    notes = serializers.ListField(child=serializers.CharField())
+    flags = ComparisonFlagSerializer(many=True)
+    repeats = ComparisonRepeatSerializer(many=True)
+    representative = serializers.UUIDField(allow_null=True, help_text="The trial the time charts show.")
+
+
+class ComparisonParetoPointSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    label = serializers.CharField()
+    x = serializers.FloatField(help_text="Serverless cost per 1,000 requests (median).")
+    y = serializers.FloatField(help_text="SLO percentile in ms (median).")
+    x_low = serializers.FloatField(allow_null=True)
+    x_high = serializers.FloatField(allow_null=True)
+    y_low = serializers.FloatField(allow_null=True)
+    y_high = serializers.FloatField(allow_null=True)
+    verdict = serializers.ChoiceField(choices=["met", "not_met", "inconclusive"], allow_null=True)
+    on_front = serializers.BooleanField()
+
+
+class ComparisonExcludedSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    reason = serializers.CharField()
+
+
+class ComparisonParetoSerializer(serializers.Serializer):
+    x = serializers.CharField()
+    y = serializers.CharField()
+    slo_ms = serializers.FloatField()
+    points = ComparisonParetoPointSerializer(many=True)
+    front = serializers.ListField(child=serializers.CharField(), help_text="Row keys, cheapest first.")
+    excluded = ComparisonExcludedSerializer(many=True)
+
+
+class ComparisonSavingSerializer(serializers.Serializer):
+    per_1k_usd = serializers.FloatField(help_text="Baseline minus chosen, serverless, per 1,000 requests.")
+    relative = serializers.FloatField(allow_null=True)
+    monthly_usd = serializers.FloatField(allow_null=True, help_text="null for a compressed replay")
+
+
+class ComparisonUndecidedSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    label = serializers.CharField()
+    reasons = serializers.ListField(child=serializers.CharField())
+    more_requests = serializers.IntegerField(allow_null=True)
+    more_seconds = serializers.FloatField(allow_null=True, help_text="At the repeat's own request rate.")
+    more_repeats = serializers.IntegerField(allow_null=True)
+    rule = serializers.CharField(help_text="How the need was estimated.")
+
+
+class ComparisonRecommendationSerializer(serializers.Serializer):
+    case = serializers.ChoiceField(choices=["met", "none_met", "undecided", "no_results"])
+    text = serializers.CharField()
+    variant = serializers.CharField(allow_null=True, help_text="The recommended row (case met).")
+    closest = serializers.CharField(allow_null=True, help_text="The closest failing row (case none_met).")
+    margin_ms = serializers.FloatField(allow_null=True, help_text="Target minus the recommended row's percentile.")
+    saving = ComparisonSavingSerializer(allow_null=True)
+    inconclusive = ComparisonUndecidedSerializer(many=True)
+
+
+@extend_schema_field({"type": "array", "items": {"type": "array", "items": {"type": "number", "nullable": True}}})
+class ComparisonPointsField(serializers.Field):
+    """Chart points as they are ([x, y, ...] arrays): thousands of them, so not field by field."""
+
+    def to_representation(self, value):
+        return value
+
+
+class ComparisonCdfSeriesSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    label = serializers.CharField()
+    points = ComparisonPointsField(help_text="[latency_ms, fraction of all requests], at most max_points")
+    reaches = serializers.FloatField(allow_null=True, help_text="Where the curve stops: completed / requests.")
+    unfinished_share = serializers.FloatField(allow_null=True)
+    requests = serializers.IntegerField()
+    repeats = serializers.IntegerField(help_text="Repeats pooled.")
+    missing = serializers.ListField(child=serializers.UUIDField(), help_text="Trials without a readable artifact.")
+
+
+class ComparisonCdfSerializer(serializers.Serializer):
+    slo_ms = serializers.FloatField()
+    series = ComparisonCdfSeriesSerializer(many=True)
+
+
+class ComparisonTimeSeriesSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    label = serializers.CharField()
+    trial = serializers.UUIDField(allow_null=True)
+    repeat = serializers.IntegerField(allow_null=True)
+    points = ComparisonPointsField(help_text="[t_s, p99_ms or null]")
+
+
+class ComparisonP99Serializer(serializers.Serializer):
+    slo_ms = serializers.FloatField()
+    series = ComparisonTimeSeriesSerializer(many=True)
+
+
+class ComparisonInstancesSeriesSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    label = serializers.CharField()
+    trial = serializers.UUIDField(allow_null=True)
+    repeat = serializers.IntegerField(allow_null=True)
+    points = ComparisonPointsField(help_text="[t_s, starting, idle, busy]")
+    cold_starts = ComparisonPointsField(help_text="[t_s, cold starts begun] where there were any")
+
+
+class ComparisonInstancesSerializer(serializers.Serializer):
+    series = ComparisonInstancesSeriesSerializer(many=True)
+
+
+class ComparisonBreakdownSeriesSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    label = serializers.CharField()
+    values = ComparisonBreakdownSerializer()
+
+
+class ComparisonBreakdownChartSerializer(serializers.Serializer):
+    components = serializers.ListField(child=serializers.CharField())
+    labels = serializers.DictField(child=serializers.CharField())
+    modelled = serializers.ListField(child=serializers.CharField())
+    series = ComparisonBreakdownSeriesSerializer(many=True)
+
+
+class ComparisonChartsSerializer(serializers.Serializer):
+    max_points = serializers.IntegerField()
+    cdf = ComparisonCdfSerializer()
+    p99_over_time = ComparisonP99Serializer()
+    instances = ComparisonInstancesSerializer()
+    breakdown = ComparisonBreakdownChartSerializer()
+
+
+class ComparisonSerializer(serializers.Serializer):
+    """Every variant side by side (`controlplane.experiments.comparison`, whose docstring explains each field)."""
+
+    version = serializers.IntegerField()
+    scope = ComparisonScopeSerializer()
+    slo = ComparisonSLOSerializer()
+    metrics = ComparisonMetricSerializer(many=True, help_text="The keys of every figures object, in table order.")
+    pricing = ComparisonPricingSerializer()
+    display = ComparisonDisplaySerializer()
+    baseline = serializers.CharField(allow_null=True, help_text="The baseline row's key.")
+    rows = ComparisonRowSerializer(many=True)
+    pareto = ComparisonParetoSerializer(help_text="Lower is better on both axes.")
+    recommendation = ComparisonRecommendationSerializer()
+    charts = ComparisonChartsSerializer(allow_null=True, help_text="null with charts=false")
+    live = serializers.BooleanField(help_text="Some trial is still queued or running.")
+    live_trials = serializers.ListField(child=serializers.UUIDField(), help_text="Their codes (channel groups "
+                                                                                 "trial.<code>).")
+    notes = serializers.ListField(child=serializers.CharField())
