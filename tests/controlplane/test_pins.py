@@ -148,7 +148,7 @@ def test_the_pinned_page_is_empty_until_something_is_pinned_and_can_be_cleared(o
     assert "Nothing pinned yet" in html
     services.pin_add(user=user, trial=trials[0])
     nav = owner_client.get(reverse("experiment-list")).content.decode()
-    assert 'id="nav-pinned"' in nav and '<span class="chip">1</span>' in nav
+    assert 'id="nav-pinned"' in nav and 'title="1 trial pinned">1</span>' in nav
     response = owner_client.post(reverse("pins-clear"))
     assert response["Location"] == reverse("compare-pinned") and not Pin.objects.exists()
 
