@@ -65,9 +65,10 @@ def pinned_comparison(request: HttpRequest) -> HttpResponse:
     """The user's pinned trials on one page, from any runs and experiments, each labelled with its
     experiment and run.
 
-    `trials` is the list of pinned Trial rows (in the order they were pinned, experiment joined): the
-    comparison selector takes exactly this list for a pinned comparison, and the comparison page renders
-    its result here. Each row's figures come from `selectors.trial_result_row`.
+    `trials` is the list of pinned Trial rows (the user's own, in the order they were pinned, experiment
+    joined): the view passes it to the comparison selector, `comparison.compare_trials(trials, ...)`, whose
+    result the comparison page renders here. This page lists the trials with their figures from
+    `selectors.trial_result_row`, each linked to its trial and experiment.
     """
     trials = list(selectors.pinned_trials(user=request.user))
     rows = [{"trial": t, "experiment": t.experiment, "row": selectors.trial_result_row(t)} for t in trials]
