@@ -310,4 +310,4 @@ def test_trial_page_says_why_a_compressed_run_has_no_monthly_figure(client, user
     html = client.get(reverse("trial-detail", kwargs={"code": compressed.code})).content.decode()
     assert "replayed 100× faster — no monthly figure" in html
     html = client.get(reverse("trial-detail", kwargs={"code": real_time.code})).content.decode()
-    assert "no monthly figure" not in html and "$3006.72" in html
+    assert "no monthly figure" not in html and "$3,007" in html  # $3,006.72 with three significant figures
