@@ -9,13 +9,13 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from workers import spec as S
 
-from . import selectors, services
+from . import comparison_views, selectors, services
 
 
 def _back(request: HttpRequest, default: str) -> HttpResponse:
@@ -62,15 +62,7 @@ def pins_clear(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def pinned_comparison(request: HttpRequest) -> HttpResponse:
-    """The user's pinned trials on one page, from any runs and experiments, each labelled with its
-    experiment and run.
-
-    `trials` is the list of pinned Trial rows (the user's own, in the order they were pinned, experiment
-    joined): the view passes it to the comparison selector, `comparison.compare_trials(trials, ...)`, whose
-    result the comparison page renders here. This page lists the trials with their figures from
-    `selectors.trial_result_row`, each linked to its trial and experiment.
-    """
-    trials = list(selectors.pinned_trials(user=request.user))
-    rows = [{"trial": t, "experiment": t.experiment, "row": selectors.trial_result_row(t)} for t in trials]
-    return render(request, "experiments/pinned.html", {"trials": trials, "rows": rows,
-                                                        "experiment_count": len({t.experiment_id for t in trials})})
+    """The user's pinned trials on the comparison page, from any runs and experiments, each row labelled with
+    its experiment and run: `comparison.compare_trials(selectors.pinned_trials(user=...))`, rendered by
+    `comparison_views`."""
+    return comparison_views.pinned_page(request)

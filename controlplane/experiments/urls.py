@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from . import pin_views, price_views, views
+from . import comparison_views, pin_views, price_views, views
 
 urlpatterns = [
     path("", views.experiment_list, name="experiment-list"),
@@ -15,11 +15,15 @@ urlpatterns = [
     path("experiments/<uuid:code>/delete/", views.experiment_delete, name="experiment-delete"),
     path("experiments/<uuid:code>/clone/", views.experiment_clone, name="experiment-clone"),
     path("experiments/<uuid:code>/export/", views.experiment_export, name="experiment-export"),
+    path("experiments/<uuid:code>/compare/", comparison_views.experiment_compare, name="experiment-compare"),
+    path("experiments/<uuid:code>/compare/data/", comparison_views.experiment_compare_data,
+         name="experiment-compare-data"),
     path("experiments/<uuid:code>/variants/<int:variant_id>/clone/", views.variant_clone, name="variant-clone"),
     path("trials/", include("controlplane.experiments.live_urls")),
     path("trials/<uuid:code>/pin/", pin_views.trial_pin, name="trial-pin"),
     path("trials/<uuid:code>/unpin/", pin_views.trial_unpin, name="trial-unpin"),
     path("compare/pinned/", pin_views.pinned_comparison, name="compare-pinned"),
+    path("compare/pinned/data/", comparison_views.pinned_compare_data, name="compare-pinned-data"),
     path("compare/pinned/clear/", pin_views.pins_clear, name="pins-clear"),
     path("prices/", price_views.price_list, name="price-list"),
     path("prices/new/", price_views.price_create, name="price-create"),
