@@ -181,3 +181,23 @@ def test_transformer_base_is_bert_sized_and_loading_it_costs_what_its_size_says(
     assert b_info["weights_bytes"] > 400e6
     # Reading and loading 430 MB costs far more than 2.6 MB on the same disk, in the same minute.
     assert b_info["timings_ms"]["load"] > 10 * s_info["timings_ms"]["load"]
+
+
+def test_a_model_that_raises_in_its_process_fails_its_batches_not_the_instance(model_dir, tmp_path):
+    from tests.workers.test_platform import FLAKY_PATH
+
+    zoo.register_user_models({"flaky": FLAKY_PATH})
+    try:
+        exp = parse_experiment({
+            "name": "err", "device": "cpu", "slo": {"percentile": 99, "latency_ms": 100},
+            "functions": [{"name": "f", "model": "flaky"}],
+            "workload": {"pattern": "constant", "rate_rps": 60, "duration_s": 1.0},
+            "variants": [{"name": "v", "runtime": "process"}],
+        })
+        r = run_trial(TrialSpec(exp, exp.variants[0]), model_dir=model_dir, artifact_path=tmp_path / "e.parquet")
+    finally:
+        zoo.unregister_user_models("flaky")
+    s = r.summary
+    assert s["runtime"] == "process" and r.status == "succeeded"
+    assert s["errors"] > 10 and s["completed"] > 20 and s["errors"] + s["completed"] == s["requests"]
+    assert any("simulated CUDA illegal memory access" in n for n in s["notes"])  # the child's message came back
