@@ -201,6 +201,23 @@ def _repeat(rep: dict, row: dict, data: dict, scale: dict, pinned: set[str]) -> 
     }
 
 
+def _live_text(row: dict, charts: dict | None) -> str:
+    """A running row's latest second, from the selector's own time series (its figures come at the end)."""
+    if row["status"] == "finished" or not charts:
+        return ""
+    p99 = next((s for s in charts["p99_over_time"]["series"] if s["key"] == row["key"]), None)
+    inst = next((s for s in charts["instances"]["series"] if s["key"] == row["key"]), None)
+    if not p99 or not p99["points"]:
+        return ""
+    t, value = p99["points"][-1]
+    text = f"second {t:g}" + (f" of repeat {p99['repeat']}" if p99["repeat"] is not None else "")
+    text += f": p99 {C.format_ms(value)}" if value is not None else ": no request finished"
+    if inst and inst["points"]:
+        n = sum(inst["points"][-1][1:])
+        text += f", {n:g} instance{'s' if n != 1 else ''}"
+    return text
+
+
 def _table(data: dict, pinned: set[str]) -> dict:
     scale = data["display"]["cost_scale"]
     cols = _columns(data)
@@ -225,7 +242,7 @@ def _table(data: dict, pinned: set[str]) -> dict:
             "run": r["run"], "status": r["status"], "baseline": r["baseline"], "trials": r["trials"],
             "included": r["included"], "verdict": _verdict(r["verdict"]["verdict"]) | {
                 "reasons": r["verdict"]["reasons"], "counts": r["verdict"]["counts"]},
-            "interval": interval, "cells": cells, "functions": functions,
+            "live_text": _live_text(r, data["charts"]), "interval": interval, "cells": cells, "functions": functions,
             "flags": flags, "notes": r["notes"], "isolation_level": r["isolation_level"], "isolation": r["isolation"],
             "runtime": r["runtime"], "device": r["device"], "on_cpu": r["on_cpu"], "cpu_label": r["cpu_label"],
             "cpu_priced_as_gpu": any(f["code"] == "cpu_priced_as_gpu" for f in r["flags"]),

@@ -21,6 +21,7 @@ from django.urls import reverse
 from controlplane.experiments import comparison as C
 from controlplane.experiments import services
 from controlplane.experiments.figures import format_usd
+from controlplane.experiments.models import Trial, TrialWindow
 from tests.controlplane.test_comparison import _big_run, finish, run, summary, variant
 from tests.controlplane.test_comparison import prices as prices  # noqa: F401 - the fixture, re-exported
 
@@ -187,6 +188,21 @@ def test_a_run_without_results_and_an_experiment_never_run(owner_client, user, p
          "workload": {"pattern": "constant", "rate_rps": 5, "duration_s": 5}, "variants": [{"name": "v"}]})))
     page = owner_client.get(page_url(never)).content.decode()
     assert "Nothing to compare yet" in page and "comparison-data" not in page
+
+
+def test_a_running_trials_row_shows_its_latest_second_until_its_figures_come(owner_client, user, prices):
+    experiment, by = run(user, [variant("a", min_instances=1), variant("b")])
+    finish(by["a"][0], summary(30.0))
+    Trial.objects.filter(pk=by["b"][0].pk).update(status="running")
+    TrialWindow.objects.bulk_create([
+        TrialWindow(trial=by["b"][0], index=i, t_s=i + 1.0,
+                    data={"t_s": i + 1.0, "p99_ms": 40.0 + i, "instances_starting": 0, "instances_idle": 1,
+                          "instances_busy": 1, "cold_starts": int(i == 0)}) for i in range(5)])
+    page = owner_client.get(page_url(experiment)).content.decode()
+    b = row_html(page, "b")
+    assert 'data-status="running"' in b and "second 5 of repeat 0: p99 44.0 ms, 2 instances" in b
+    assert 'data-live="1"' in page and "still queued or measuring" in page
+    assert "second " not in row_html(page, "a")
 
 
 # ---- pickers: run, baseline, price ------------------------------------------------------------------------
