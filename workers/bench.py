@@ -25,6 +25,7 @@ command is a thin wrapper.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -214,6 +215,19 @@ def _tight_loop_rps(loaded, batch: int, seconds: float) -> float:
     return n * batch / el
 
 
+def _tight_loop_process_rps(runner, batch: int, seconds: float) -> float:
+    """The same tight loop, in an instance process like the trial's (same model, same torch threads): batches of
+    `batch` back to back through the runner, so the baseline pays what a process instance pays per batch."""
+    runner.run(batch)
+    n = 0
+    t = time.perf_counter()
+    end = t + seconds
+    while time.perf_counter() < end:
+        runner.run(batch)
+        n += 1
+    return n * batch / (time.perf_counter() - t)
+
+
 def bench_batching(duration_s: float = 4.0, rounds: int = 3, *, overload: float = 1.5, batch: int = 32,
                    model_dir: Path | None = None, runtime: str | None = None, probe_s: float = 0.5) -> dict:
     model_dir = _model_dir(model_dir)
@@ -228,13 +242,24 @@ def bench_batching(duration_s: float = 4.0, rounds: int = 3, *, overload: float 
     finally:
         restore_torch_threads(before)
     rate = min(20_000.0, max(100.0, overload * probe))
+    # The baseline runs where the trial's instances run: in an instance process for runtime "process" (the
+    # default), in this process for runtime "thread".
+    variant_runtime = _trial("cnn-small", {}, {"pattern": "constant", "rate_rps": 1, "duration_s": 1},
+                             runtime=runtime).variant.runtime
+    runner = None
+    if variant_runtime == "process":
+        from workers.instance import ProcessRunner
+        from workers.spec import FunctionSpec
+
+        runner = ProcessRunner(FunctionSpec(name="f", model="cnn-small"), "cpu", model_dir, threads=threads)
+        runner.start()
     tight: list[float] = []
     sustained: list[float] = []
     p99s: list[float] = []
     batch_sizes: list[float] = []
     lag_p99: list[float] = []
     runtimes: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, (contextlib.closing(runner) if runner else contextlib.nullcontext()):
         for r in range(rounds):
             art = Path(tmp) / f"batching-{r}.parquet"
             spec = _trial("cnn-small", {"batching": {"mode": "fixed", "max_batch_size": batch,
@@ -252,6 +277,9 @@ def bench_batching(duration_s: float = 4.0, rounds: int = 3, *, overload: float 
             batch_sizes.append(res.summary["mean_batch_size"] or 0.0)
             lag_p99.append(res.summary["dispatch"]["lag_p99_us"] or 0.0)
             runtimes.append(_runtime_of(res.summary))
+            if runner is not None:
+                tight.append(_tight_loop_process_rps(runner, batch, duration_s - warm_s))
+                continue
             before = configure_torch_threads(threads)  # the same settings the trial used
             try:
                 tight.append(_tight_loop_rps(loaded, batch, duration_s - warm_s))
@@ -267,6 +295,7 @@ def bench_batching(duration_s: float = 4.0, rounds: int = 3, *, overload: float 
         "duration_s": duration_s,
         "rounds": rounds,
         "sustained_rps": sustained,
+        "baseline": "tight loop of the same batches in an instance process" if runner else "tight loop in this process",
         "baseline_tight_loop_rps": tight,
         "sustained_rps_median": med_s,
         "baseline_tight_loop_rps_median": med_t,
