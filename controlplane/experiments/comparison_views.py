@@ -44,6 +44,7 @@ OTHER_COLUMNS = (("violation_rate", "violations"), ("throughput_rps", "throughpu
 COST_COLUMNS = (("serverless_per_1k_usd", "serverless"), ("serverless_per_1k_good_usd", "serverless, good only"),
                 ("provisioned_per_1k_usd", "provisioned"), ("provisioned_per_1k_good_usd", "provisioned, good only"))
 SCALED_COSTS = {k for k, _ in COST_COLUMNS}  # per-1,000 figures, written in the page's cost unit
+PRICE_TAGGED = ("serverless_per_1k_usd", "provisioned_per_1k_usd")  # "CPU run, GPU price" beside these
 UNITS = {"rps": "req/s"}
 
 VERDICT_BADGES = {"met": ("✓ met", "met"), "not_met": ("✗ not met", "not-met"),
@@ -153,7 +154,7 @@ def _cell(col: dict, fig: dict | None, delta: dict | None, figures: dict, scale:
         title = f"against the baseline {baseline_label}"
         if delta.get("within_spread"):
             title += ": within the repeats' min-max ranges, so possibly noise"
-    return {"key": col["key"], "empty": False, "slo": col["slo"], "cost": col["group"] == "cost", "text": text,
+    return {"key": col["key"], "empty": False, "slo": col["slo"], "price_tag": col["key"] in PRICE_TAGGED, "text": text,
             "spread": "" if interval and col["slo"] else _spread_text(col["unit"], col["key"], fig, scale),
             "n": fig["n"], "beyond": fig["value"] is None and beyond, "change": change,
             "direction": (delta or {}).get("direction") or "", "noise": bool((delta or {}).get("within_spread")),
