@@ -4,6 +4,7 @@ from django.urls import path
 from rest_framework.authtoken.views import obtain_auth_token
 
 from . import api
+from .reports import api as reports_api
 
 urlpatterns = [
     path("token/", obtain_auth_token, name="api-token"),
@@ -17,6 +18,9 @@ urlpatterns = [
     path("experiments/<uuid:code>/trials/", api.ExperimentTrialsView.as_view(), name="api-experiment-trials"),
     path("experiments/<uuid:code>/comparison/", api.ExperimentComparisonView.as_view(),
          name="api-experiment-comparison"),
+    path("experiments/<uuid:code>/exports/", reports_api.ExperimentExportView.as_view(), name="api-experiment-exports"),
+    path("exports/<uuid:code>/", reports_api.ExportDetailView.as_view(), name="api-export-detail"),
+    path("exports/<uuid:code>/download/", reports_api.ExportDownloadView.as_view(), name="api-export-download"),
     path("trials/<uuid:code>/", api.TrialDetailView.as_view(), name="api-trial-detail"),
     path("trials/<uuid:code>/windows/", api.TrialWindowsView.as_view(), name="api-trial-windows"),
     path("trials/<uuid:code>/cancel/", api.TrialCancelView.as_view(), name="api-trial-cancel"),

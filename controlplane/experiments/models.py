@@ -361,3 +361,70 @@ class Pin(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} pinned {self.trial}"
+
+
+EXPORT_FORMATS = ("csv", "json", "html", "pdf", "pptx", "zip")
+
+
+class Export(models.Model):
+    """One export of a run's comparison in one format (controlplane.experiments.reports.exports): made in the
+    background by a Celery task on the `reports` queue (small ones inline), stored under MEDIA_ROOT with a
+    generated name and served only to its owner."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="exports")
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="exports")
+    run_number = models.PositiveIntegerField(null=True, blank=True, help_text="None: the latest run")
+    format = models.CharField(max_length=8, choices=[(f, f) for f in EXPORT_FORMATS])
+    baseline = models.CharField(max_length=200, blank=True)
+    price = models.CharField(max_length=100, blank=True, help_text="a price entry's name to re-bill with")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    progress = models.FloatField(default=0.0, help_text="0 to 1")
+    stage = models.CharField(max_length=200, blank=True)
+    error = models.TextField(blank=True)
+    file = models.FileField(upload_to="exports/", null=True, blank=True)
+    filename = models.CharField(max_length=255, blank=True, help_text="the name the download is saved as")
+    size_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(format__in=list(EXPORT_FORMATS)), name="export_format_known"),
+            models.CheckConstraint(condition=Q(status__in=["queued", "running", "succeeded", "failed"]),
+                                   name="export_status_known"),
+            models.CheckConstraint(condition=Q(progress__gte=0) & Q(progress__lte=1), name="export_progress_0_1"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.format} export of {self.experiment} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)
+
+
+class ShareLink(models.Model):
+    """A read-only link to the HTML report of one run, for people without an account: a random token, an
+    expiry date, revocable. `/share/<token>/` shows that report and nothing else."""
+
+    token = models.CharField(max_length=64, unique=True, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="share_links")
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="share_links")
+    run_number = models.PositiveIntegerField()
+    created = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+    def __str__(self) -> str:
+        return f"share link to {self.experiment} run {self.run_number}"

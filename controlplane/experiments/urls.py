@@ -1,6 +1,7 @@
 from django.urls import include, path
 
 from . import comparison_views, pin_views, price_views, views
+from .reports import views as report_views
 
 urlpatterns = [
     path("", views.experiment_list, name="experiment-list"),
@@ -19,6 +20,13 @@ urlpatterns = [
     path("experiments/<uuid:code>/compare/data/", comparison_views.experiment_compare_data,
          name="experiment-compare-data"),
     path("experiments/<uuid:code>/variants/<int:variant_id>/clone/", views.variant_clone, name="variant-clone"),
+    path("experiments/<uuid:code>/exports/", report_views.export_create, name="experiment-exports"),
+    path("experiments/<uuid:code>/share/", report_views.share_links, name="experiment-share"),
+    path("exports/<uuid:code>/", report_views.export_detail, name="export-detail"),
+    path("exports/<uuid:code>/status/", report_views.export_status, name="export-status"),
+    path("exports/<uuid:code>/download/", report_views.export_download, name="export-download"),
+    path("share-links/<int:pk>/revoke/", report_views.share_link_revoke, name="share-link-revoke"),
+    path("share/<str:token>/", report_views.shared_report, name="shared-report"),
     path("trials/", include("controlplane.experiments.live_urls")),
     path("trials/<uuid:code>/pin/", pin_views.trial_pin, name="trial-pin"),
     path("trials/<uuid:code>/unpin/", pin_views.trial_unpin, name="trial-unpin"),
