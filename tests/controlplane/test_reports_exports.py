@@ -348,3 +348,49 @@ def test_bench_report_prints_the_time_per_format_and_cleans_up(price_catalogue, 
         assert f"\n{fmt:<7}" in text, text
     assert "MISSED" not in text
     assert not Experiment.objects.filter(name__startswith="bench-report-").exists()
+
+
+# ---- through a real Celery worker on the reports queue ----------------------------------------------------------
+@pytest.mark.celery
+@pytest.mark.django_db(transaction=True)
+def test_the_reports_worker_of_manage_py_worker_makes_a_queued_export(user, price_catalogue, tmp_path, settings):
+    import uuid
+
+    from controlplane.celery import app
+    from controlplane.experiments.management.commands.worker import reports_worker_argv
+    from controlplane.experiments.reports.tasks import export_report
+    from tests import processes
+    from tests.conftest import TEST_REDIS_URL
+
+    prefix = f"slsbench-reports-{uuid.uuid4().hex[:8]}"
+    settings.MEDIA_ROOT = tmp_path / "media"
+    experiment, by = run(user, [variant("always", min_instances=1), variant("cold")])
+    finish(by["always"][0], summary(30.0))
+    finish(by["cold"][0], summary(40.0, busy_s=10.0))
+    export = exports.export_create(owner=user, experiment=experiment, fmt="pptx", inline=False)
+    assert export.status == "queued"
+
+    env = processes.subprocess_env(redis_url=TEST_REDIS_URL, channels_prefix=prefix, media_root=settings.MEDIA_ROOT)
+    argv = reports_worker_argv(prefix) + ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    assert argv[argv.index("-Q") + 1] == "reports"
+    proc = processes.start(argv, env, tmp_path / "reports-worker.log")
+    try:
+        processes.wait_for(lambda: " ready." in processes.log_text(proc), 90, "the reports worker", proc)
+        assert "reports.export" in processes.log_text(proc)  # the task is registered there
+        with app.connection_for_write(TEST_REDIS_URL, transport_options={"global_keyprefix": f"{prefix}:"}) as conn:
+            export_report.apply_async(args=[export.pk], queue="reports", connection=conn)
+
+        def done():
+            export.refresh_from_db()
+            return export.is_finished
+
+        processes.wait_for(done, 60, "the export", proc)
+    finally:
+        processes.stop(proc)
+        import redis
+
+        client = redis.Redis.from_url(TEST_REDIS_URL)
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+    assert export.status == "succeeded", export.error
+    assert Presentation(str(settings.MEDIA_ROOT / export.file.name)).slides

@@ -2,8 +2,8 @@
 
 Creates the demo user and a demo experiment (examples/classifier-poc.json), uses the Redis at REDIS_URL
 if it answers, else starts a private one (no persistence) on a free port, then starts the ASGI server
-(daphne: pages + WebSockets) and one Celery worker for this host's device pools, prints the URL and the
-credentials, and on Ctrl-C / SIGTERM stops everything it started.
+(daphne: pages + WebSockets), one Celery worker for this host's device pools and one for the exports' queue
+(`reports`), prints the URL and the credentials, and on Ctrl-C / SIGTERM stops everything it started.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .worker import (
     all_queues,
     cancel_running_trials,
     celery_worker_argv,
+    reports_worker_argv,
     wait_for_stop_signal,
     wait_until,
 )
@@ -92,6 +93,7 @@ class Command(BaseCommand):
             supervisor.start("web server (daphne)", [str(bin_dir / "daphne"), "-b", host, "-p", str(port),
                                                      "controlplane.asgi:application"], env=env)
             supervisor.start("celery worker", celery_worker_argv(all_queues(), self.worker_name), env=env)
+            supervisor.start("reports worker", reports_worker_argv(f"reports-{self.worker_name}"), env=env)
             if not wait_until(lambda: port_open(host, port) or bool(supervisor.dead()), START_TIMEOUT_S) \
                     or supervisor.dead():
                 raise CommandError("the web server did not start; see its output above")

@@ -1,11 +1,15 @@
-"""Start one Celery worker per device of this host (DESIGN.md: one worker process per device).
+"""Start one Celery worker per device of this host (DESIGN.md: one worker process per device), and one for
+the exports.
 
-    manage.py worker              # every device: cpu, and cuda:N for each GPU
+    manage.py worker              # every device: cpu, and cuda:N for each GPU; and the reports worker
     manage.py worker --device cpu
+    manage.py worker --no-reports # device pools only
 
 Each worker consumes its device's queue (services.device_queue) with concurrency 1 and prefetch 1. The
-"auto" and "cuda" pools go to the device they resolve to on this host (cuda:0, else cpu). Ctrl-C or
-SIGTERM stops them all. Also home of `Supervisor`, which `demo` uses for its child processes.
+"auto" and "cuda" pools go to the device they resolve to on this host (cuda:0, else cpu). The reports worker
+consumes the queue `reports` alone (reports.tasks: PDF, HTML, slides and zip exports), so an export never
+waits behind an hour-long trial and never takes a device pool's slot. Ctrl-C or SIGTERM stops them all.
+Also home of `Supervisor`, which `demo` uses for its child processes.
 """
 
 from __future__ import annotations
@@ -53,6 +57,14 @@ def all_queues(n_cuda: int | None = None) -> list[str]:
 def celery_worker_argv(queues: list[str], name: str, *, loglevel: str = "INFO") -> list[str]:
     return [str(Path(sys.executable).with_name("celery")), "-A", "controlplane", "worker", "-Q", ",".join(queues),
             "--concurrency", "1", "--prefetch-multiplier", "1", "-n", f"{name}@%h", "--loglevel", loglevel]
+
+
+def reports_worker_argv(name: str, *, loglevel: str = "INFO") -> list[str]:
+    """A worker for the exports' queue alone, with the export task registered (`--include` its module)."""
+    from controlplane.experiments.reports.exports import REPORTS_QUEUE
+
+    return celery_worker_argv([REPORTS_QUEUE], name, loglevel=loglevel) + [
+        "--include", "controlplane.experiments.reports.tasks"]
 
 
 class Supervisor:
@@ -157,8 +169,10 @@ class Command(BaseCommand):
         parser.add_argument("--device", action="append",
                             help="only this device (cpu, cuda:N); repeatable. Default: every device")
         parser.add_argument("--loglevel", default="INFO")
+        parser.add_argument("--no-reports", action="store_true",
+                            help="start no worker for the exports' queue (`reports`)")
 
-    def handle(self, *args, device, loglevel, **options):
+    def handle(self, *args, device, loglevel, no_reports=False, **options):
         plan = device_queues()
         chosen = device or list(plan)
         unknown = [d for d in chosen if d not in plan]
@@ -174,6 +188,9 @@ class Command(BaseCommand):
             names.append(name)
             supervisor.start(f"worker {dev} [{', '.join(plan[dev])}]",
                              celery_worker_argv(plan[dev], name, loglevel=loglevel))
+        if not no_reports:
+            supervisor.start("reports worker [reports]", reports_worker_argv(f"reports-{os.getpid()}",
+                                                                           loglevel=loglevel))
         self.stdout.write(f"workers running (broker {settings.CELERY_BROKER_URL}); Ctrl-C stops them")
         self.stdout.flush()
         status = 1
