@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint check bench chromium clean
+.PHONY: setup demo test lint check bench chromium report-deps clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,7 +29,15 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium missing: run 'sudo apt-get install chromium'"; exit 1; fi; }
 
-demo: setup
+# PDF reports: WeasyPrint needs Pango and a font; the report tests read PDFs back with poppler (pdftoppm,
+# pdftotext, pdfinfo). Debian's packages, installed when run as root.
+report-deps:
+	@if command -v pdftoppm >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q libpangoft2-1.0; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils >/dev/null; \
+	else echo "report libraries missing: run 'sudo apt-get install libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core poppler-utils'"; exit 1; fi
+
+demo: setup report-deps
 	$(BIN)/python manage.py demo
 
 lint: $(STAMP)
@@ -39,7 +47,7 @@ check: setup
 	$(BIN)/python manage.py check --fail-level WARNING
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
-test: setup chromium lint check
+test: setup chromium report-deps lint check
 	$(BIN)/pytest
 
 # All three run even if one misses a goal (it exits 1 after printing); the target fails if any did.
