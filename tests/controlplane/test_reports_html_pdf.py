@@ -407,3 +407,30 @@ def test_ten_variants_report_in_at_most_10_s_per_format(user, prices, media_root
     pages, spreads, _text = pdf_pages(body, tmp_path)
     assert min(spreads) > 3
     assert all(v <= 10.0 for v in times.values()), times
+
+
+@pytestmark_db
+def test_pinned_trials_from_two_runs_make_a_report_and_the_command_refuses_what_it_cannot_do(user, prices, media_root,
+                                                                                            tmp_path):
+    from django.core.management import CommandError
+
+    experiment, by = TC.run(user, [TC.variant("a"), TC.variant("b")])
+    TC.finish(by["a"][0], TC.summary(30.0))
+    TC.finish(by["b"][0], TC.summary(35.0))
+    data = C.compare_trials([by["a"][0], by["b"][0]])
+    html = render_report(data, author="Ada", fmt="html")
+    p = parse_html(html)
+    assert_self_contained(html, p)
+    assert p.text_by_id["report-title"] == "compare-poc"
+    assert all(p.cells[k] == v for k, v in expected_cells(data).items())
+
+    with pytest.raises(CommandError, match="no run 7"):
+        call_command("export_report", str(experiment.code), "--run", "7", "--format", "html",
+                     "--out", str(tmp_path / "x.html"), stderr=io.StringIO())
+    with pytest.raises(CommandError, match="no experiment with code or name"):
+        call_command("export_report", "nope", "--format", "html", "--out", str(tmp_path / "x.html"))
+    call_command("export_report", str(experiment.code), "--run", "1", "--format", "html",
+                 "--out", str(tmp_path / "r.html"), stderr=io.StringIO())
+    assert b"compare-poc" in (tmp_path / "r.html").read_bytes()
+    with pytest.raises(ValueError, match="unknown report format"):
+        render_report(data, fmt="doc")
