@@ -269,8 +269,8 @@ def breakdown_figure(comparison: dict) -> Figure | None:
         return None
     labels = block.get("labels") or {}
     modelled = set(block.get("modelled") or [])
-    fig = Figure(figsize=(WIDTH_IN, max(2.2, 0.9 + 0.34 * len(series))), layout="constrained")
     with rc_context(RC):
+        fig = Figure(figsize=(WIDTH_IN, max(2.2, 0.9 + 0.34 * len(series))), layout="constrained")
         ax = fig.add_subplot()
         names = [_label(s["label"]) for s in series]
         y = np.arange(len(series))[::-1]
@@ -284,14 +284,12 @@ def breakdown_figure(comparison: dict) -> Figure | None:
                     hatch="///" if comp in modelled else None, edgecolor="white" if comp not in modelled else "#3d2a5c",
                     linewidth=0.4)
             left += vals
-        for yi, total in zip(y, left, strict=True):
-            if total > 0:
-                ax.annotate(format_ms(total), (total, yi), xytext=(4, 0), textcoords="offset points",
-                            va="center", fontsize=8)
+        # no total beside a bar: a sum of medians is no figure of the comparison
+        ax.set_axisbelow(True)
         ax.set_yticks(y, names)
         ax.grid(axis="y", visible=False)
         ax.set_xlabel("median time per request (ms; hatched: modelled, not measured)")
-        ax.set_xlim(0, max(float(left.max()) * 1.15, 1e-6))
+        ax.set_xlim(0, max(float(left.max()) * 1.05, 1e-6))
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 if len(series) > 3 else -0.38), frameon=False,
                   ncol=min(6, len(components)))
     return fig
