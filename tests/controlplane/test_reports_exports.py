@@ -394,3 +394,9 @@ def test_the_reports_worker_of_manage_py_worker_makes_a_queued_export(user, pric
             client.delete(key)
     assert export.status == "succeeded", export.error
     assert Presentation(str(settings.MEDIA_ROOT / export.file.name)).slides
+
+
+def test_bench_report_is_also_a_choice_of_the_bench_command():
+    from controlplane.experiments.management.commands.bench import Command
+
+    assert Command().create_parser("manage.py", "bench").parse_args(["report", "--json"]).name == "report"

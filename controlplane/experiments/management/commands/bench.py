@@ -1,6 +1,7 @@
 """Benchmark our runtime against a raw baseline measured in the same run.
 
     manage.py bench overhead|batching|loadgen [--json] [--duration S] [--short] [--runtime process|thread]
+    manage.py bench report [--json]   # every export format of a 10-variant experiment (bench_report)
 
 A thin wrapper over workers.bench (plain Python); see that module for what each benchmark measures and
 its goals. Every figure is printed, misses marked. A full run then exits with status 1 if a goal was
@@ -23,7 +24,7 @@ class Command(BaseCommand):
     help = "Measure the runtime's overhead, batching efficiency or load generator against a raw baseline."
 
     def add_arguments(self, parser):
-        parser.add_argument("name", choices=bench.NAMES)
+        parser.add_argument("name", choices=(*bench.NAMES, "report"))
         parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
         parser.add_argument("--duration", type=float, default=None,
                             help="seconds per measurement (defaults: overhead 10, batching 4 per round, loadgen 10; "
@@ -35,6 +36,12 @@ class Command(BaseCommand):
                                  "(default: the platform's default)")
 
     def handle(self, *args, **opts):
+        if opts["name"] == "report":  # Django-side: the reports read the database (see bench_report)
+            from .bench_report import run_command
+
+            return run_command(self, {"variants": 10, "repeats": 1, "load_duration": opts["duration"] or 1.5,
+                                      "formats": None, "keep": False, "json": opts["json"], "experiment": None,
+                                      "run": None})
         duration = opts["duration"]
         if duration is not None and not 0.5 <= duration <= 600:
             raise CommandError("--duration must be between 0.5 and 600 seconds")

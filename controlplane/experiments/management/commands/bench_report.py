@@ -16,6 +16,7 @@ Exit status 1 when a format missed the goal.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -74,6 +75,7 @@ def make_experiment(n: int, repeats: int, duration_s: float, stdout=None) -> Exp
 
 
 def time_formats(experiment: Experiment, run: int | None, formats: list[str]) -> list[dict]:
+    logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)  # its per-page steps would drown the table
     results = []
     for fmt in formats:
         C.clear_cdf_cache()
