@@ -143,7 +143,7 @@ def _thin(x: np.ndarray, y: np.ndarray, dx_decades: float = 0.008, dy: float = 0
     """A CDF's points as drawn: a point is kept when it moves the curve by at least `dx_decades` on the log
     latency axis or `dy` of all requests (each about half a point on the page) since the last kept
     one; the first and last are always kept. The selector's up to 2,000 points a series become a few hundred
-    that draw the same curve (a 10-variant SVG is then a quarter of the size, and the PDF lays it out faster)."""
+    that draw the same curve (a 10-variant SVG about half the size, and the PDF lays it out faster)."""
     n = x.shape[0]
     if n <= 2:
         return x, y
