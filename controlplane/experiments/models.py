@@ -367,9 +367,9 @@ EXPORT_FORMATS = ("csv", "json", "html", "pdf", "pptx", "zip")
 
 
 class Export(models.Model):
-    """One export of a run's comparison in one format (controlplane.experiments.reports.exports): made in the
-    background by a Celery task on the `reports` queue (small ones inline), stored under MEDIA_ROOT with a
-    generated name and served only to its owner."""
+    """One export of a comparison (a run of an experiment, or a pinned set of trials) in one format
+    (controlplane.experiments.reports.exports): made in the background by a Celery task on the `reports`
+    queue (small ones inline), stored under MEDIA_ROOT with a generated name and served only to its owner."""
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -379,8 +379,10 @@ class Export(models.Model):
 
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="exports")
-    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="exports")
-    run_number = models.PositiveIntegerField(null=True, blank=True, help_text="None: the latest run")
+    experiment = models.ForeignKey(Experiment, null=True, blank=True, on_delete=models.CASCADE,
+                                   related_name="exports", help_text="None: a pinned set of trials (`trials`)")
+    run_number = models.PositiveIntegerField(null=True, blank=True)
+    trials = models.JSONField(default=list, blank=True, help_text="a pinned set's trial codes, in table order")
     format = models.CharField(max_length=8, choices=[(f, f) for f in EXPORT_FORMATS])
     baseline = models.CharField(max_length=200, blank=True)
     price = models.CharField(max_length=100, blank=True, help_text="a price entry's name to re-bill with")
@@ -404,7 +406,7 @@ class Export(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.format} export of {self.experiment} ({self.status})"
+        return f"{self.format} export of {self.experiment or 'pinned trials'} ({self.status})"
 
     @property
     def is_finished(self) -> bool:

@@ -33,6 +33,7 @@ urlpatterns = [
     path("compare/pinned/", pin_views.pinned_comparison, name="compare-pinned"),
     path("compare/pinned/data/", comparison_views.pinned_compare_data, name="compare-pinned-data"),
     path("compare/pinned/clear/", pin_views.pins_clear, name="pins-clear"),
+    path("compare/pinned/exports/", report_views.pinned_export_create, name="compare-pinned-exports"),
     path("prices/", price_views.price_list, name="price-list"),
     path("prices/new/", price_views.price_create, name="price-create"),
     path("prices/<int:pk>/edit/", price_views.price_edit, name="price-edit"),

@@ -9,7 +9,7 @@
   function syncPickers() {
     for (const name of ["run", "baseline", "price"]) {
       const pick = document.getElementById("pick-" + name);
-      if (pick) form.elements[name].value = pick.value;
+      if (pick && form.elements[name]) form.elements[name].value = pick.value;
     }
   }
   function show(text, href, name) {

@@ -400,3 +400,34 @@ def test_bench_report_is_also_a_choice_of_the_bench_command():
     from controlplane.experiments.management.commands.bench import Command
 
     assert Command().create_parser("manage.py", "bench").parse_args(["report", "--json"]).name == "report"
+
+
+@pytest.mark.django_db
+def test_pinned_trials_export_from_the_basket_page(client, user, other_user, price_catalogue, media_root):
+    from controlplane.experiments import services as svc
+
+    experiment, by = run(user, [variant("always", min_instances=1), variant("cold")])
+    finish(by["always"][0], summary(30.0))
+    finish(by["cold"][0], summary(40.0, busy_s=10.0))
+    for ts in by.values():
+        svc.pin_add(user=user, trial=ts[0])
+    client.force_login(user)
+    page = client.get(reverse("compare-pinned")).content.decode()
+    assert reverse("compare-pinned-exports") in page and 'name="run"' not in page.split('id="export-form"')[1][:600]
+    r = client.post(reverse("compare-pinned-exports"), {"format": "csv"}, HTTP_ACCEPT="application/json")
+    assert r.status_code == 201, r.content
+    status = r.json()
+    assert status["experiment"] is None and status["filename"] == "pinned-trials.csv"
+    data = C.compare_trials([ts[0] for ts in by.values()])
+    content = b"".join(client.get(status["download_url"]).streaming_content)
+    check_csv(data, content)
+    export = Export.objects.get(code=status["code"])
+    assert export.status == "succeeded" and len(export.trials) == 2
+    pptx = exports.export_create(owner=user, fmt="pptx", trials=[ts[0] for ts in by.values()], inline=True)
+    assert pptx.status == "succeeded", pptx.error
+    check_pptx(data, (Path(media_root) / pptx.file.name).read_bytes())
+    assert "Download pinned-trials.pptx" in client.get(reverse("export-detail", kwargs={"code": pptx.code})).content.decode()
+    client.force_login(other_user)  # nothing pinned: refused; and the owner's export stays theirs
+    r = client.post(reverse("compare-pinned-exports"), {"format": "csv"}, HTTP_ACCEPT="application/json")
+    assert r.status_code == 400 and r.json()["errors"][0]["path"] == "trials"
+    assert client.get(status["download_url"]).status_code == 404

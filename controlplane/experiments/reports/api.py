@@ -29,8 +29,8 @@ class ExportCreateSerializer(serializers.Serializer):
 class ExportSerializer(serializers.Serializer):
     code = serializers.UUIDField()
     format = serializers.ChoiceField(choices=list(EXPORT_FORMATS))
-    experiment = serializers.UUIDField(help_text="The experiment's code.")
-    run = serializers.IntegerField()
+    experiment = serializers.UUIDField(allow_null=True, help_text="The experiment's code (None: pinned trials).")
+    run = serializers.IntegerField(allow_null=True)
     status = serializers.CharField(help_text="queued, running, succeeded or failed.")
     progress = serializers.FloatField(help_text="0 to 1.")
     stage = serializers.CharField(help_text="What the export is doing now.")

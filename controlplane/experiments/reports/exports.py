@@ -1,6 +1,6 @@
 """Exports and share links: create, run, store, serve to the owner only.
 
-`export_create` stores an `Export` row; CSV and JSON (no charts, well under a second) are made at once, every
+`export_create` stores an `Export` row (of a run, or of the user's pinned trials); CSV and JSON (no charts, well under a second) are made at once, every
 other format by the Celery task `reports.export` on the queue `reports` (its own worker, never a device pool),
 which calls `export_run`. `export_run` reads the comparison selector once, hands its dict to the format's
 renderer, reports progress on the row (the page polls it) and stores the bytes under MEDIA_ROOT/exports/ with
@@ -30,7 +30,7 @@ from workers import spec as S
 
 from .. import comparison as C
 from .. import selectors
-from ..models import EXPORT_FORMATS, Experiment, Export, ShareLink
+from ..models import EXPORT_FORMATS, Experiment, Export, ShareLink, Trial
 from . import tabular
 
 REPORTS_QUEUE = "reports"
@@ -84,27 +84,49 @@ def download_name(experiment: Experiment, run: int | None, fmt: str) -> str:
 
 
 # ---- exports ------------------------------------------------------------------------------------------------
-def export_create(*, owner, experiment: Experiment, fmt: str, run: int | None = None, baseline: str | None = None,
-                  price: str | None = None, inline: bool | None = None) -> Export:
-    """A new export of one run (default: the latest) in one format. Checks the format and the parameters now
+def export_create(*, owner, fmt: str, experiment: Experiment | None = None, run: int | None = None,
+                  trials: list[Trial] | None = None, baseline: str | None = None, price: str | None = None,
+                  inline: bool | None = None) -> Export:
+    """A new export in one format of one run of `experiment` (default: the latest run) or of a pinned set of
+    `trials` (the caller has checked they are the owner's). Checks the format and the parameters now
     (SpecError naming `format`, `run`, `baseline` or `price`), so a bad request fails before any task is sent.
     `inline`: make it in this process now (default: CSV and JSON only); else the `reports` task makes it."""
     if fmt not in renderers():
         raise S.SpecError([S.FieldError("format", f"must be one of {', '.join(available_formats())}")])
-    # The selector validates run, baseline and price (charts off: cheap), and fixes "latest" to a run number.
-    data = comparison_for(experiment=experiment, run=run, baseline=baseline, price=price, charts=False)
-    run = data["scope"]["run"]
-    if run is None:
-        raise S.SpecError([S.FieldError("run", "the experiment was never run: nothing to export")])
-    export = Export.objects.create(owner=owner, experiment=experiment, run_number=run, format=fmt,
-                                   baseline=baseline or "", price=price or "",
-                                   filename=download_name(experiment, run, fmt))
+    codes: list[str] = []
+    if trials is not None:
+        codes = [str(t.code) for t in trials]
+        if not codes:
+            raise S.SpecError([S.FieldError("trials", "nothing pinned: nothing to export")])
+        C.compare_trials(trials, baseline=baseline or None, price=price or None, charts=False)  # validates
+        filename = f"pinned-trials.{extension(fmt)}"
+    else:
+        # The selector validates run, baseline and price (charts off: cheap), and fixes "latest" to a number.
+        data = comparison_for(experiment=experiment, run=run, baseline=baseline, price=price, charts=False)
+        run = data["scope"]["run"]
+        if run is None:
+            raise S.SpecError([S.FieldError("run", "the experiment was never run: nothing to export")])
+        filename = download_name(experiment, run, fmt)
+    export = Export.objects.create(owner=owner, experiment=experiment if trials is None else None,
+                                   run_number=run if trials is None else None, trials=codes, format=fmt,
+                                   baseline=baseline or "", price=price or "", filename=filename)
     if inline is None:
         inline = fmt in INLINE_FORMATS
     if inline:
         return export_run(export.pk)
     transaction.on_commit(lambda: _enqueue(export.pk))
     return export
+
+
+def export_comparison(export: Export) -> dict:
+    """The selector's dict for an export: its run, or its pinned trials that still exist, in their order."""
+    charts = CHARTS.get(export.format, True)
+    if export.experiment_id is not None:
+        return comparison_for(experiment=export.experiment, run=export.run_number, baseline=export.baseline,
+                              price=export.price, charts=charts)
+    found = {str(t.code): t for t in Trial.objects.filter(code__in=export.trials, experiment__owner=export.owner)}
+    trials = [found[c] for c in export.trials if c in found]
+    return C.compare_trials(trials, baseline=export.baseline or None, price=export.price or None, charts=charts)
 
 
 def _enqueue(export_id: int) -> None:
@@ -140,8 +162,7 @@ def export_run(export_id: int) -> Export:
         return export
     say = _progress(export.pk)
     try:
-        data = comparison_for(experiment=export.experiment, run=export.run_number, baseline=export.baseline,
-                              price=export.price, charts=CHARTS.get(export.format, True))
+        data = export_comparison(export)
         say(0.3, f"writing the {export.format.upper()}")
 
         def sub(fraction: float, stage: str) -> None:
@@ -183,7 +204,8 @@ def export_file(export: Export):
 
 
 def export_status(export: Export, *, download_url: str | None) -> dict:
-    return {"code": str(export.code), "format": export.format, "experiment": str(export.experiment.code),
+    return {"code": str(export.code), "format": export.format,
+            "experiment": str(export.experiment.code) if export.experiment_id else None,
             "run": export.run_number, "status": export.status, "progress": round(export.progress, 3),
             "stage": export.stage, "error": export.error, "filename": export.filename,
             "size_bytes": export.size_bytes, "created": export.created.isoformat(),

@@ -1,7 +1,7 @@
 """Pages for exports and share links.
 
-- POST /experiments/<code>/exports/ (format, run, baseline, price): start an export of the comparison as the
-  page shows it. With `Accept: application/json` (the comparison page's script) the answer is the export's
+- POST /experiments/<code>/exports/ (format, run, baseline, price), POST /compare/pinned/exports/ (format,
+  baseline, price: the user's pinned trials): start an export of the comparison as the page shows it. With `Accept: application/json` (the comparison page's script) the answer is the export's
   status as JSON; without script, a redirect to the export's page.
 - /exports/<code>/ the export's page (refreshes itself until ready), /exports/<code>/status/ its status as JSON
   (what the comparison page polls), /exports/<code>/download/ the file. Owner only: anyone else gets 404.
@@ -51,25 +51,38 @@ def status_dict(request: HttpRequest, export) -> dict:
     return data
 
 
-@login_required
-@require_POST
-def export_create(request: HttpRequest, code) -> HttpResponse:
-    experiment = selectors.experiment_get_for(user=request.user, code=code)
+def _start(request: HttpRequest, back, target) -> HttpResponse:
+    """Start an export of `target()` (the keyword arguments naming a run or the pinned trials)."""
     p = request.POST
     try:
-        export = exports.export_create(owner=request.user, experiment=experiment, fmt=(p.get("format") or "").strip(),
-                                       run=_int_or_none(p.get("run"), "run"), baseline=p.get("baseline") or None,
-                                       price=p.get("price") or None)
+        export = exports.export_create(owner=request.user, fmt=(p.get("format") or "").strip(),
+                                       baseline=p.get("baseline") or None, price=p.get("price") or None, **target())
     except S.SpecError as exc:
         errors = [{"path": e.path, "message": e.message} for e in exc.errors]
         if _wants_json(request):
             return JsonResponse({"detail": str(exc.errors[0]), "errors": errors}, status=400)
         for e in exc.errors:
             messages.error(request, str(e))
-        return redirect("experiment-compare", code=experiment.code)
+        return back
     if _wants_json(request):
         return JsonResponse(status_dict(request, export), status=201)
     return redirect("export-detail", code=export.code)
+
+
+@login_required
+@require_POST
+def export_create(request: HttpRequest, code) -> HttpResponse:
+    experiment = selectors.experiment_get_for(user=request.user, code=code)
+    return _start(request, redirect("experiment-compare", code=experiment.code),
+                  lambda: {"experiment": experiment, "run": _int_or_none(request.POST.get("run"), "run")})
+
+
+@login_required
+@require_POST
+def pinned_export_create(request: HttpRequest) -> HttpResponse:
+    """POST /compare/pinned/exports/: export the user's pinned trials as the basket page shows them."""
+    return _start(request, redirect("compare-pinned"),
+                  lambda: {"trials": list(selectors.pinned_trials(user=request.user))})
 
 
 @login_required
