@@ -431,3 +431,17 @@ def test_pinned_trials_export_from_the_basket_page(client, user, other_user, pri
     r = client.post(reverse("compare-pinned-exports"), {"format": "csv"}, HTTP_ACCEPT="application/json")
     assert r.status_code == 400 and r.json()["errors"][0]["path"] == "trials"
     assert client.get(status["download_url"]).status_code == 404
+
+
+@pytest.mark.django_db
+def test_an_export_whose_task_was_lost_is_failed_with_the_reason_not_polled_forever(finished_run, user, monkeypatch):
+    import datetime
+
+    from controlplane.experiments.reports import tasks
+
+    monkeypatch.setattr(tasks.export_report, "apply_async", lambda **kw: None)  # sent, never run
+    export = exports.export_create(owner=user, experiment=finished_run, fmt="zip")
+    assert exports.export_get_for(user=user, code=export.code).status == "queued"
+    Export.objects.filter(pk=export.pk).update(created=export.created - datetime.timedelta(hours=1))
+    stuck = exports.export_get_for(user=user, code=export.code)
+    assert stuck.status == "failed" and "reports worker" in stuck.error

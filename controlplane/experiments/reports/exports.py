@@ -35,6 +35,9 @@ from . import tabular
 
 REPORTS_QUEUE = "reports"
 INLINE_FORMATS = ("csv", "json")  # no charts, no layout: made at once, no task
+# An export still queued or running this long after it was made lost its task (a worker killed, a message
+# lost): it is failed with that reason rather than polled forever. Above the task's hard time limit (360 s).
+STUCK_AFTER_S = 900
 SHARE_DAYS_DEFAULT = 7
 SHARE_DAYS_MAX = 90
 CHARTS = {"csv": False}  # formats that leave out the chart series (every other reads them)
@@ -188,9 +191,16 @@ def export_get_for(*, user, code: Any) -> Export:
         raise Http404("No such export.")
     try:
         code = uuid.UUID(str(code))
-        return Export.objects.select_related("experiment").get(code=code, owner=user)
+        export = Export.objects.select_related("experiment").get(code=code, owner=user)
     except (ValueError, Export.DoesNotExist):
         raise Http404("No such export.") from None
+    if not export.is_finished and export.created < timezone.now() - datetime.timedelta(seconds=STUCK_AFTER_S):
+        Export.objects.filter(pk=export.pk, status__in=[Export.Status.QUEUED, Export.Status.RUNNING]).update(
+            status=Export.Status.FAILED, finished_at=timezone.now(), stage="failed",
+            error=f"not finished after {STUCK_AFTER_S // 60} minutes: the reports worker stopped or never got it "
+                  "(is `manage.py worker` running?)")
+        export.refresh_from_db()
+    return export
 
 
 def export_file(export: Export):
