@@ -10,8 +10,10 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.db.models import F, Q
+from django.db.models.signals import post_delete
+from django.dispatch import receiver
 from django.urls import reverse
 
 from workers import spec as S
@@ -430,3 +432,11 @@ class ShareLink(models.Model):
 
     def __str__(self) -> str:
         return f"share link to {self.experiment} run {self.run_number}"
+
+
+@receiver(post_delete, sender=Export)
+def _export_file_delete(sender, instance: Export, **kwargs) -> None:
+    """An export's file goes with its row (also when its experiment or owner is deleted), once that commits."""
+    if instance.file:
+        name, storage = instance.file.name, instance.file.storage
+        transaction.on_commit(lambda: storage.delete(name))

@@ -445,3 +445,14 @@ def test_an_export_whose_task_was_lost_is_failed_with_the_reason_not_polled_fore
     Export.objects.filter(pk=export.pk).update(created=export.created - datetime.timedelta(hours=1))
     stuck = exports.export_get_for(user=user, code=export.code)
     assert stuck.status == "failed" and "reports worker" in stuck.error
+
+
+@pytest.mark.django_db
+def test_deleting_the_experiment_deletes_its_export_files(finished_run, user, media_root,
+                                                          django_capture_on_commit_callbacks):
+    export = exports.export_create(owner=user, experiment=finished_run, fmt="csv")
+    path = Path(media_root) / export.file.name
+    assert path.is_file()
+    with django_capture_on_commit_callbacks(execute=True):
+        services.experiment_delete(experiment=finished_run)
+    assert not Export.objects.filter(pk=export.pk).exists() and not path.exists()
