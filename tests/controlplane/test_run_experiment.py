@@ -52,9 +52,14 @@ def every_figure_present(row: dict) -> list[str]:
     missing = [k for k in ("requests", "completed", "dropped", "errors", "slo_percentile_ci_ms", "slo_met",
                            "violation_rate", "throughput_rps", "goodput_rps", "cold_starts", "mean_batch_size",
                            "device", "simulated") if row.get(k) is None]
-    missing += [f"latency_ms.{k}" for k, v in row["latency_ms"].items() if v is None]
-    # monthly_note is a reason, present only when there is no monthly figure.
-    missing += [f"cost.{k}" for k, v in row["cost"].items() if v is None and k != "monthly_note"]
+    # A percentile among unfinished requests is "beyond the run" (None) on a machine too busy to serve them in
+    # the drain; then the completed-only figures must be there instead.
+    latency = row["latency_completed_ms"] if row.get("unfinished") else row["latency_ms"]
+    missing += [f"latency_ms.{k}" for k, v in latency.items() if v is None]
+    # monthly_note is a reason, present only when there is no monthly figure; per good request needs a good one.
+    no_good = not row.get("goodput_rps")
+    missing += [f"cost.{k}" for k, v in row["cost"].items()
+                if v is None and k != "monthly_note" and not (no_good and k.endswith("_good_usd"))]
     if row["cold_starts"]:
         missing += [f"cold_start_ms.{k}" for k, v in row["cold_start_ms"].items() if v is None]
     return missing
