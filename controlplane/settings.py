@@ -196,4 +196,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    # WeasyPrint reports each layout step at INFO ("Step 5 - Creating layout - Page 1"): noise for our users.
+    "loggers": {"weasyprint.progress": {"level": "WARNING"}},
 }
