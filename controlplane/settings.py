@@ -158,6 +158,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True  # execute_trial is idempotent (compare-and-set claim)
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # trials are long: never hoard them
 CELERY_TASK_DEFAULT_QUEUE = "pool.cpu"
+CELERY_TASK_ROUTES = {"reports.export": {"queue": "reports"}}  # exports never wait behind trials
 # Default limits cover the longest trial the spec allows (1 h of load + margin); run enqueues each trial with
 # limits fitted to its own run time (services.trial_time_limits_s).
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("TRIAL_SOFT_TIME_LIMIT_S", 4500)

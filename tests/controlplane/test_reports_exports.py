@@ -252,6 +252,8 @@ def finished_run(user, price_catalogue):
 @pytest.mark.django_db
 def test_big_formats_go_to_the_reports_queue_and_the_task_makes_them(finished_run, user, media_root, monkeypatch,
                                                                      django_capture_on_commit_callbacks):
+    from django.conf import settings
+
     from controlplane.experiments.reports import tasks
 
     sent = []
@@ -259,7 +261,8 @@ def test_big_formats_go_to_the_reports_queue_and_the_task_makes_them(finished_ru
     with django_capture_on_commit_callbacks(execute=True):
         export = exports.export_create(owner=user, experiment=finished_run, fmt="pptx")
     assert export.status == "queued" and sent == [{"args": [export.pk], "queue": "reports"}]
-    assert tasks.export_report.name == "reports.export" and tasks.export_report.queue == "reports"
+    assert tasks.export_report.name == "reports.export"
+    assert settings.CELERY_TASK_ROUTES["reports.export"]["queue"] == "reports"
     assert tasks.export_report.run(export.pk) == "succeeded"
     export.refresh_from_db()
     assert export.progress == 1.0 and export.stage == "ready"
