@@ -340,16 +340,13 @@ def _preload_end_of_trial_modules(parquet: bool) -> None:
         import pyarrow.parquet  # noqa: F401
 
 
-PHASES = COLD_START_PHASES
-
-
 def _cold_start_phases(cold_starts) -> dict:
     """Where the cold starts paid during the load went: the p50 of each phase in ms (None for a phase that did not
     happen: process_start, import and device_context exist only for process instances, platform_delay_modelled
     only with a modelled delay), their count, and whether the weights really came from the disk."""
     during = [c for c in cold_starts if c.during_load and c.timings_ms]
     out: dict = {"count": len(during)}
-    for p in PHASES:
+    for p in COLD_START_PHASES:
         vals = [c.duration_ms for c in during] if p == "total" else \
             [float(c.timings_ms[p]) for c in during if p in c.timings_ms]
         out[p] = float(np.percentile(vals, 50.0)) if vals else None

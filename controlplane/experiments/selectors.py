@@ -25,6 +25,8 @@ from django.db.models import (
 from django.db.models.functions import Coalesce
 from django.http import Http404
 
+from workers.records import COLD_START_PHASES
+
 from .models import Experiment, Pin, PriceEntry, Trial, TrialWindow
 
 STATUSES = ("draft", "queued", "running", "finished", "failed", "cancelled")
@@ -33,8 +35,6 @@ COLD_START_KEYS = ("p50", "max")
 COST_KEYS = ("serverless_per_1k_usd", "provisioned_per_1k_usd", "serverless_per_1k_good_usd",
              "provisioned_per_1k_good_usd", "monthly_serverless_usd", "monthly_provisioned_usd", "monthly_note",
              "time_compression")
-PHASE_KEYS = ("platform_delay_modelled", "process_start", "import", "device_context", "build", "load", "to_device",
-              "warmup", "total")
 
 
 # ---- experiments ------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def trial_result_row(trial: Trial) -> dict:
         "mean_batch_size": s.get("mean_batch_size"),
         # Per-1,000 and monthly figures only: totals depend on the run length and mislead side by side.
         "cost": {k: cost.get(k) for k in COST_KEYS},
-        "cold_start_phases_ms": {k: phases.get(k) for k in PHASE_KEYS} if phases else None,
+        "cold_start_phases_ms": {k: phases.get(k) for k in COLD_START_PHASES} if phases else None,
         "prewarms": s.get("prewarms"),
         "requests_paid_cold_start": s.get("requests_paid_cold_start"),
         "dispatch": {"behind": dispatch.get("behind"), "lag_p99_us": dispatch.get("lag_p99_us"),
