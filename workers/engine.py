@@ -149,7 +149,7 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
     # never part of a timed cold start.
     for f in exp.functions:
         try:
-            zoo.ensure_weights(f.model, input_shape=f.input_shape, options=f.options, model_dir=model_dir)
+            zoo.weights_file(f.model, input_shape=f.input_shape, options=f.options, model_dir=model_dir)
         except zoo.ModelError as exc:
             raise TrialFailed(f"function {f.name!r}: {exc}") from exc
     _preload_end_of_trial_modules(artifact_path is not None)

@@ -135,8 +135,8 @@ class ThreadRunner:
     def start(self, should_abort=None) -> dict:
         from workers import zoo
 
-        path = zoo.ensure_weights(self.spec.model, input_shape=self.spec.input_shape, options=self.spec.options,
-                                  model_dir=self.model_dir)
+        path = zoo.weights_file(self.spec.model, input_shape=self.spec.input_shape, options=self.spec.options,
+                                model_dir=self.model_dir)
         resident = drop_page_cache(path)
         self.loaded = zoo.load_model(self.spec.model, input_shape=self.spec.input_shape, options=self.spec.options,
                                      device=self.torch_device, model_dir=self.model_dir)
@@ -344,8 +344,8 @@ def _child(fd: int, t_main: float) -> int:
             zoo.register_user_models(cfg["user_models"])
         # Weights were generated before the trial's clock started; a missing file is generated here, outside
         # the timed phases, and reported by the zoo's own timings as not part of the load.
-        path = zoo.ensure_weights(cfg["key"], input_shape=cfg["input_shape"], options=cfg["options"],
-                                  model_dir=Path(cfg["model_dir"]))
+        path = zoo.weights_file(cfg["key"], input_shape=cfg["input_shape"], options=cfg["options"],
+                                model_dir=Path(cfg["model_dir"]))
         resident = drop_page_cache(path)
         loaded = zoo.load_model(cfg["key"], input_shape=cfg["input_shape"], options=cfg["options"],
                                 device=cfg["device"], model_dir=Path(cfg["model_dir"]))

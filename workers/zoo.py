@@ -340,6 +340,19 @@ def ensure_weights(key: str, *, input_shape=None, options: dict | None = None, m
     return path
 
 
+def weights_file(key: str, *, input_shape=None, options: dict | None = None, model_dir: Path) -> Path:
+    """The file a cold start of this model reads: a user model's own `weights_path` option, else the generated
+    weights (written first if missing, see ensure_weights)."""
+    _shape, opts = _resolve(key, input_shape, options)
+    user_weights = opts.get(USER_WEIGHTS_OPTION) if key not in BUILTIN_SHAPES else None
+    if user_weights:
+        path = Path(user_weights)
+        if not path.exists():
+            raise ModelError(f"user model {key!r}: weights file {path} does not exist")
+        return path
+    return ensure_weights(key, input_shape=input_shape, options=options, model_dir=model_dir)
+
+
 def _contiguous_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     # safetensors refuses shared or non-contiguous storage; clone gives each tensor its own storage.
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
@@ -392,13 +405,7 @@ def load_model(key: str, *, input_shape=None, options: dict | None = None, devic
     import torch
 
     shape, opts = _resolve(key, input_shape, options)
-    user_weights = opts.get(USER_WEIGHTS_OPTION) if key not in BUILTIN_SHAPES else None
-    if user_weights:
-        path = Path(user_weights)
-        if not path.exists():
-            raise ModelError(f"user model {key!r}: weights file {path} does not exist")
-    else:
-        path = ensure_weights(key, input_shape=shape, options=options, model_dir=model_dir)
+    path = weights_file(key, input_shape=shape, options=options, model_dir=model_dir)
     dev = torch.device(device)
 
     def sync() -> None:
