@@ -60,6 +60,7 @@ class TrialResult:
     windows: list[dict] = field(default_factory=list)
     hardware: dict = field(default_factory=dict)
     artifact_path: Path | None = None
+    trace: list | None = None  # the scheduling core's events and actions (run_trial(trace=True))
 
 
 def default_drain_grace_s(slo_latency_ms: float) -> float:
@@ -74,7 +75,10 @@ def _gib(n: float) -> str:
 
 def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Callable[[dict], None] | None = None,
               should_stop: Callable[[], bool] | None = None, artifact_path: Path | None = None,
-              drain_grace_s: float | None = None) -> TrialResult:
+              drain_grace_s: float | None = None, profiles: list[dict] | None = None,
+              trace: bool = False) -> TrialResult:
+    """Run one trial for real, or -- with `profiles` (one measured profile per function, see workers.profiling) --
+    on the simulated driver: the same checks, scheduling core, recorder, summary and cost, on a virtual clock."""
     exp, var = spec.experiment, spec.variant
     model_dir = Path(model_dir) if model_dir is not None else zoo.default_model_dir()
     names = [f.name for f in exp.functions]
@@ -147,11 +151,14 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
     # ---- set up -----------------------------------------------------------------------------------------
     # Weights are generated now, before the trial's clock starts: generating a file is a one-time preparation,
     # never part of a timed cold start.
-    for f in exp.functions:
-        try:
-            zoo.weights_file(f.model, input_shape=f.input_shape, options=f.options, model_dir=model_dir)
-        except zoo.ModelError as exc:
-            raise TrialFailed(f"function {f.name!r}: {exc}") from exc
+    if profiles is None:
+        for f in exp.functions:
+            try:
+                zoo.weights_file(f.model, input_shape=f.input_shape, options=f.options, model_dir=model_dir)
+            except zoo.ModelError as exc:
+                raise TrialFailed(f"function {f.name!r}: {exc}") from exc
+    elif len(profiles) != n_fn:
+        raise TrialFailed(f"a simulated trial needs one profile per function ({n_fn}), got {len(profiles)}")
     _preload_end_of_trial_modules(artifact_path is not None)
     rec = Recorder(n, names, slo_latency_ms=exp.slo.latency_ms)
     first = float(arrivals.times_s[0])
@@ -160,6 +167,11 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
     rec.rows["function"][:] = arrivals.function_idx
     run_end = max(float(arrivals.run_s) - first, float(intended[-1]))
     grace = default_drain_grace_s(exp.slo.latency_ms) if drain_grace_s is None else float(drain_grace_s)
+    ctx = _Context(spec=spec, names=names, notes=notes, device=device, plan=plan, share=share, runtime=runtime,
+                   rec=rec, run_end=run_end, grace=grace, on_window=on_window, artifact_path=artifact_path,
+                   trace=trace)
+    if profiles is not None:
+        return _run_simulated(ctx, profiles, arrivals.function_idx, budget=budget, mem=mem)
 
     in_process = runtime == "thread"
     concurrent = 1 if var.sharing == "exclusive" else (n_fn * var.max_instances if var.sharing != "spatial" else 1)
@@ -173,7 +185,7 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
     platform = Platform(exp.functions, var, recorder=rec, function_idx=arrivals.function_idx, model_dir=model_dir,
                         slo_latency_ms=exp.slo.latency_ms, device_kind=device.kind, torch_device=torch_device,
                         plan=plan, memory_budget_bytes=budget, mem_per_instance=mem, share=share,
-                        child_threads=threads)
+                        child_threads=threads, trace=trace)
     telemetry = None
     dispatcher = None
     windows: list[dict] = []
@@ -251,44 +263,18 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
 
         # ---- summary -------------------------------------------------------------------------------------
         k = dispatcher.n_sent  # requests never sent (cancel) are excluded
-        rows = {c: a[:k] for c, a in rec.rows.items()}
-        run_s = run_end if status == "succeeded" else max(min(end_s, run_end), 1e-3)
-        summary = statistics.summarize(rows, function_names=names, slo=exp.slo, arrival_s=run_s, end_s=end_s,
-                                       cold_starts=list(rec.cold_starts), n_batches=rec.n_batches)
-        ok = rows["outcome"] == OUTCOME_OK
-        lat_ms = (rows["completed_s"][ok] - rows["intended_s"][ok]) * 1e3
-        good = int(np.count_nonzero(lat_ms <= exp.slo.latency_ms))
-        summary["cost"] = cost_mod.trial_cost(
-            instances=list(rec.instances), price=spec.price, end_s=end_s, devices=1,
-            completed=int(np.count_nonzero(ok)), good=good, sharing=var.sharing,
-            time_compression=max(float(w.time_compression) for w in exp.workloads))
-        summary["cold_start_phases_ms"] = _cold_start_phases(rec.cold_starts)
-        # Cold starts count every load during the run, pre-warms included (they cost); these say how many
-        # were histogram pre-warms and how many requests actually waited for one.
-        summary["prewarms"] = int(platform.prewarms)
-        summary["requests_paid_cold_start"] = int(np.count_nonzero(rows["cold_wait_s"] > 0))
         ds = dispatcher.stats()
-        summary["dispatch"] = {"lag_p50_us": ds["lag_p50_us"], "lag_p99_us": ds["lag_p99_us"],
-                               "lag_max_us": ds["lag_max_us"], "behind": ds["behind"], "sent": ds["sent"],
-                               "behind_threshold_us": ds["behind_threshold_us"], "priority": ds["priority"]}
+        dispatch = {"lag_p50_us": ds["lag_p50_us"], "lag_p99_us": ds["lag_p99_us"],
+                    "lag_max_us": ds["lag_max_us"], "behind": ds["behind"], "sent": ds["sent"],
+                    "behind_threshold_us": ds["behind_threshold_us"], "priority": ds["priority"]}
         if ds["behind"]:
             notes.append(f"the dispatcher fell behind: worst lag {ds['lag_max_us'] / 1000:.1f} ms (threshold "
                          f"{ds['behind_threshold_us'] / 1000:.0f} ms); latencies include it (open loop)")
-        hardware = devices.hardware_info(device, plan.mechanism)
-        hardware["runtime"] = runtime
-        hardware["isolation"] = isolation_label(var.sharing, runtime, plan.mechanism)
-        hardware["isolation_level"] = isolation_level(var.sharing, runtime, plan.mechanism)
+        hardware = _hardware(ctx)
         hardware["torch_threads"] = threads if in_process else None
         hardware["instance_torch_threads"] = threads if not in_process and var.sharing != "spatial" else None
         hardware["gil_switch_interval_s"] = SWITCH_INTERVAL_S
         if var.sharing == "spatial":
-            hardware["share"] = share
-            if plan.core_sets:
-                hardware["core_sets"] = [list(c) for c in plan.core_sets]
-            if plan.mps_active_thread_percentage is not None:
-                hardware["mps_active_thread_percentage"] = plan.mps_active_thread_percentage
-            if plan.mig_devices:
-                hardware["mig_devices"] = list(plan.mig_devices)
             hardware["instances"] = [json_safe(c) for c in platform.spatial_children[:64]]
             if device.kind == "cpu" and device.cores <= sum(len(c) for c in plan.core_sets or []):
                 notes.append("spatial on cpu: the instances' core sets cover every core, so the dispatcher and "
@@ -297,30 +283,8 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
                    if c.get("cores_requested") and c.get("cores_actual") != sorted(c["cores_requested"])]
             if bad:
                 notes.append(f"{len(bad)} instance process(es) did not get the core set asked for")
-        if platform.errors:
-            notes.append(f"{platform.errors} error event(s); first: {platform.error_messages[0]}")
-        summary.update({
-            "hardware": hardware,
-            "device": device.name,
-            "variant": var.name,
-            "repeat": spec.repeat,
-            "seed": spec.seed,
-            "run_s": float(run_s),
-            "simulated": False,
-            "runtime": runtime,
-            "isolation": hardware["isolation"],
-            # A compressed run is an accelerated replay: its figures are wall-clock figures of the faster load.
-            "time_compression": float(max(w.time_compression for w in exp.workloads)),
-            "platform_delay_ms": {"value": platform.platform_delay_s * 1e3, "modelled": True},
-            "telemetry": telemetry.summary(),
-            "notes": notes,
-        })
-        summary = json_safe(summary)
-        json.dumps(summary, allow_nan=False)  # the contract: fail here, loudly, rather than in the DB layer
-        path = None
-        if artifact_path is not None:
-            path = rec.write_parquet(artifact_path, names, n=k)
-        return TrialResult(status=status, summary=summary, windows=windows, hardware=hardware, artifact_path=path)
+        return _finish(ctx, platform, status=status, k=k, end_s=end_s, windows=windows, hardware=hardware,
+                       dispatch=dispatch, telemetry=telemetry.summary(), simulated=False)
     finally:
         if dispatcher is not None:
             dispatcher.cancel()
@@ -330,6 +294,142 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
             telemetry.stop()
         sys.setswitchinterval(switch_before)
         restore_torch_threads(torch_before)
+
+
+@dataclass
+class _Context:
+    """What the real and the simulated run share: the checked spec, the device and plan, the recorder."""
+
+    spec: TrialSpec
+    names: list[str]
+    notes: list[str]
+    device: object
+    plan: object
+    share: float
+    runtime: str
+    rec: Recorder
+    run_end: float
+    grace: float
+    on_window: Callable[[dict], None] | None
+    artifact_path: Path | None
+    trace: bool = False
+
+
+def _hardware(ctx: _Context) -> dict:
+    var, plan = ctx.spec.variant, ctx.plan
+    hardware = devices.hardware_info(ctx.device, plan.mechanism)
+    hardware["runtime"] = ctx.runtime
+    hardware["isolation"] = isolation_label(var.sharing, ctx.runtime, plan.mechanism)
+    hardware["isolation_level"] = isolation_level(var.sharing, ctx.runtime, plan.mechanism)
+    if var.sharing == "spatial":
+        hardware["share"] = ctx.share
+        if plan.core_sets:
+            hardware["core_sets"] = [list(c) for c in plan.core_sets]
+        if plan.mps_active_thread_percentage is not None:
+            hardware["mps_active_thread_percentage"] = plan.mps_active_thread_percentage
+        if plan.mig_devices:
+            hardware["mig_devices"] = list(plan.mig_devices)
+    return hardware
+
+
+def _finish(ctx: _Context, platform, *, status: str, k: int, end_s: float, windows: list[dict], hardware: dict,
+            dispatch: dict | None, telemetry: dict | None, simulated: bool, extra: dict | None = None) -> TrialResult:
+    """The summary of a finished run (real or simulated) from its recorder, and the Parquet artifact."""
+    spec, rec, notes = ctx.spec, ctx.rec, ctx.notes
+    exp, var = spec.experiment, spec.variant
+    rows = {c: a[:k] for c, a in rec.rows.items()}
+    run_s = ctx.run_end if status == "succeeded" else max(min(end_s, ctx.run_end), 1e-3)
+    summary = statistics.summarize(rows, function_names=ctx.names, slo=exp.slo, arrival_s=run_s, end_s=end_s,
+                                   cold_starts=list(rec.cold_starts), n_batches=rec.n_batches)
+    ok = rows["outcome"] == OUTCOME_OK
+    lat_ms = (rows["completed_s"][ok] - rows["intended_s"][ok]) * 1e3
+    good = int(np.count_nonzero(lat_ms <= exp.slo.latency_ms))
+    summary["cost"] = cost_mod.trial_cost(
+        instances=list(rec.instances), price=spec.price, end_s=end_s, devices=1,
+        completed=int(np.count_nonzero(ok)), good=good, sharing=var.sharing,
+        time_compression=max(float(w.time_compression) for w in exp.workloads))
+    summary["cold_start_phases_ms"] = _cold_start_phases(rec.cold_starts)
+    # Cold starts count every load during the run, pre-warms included (they cost); these say how many
+    # were histogram pre-warms and how many requests actually waited for one.
+    summary["prewarms"] = int(platform.prewarms)
+    summary["requests_paid_cold_start"] = int(np.count_nonzero(rows["cold_wait_s"] > 0))
+    summary["dispatch"] = dispatch
+    if platform.errors:
+        notes.append(f"{platform.errors} error event(s); first: {platform.error_messages[0]}")
+    summary.update({
+        "hardware": hardware,
+        "device": ctx.device.name,
+        "variant": var.name,
+        "repeat": spec.repeat,
+        "seed": spec.seed,
+        "run_s": float(run_s),
+        "simulated": simulated,
+        "runtime": ctx.runtime,
+        "isolation": hardware["isolation"],
+        # A compressed run is an accelerated replay: its figures are wall-clock figures of the faster load.
+        "time_compression": float(max(w.time_compression for w in exp.workloads)),
+        "platform_delay_ms": {"value": platform.platform_delay_s * 1e3, "modelled": True},
+        "telemetry": telemetry,
+        "notes": notes,
+        **(extra or {}),
+    })
+    summary = json_safe(summary)
+    json.dumps(summary, allow_nan=False)  # the contract: fail here, loudly, rather than in the DB layer
+    path = None
+    if ctx.artifact_path is not None:
+        path = rec.write_parquet(ctx.artifact_path, ctx.names, n=k)
+    return TrialResult(status=status, summary=summary, windows=windows, hardware=hardware, artifact_path=path,
+                       trace=platform.core.log)
+
+
+def _run_simulated(ctx: _Context, profiles: list[dict], function_idx: np.ndarray, *, budget: int,
+                   mem: list[int]) -> TrialResult:
+    """The simulated driver (workers.platform.sim) on the same core: a virtual clock, service times and cold starts
+    drawn from measured profiles. Windows are produced per simulated second, with the state at each second's end."""
+    from workers.platform.sim import ProfileError, SimPlatform
+
+    spec, rec = ctx.spec, ctx.rec
+    exp, var = spec.experiment, spec.variant
+    slots = None
+    if var.sharing == "spatial":
+        plan = ctx.plan
+        slots = len(plan.core_sets) if plan.core_sets else (len(plan.mig_devices) if plan.mig_devices
+                                                             else max(1, int(math.floor(1.0 / ctx.share + 1e-9))))
+    try:
+        sim = SimPlatform(exp.functions, var, recorder=rec, function_idx=function_idx,
+                          slo_latency_ms=exp.slo.latency_ms, profiles=profiles, seed=spec.seed + 7919 * spec.repeat,
+                          memory_budget_bytes=budget, mem_per_instance=mem, share=ctx.share, slots=slots,
+                          trace=ctx.trace)
+    except ProfileError as exc:
+        raise TrialFailed(str(exc)) from exc
+    windows: list[dict] = []
+
+    def emit(a: float, b: float) -> None:
+        w = rec.window(a, b, state=sim.state(), cost_usd=cost_mod.cost_so_far_usd(
+            list(rec.instances), spec.price, b, sharing=var.sharing))
+        windows.append(w)
+        if ctx.on_window is not None:
+            ctx.on_window(w)
+
+    wall0 = time.perf_counter()
+    end_s = sim.run(drain_grace_s=ctx.grace, run_end_s=ctx.run_end, cold_drain_extra_s=COLD_DRAIN_EXTRA_S,
+                    on_window=emit)
+    wall_s = time.perf_counter() - wall0
+    left = int(np.count_nonzero(rec.rows["outcome"] == 0))
+    if left:
+        ctx.notes.append(f"{left} request(s) not finished {ctx.grace:g} s after the last arrival were dropped "
+                         "(drain grace period)")
+    ctx.notes.append("simulated: service times and cold starts drawn from measured profiles, not run")
+    hardware = _hardware(ctx)
+    hardware["simulated_on"] = hardware.get("name")
+    hardware["profiles"] = [{"model": p.get("model"), "device": p.get("device"), "hardware": p.get("hardware"),
+                             "created": p.get("created"), "id": p.get("id")} for p in profiles]
+    simulation = {"wall_s": wall_s, "requests_per_s": len(rec.rows["intended_s"]) / max(wall_s, 1e-9),
+                  "profiles": hardware["profiles"],
+                  "modelled": ["service_time", "cold_start", "dispatch_lag", "platform_delay"]}
+    return _finish(ctx, sim, status="succeeded", k=len(rec.rows["intended_s"]), end_s=end_s, windows=windows,
+                   hardware=hardware, dispatch=None, telemetry=None, simulated=True,
+                   extra={"simulation": simulation})
 
 
 def _preload_end_of_trial_modules(parquet: bool) -> None:

@@ -1,0 +1,131 @@
+"""The simulated driver on the platform's own scheduling core.
+
+Queueing sanity uses profiles written here as data (a constant service time is an M/D/1 server, exponential samples an
+M/M/c one): the simulator must reproduce the analytic results. The same-actions tests replay the events a run logged
+(real driver, then simulated driver) through a fresh core and get the very actions the drivers executed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from workers.engine import run_trial
+from workers.platform.core import SchedulingCore, logged_actions, replay
+from workers.records import OUTCOME_OK
+from workers.spec import TrialSpec, parse_experiment
+
+
+def spec(variant: dict, workload: dict, *, functions=None, slo_ms=100.0, repeat=0) -> TrialSpec:
+    exp = parse_experiment({
+        "name": "sim", "device": "cpu", "slo": {"percentile": 99, "latency_ms": slo_ms},
+        "functions": functions or [{"name": "f", "model": "mlp-small"}],
+        "workload": workload, "variants": [{"name": "v", **variant}],
+    })
+    return TrialSpec(exp, exp.variants[0], repeat=repeat)
+
+
+def profile(service_ms, *, levels=(1,), cold_ms=(200.0,)) -> dict:
+    """A profile given as data: the same samples at every listed sharing level and batch size 1."""
+    samples = [float(x) for x in np.atleast_1d(service_ms)]
+    return {"version": 1, "model": "mlp-small", "device": "cpu", "hardware": "given as data",
+            "batch_sizes": [1], "sharing_levels": list(levels),
+            "service_ms": {str(lv): {"1": samples} for lv in levels},
+            "cold_start_ms": {"total": list(cold_ms)}}
+
+
+def latencies_ms(result) -> np.ndarray:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(result.artifact_path).to_pydict()
+    ok = np.asarray(t["outcome"]) == OUTCOME_OK
+    return (np.asarray(t["completed_s"])[ok] - np.asarray(t["intended_s"])[ok]) * 1e3
+
+
+def test_md1_mean_wait_matches_the_formula(tmp_path):
+    lam, d = 50.0, 0.010  # rho = 0.5
+    s = spec({"min_instances": 1, "max_instances": 1, "sharing": "time_slice"},
+             {"pattern": "poisson", "rate_rps": lam, "duration_s": 600})
+    res = run_trial(s, profiles=[profile(d * 1e3)], artifact_path=tmp_path / "a.parquet")
+    lat = latencies_ms(res) / 1e3
+    rho = lam * d
+    wq = rho * d / (2 * (1 - rho))  # Pollaczek-Khinchine for deterministic service
+    assert res.summary["simulated"] is True
+    assert abs((lat.mean() - d) - wq) / wq < 0.06, (lat.mean() - d, wq)
+
+
+def erlang_c_wait(lam: float, mu: float, c: int) -> float:
+    a = lam / mu
+    rho = a / c
+    top = a ** c / math.factorial(c) / (1 - rho)
+    p_wait = top / (sum(a ** k / math.factorial(k) for k in range(c)) + top)
+    return p_wait / (c * mu - lam)
+
+
+def test_mmc_mean_wait_matches_erlang_c(tmp_path):
+    c, mu, lam = 3, 100.0, 240.0  # rho = 0.8
+    u = (np.arange(4000) + 0.5) / 4000
+    exp_samples = -np.log(1 - u) / mu * 1e3  # exponential service, as quantiles
+    s = spec({"min_instances": c, "max_instances": c, "sharing": "time_slice"},
+             {"pattern": "poisson", "rate_rps": lam, "duration_s": 600})
+    res = run_trial(s, profiles=[profile(exp_samples, levels=(1, 2, 3))], artifact_path=tmp_path / "a.parquet")
+    lat = latencies_ms(res) / 1e3
+    wq = erlang_c_wait(lam, mu, c)
+    assert abs((lat.mean() - 1 / mu) - wq) / wq < 0.12, (lat.mean() - 1 / mu, wq)
+
+
+def test_a_seed_gives_the_same_simulation_and_another_repeat_differs():
+    variant = {"min_instances": 0, "max_instances": 2, "keep_alive": {"policy": "fixed", "ttl_s": 0.5}}
+    wl = {"pattern": "poisson", "rate_rps": 20, "duration_s": 30}
+    s = spec(variant, wl)
+    prof = profile(np.linspace(4, 12, 50), levels=(1, 2), cold_ms=(150.0, 300.0))
+    a = run_trial(s, profiles=[prof]).summary
+    b = run_trial(s, profiles=[prof]).summary
+    assert a["latency_ms"] == b["latency_ms"] and a["cold_starts"] == b["cold_starts"]
+    other = run_trial(spec(variant, wl, repeat=1), profiles=[prof])
+    assert other.summary["latency_ms"] != a["latency_ms"]
+
+
+def _fresh_core(result_spec: TrialSpec, rows: dict, fidx: np.ndarray) -> SchedulingCore:
+    exp, var = result_spec.experiment, result_spec.variant
+    return SchedulingCore(exp.functions, var, rows=rows, function_idx=fidx, slo_latency_ms=exp.slo.latency_ms)
+
+
+def _replayed_equals_logged(s: TrialSpec, result, tmp_path) -> None:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(result.artifact_path).to_pydict()
+    names = [f.name for f in s.experiment.functions]
+    fidx = np.asarray([names.index(f) for f in t["function"]]) if isinstance(t["function"][0], str) \
+        else np.asarray(t["function"])
+    # The replaying core reads sent_s (batchers' oldest waits) from the same rows the run wrote.
+    rows = {"sent_s": np.asarray(t["sent_s"], dtype=float), "intended_s": np.asarray(t["intended_s"], dtype=float),
+            "outcome": np.zeros(len(fidx), dtype=np.int8)}
+    logged = logged_actions(result.trace)
+    got = replay(_fresh_core(s, rows, fidx), result.trace)
+    assert len(got) == len(logged) > 10
+    assert got == logged
+
+
+@pytest.mark.parametrize("variant", [
+    {"sharing": "time_slice", "min_instances": 0, "max_instances": 2, "keep_alive": {"policy": "fixed", "ttl_s": 0.3},
+     "batching": {"mode": "fixed", "max_batch_size": 4, "max_queue_delay_ms": 5}},
+    {"sharing": "exclusive", "min_instances": 0, "max_instances": 1, "keep_alive": {"policy": "fixed", "ttl_s": 0.3}},
+])
+def test_real_and_simulated_runs_replay_to_the_same_actions(variant, tmp_path):
+    """Both drivers execute exactly what the one core decides: the events each run logged, fed to a fresh core,
+    give the actions that run executed, one for one."""
+    functions = [{"name": "f", "model": "mlp-small"}, {"name": "g", "model": "null"}]
+    wl = {"pattern": "poisson", "rate_rps": 40, "duration_s": 1.5}
+    s = spec({"runtime": "thread", **variant}, wl, functions=functions)
+    real = run_trial(s, trace=True, artifact_path=tmp_path / "real.parquet")
+    _replayed_equals_logged(s, real, tmp_path)
+    prof = profile(np.linspace(0.5, 2.0, 20), levels=(1, 2), cold_ms=(50.0,))
+    sim = run_trial(s, trace=True, profiles=[prof, prof], artifact_path=tmp_path / "sim.parquet")
+    _replayed_equals_logged(s, sim, tmp_path)
+    # One policy, two clocks: the keep-alive changes the actions of both drivers the same way.
+    kinds_real = {a[0] for acts in logged_actions(real.trace) for a in acts}
+    kinds_sim = {a[0] for acts in logged_actions(sim.trace) for a in acts}
+    assert {"start", "run", "evict"} <= kinds_real and {"start", "run", "evict"} <= kinds_sim

@@ -1,0 +1,272 @@
+"""The simulated driver: the same scheduling core (workers.platform.core) on a virtual clock.
+
+Nothing runs: a batch's service time and a cold start's phases are drawn from a profile measured on the real device
+(workers.profiling: ProcessRunner.run(k) wall times per batch size and sharing level, real cold starts), and the
+core's actions are executed as events in time order. Every decision (batching, autoscaling, keep-alive, pre-warms,
+the exclusive swap rule, memory admission) is the core's, the very code the real driver runs.
+
+What is modelled, and so labelled on every simulated result:
+  - service time: an empirical draw for the batch size (sizes between two measured ones interpolated at the same
+    quantile, sizes above the largest extrapolated linearly) at the nearest measured sharing level (the number of
+    batches running at once on the device; above the largest measured level, scaled by level / measured level,
+    i.e. processor sharing);
+  - cold start: one measured cold start (all its phases) drawn at random, plus the variant's modelled delay;
+  - dispatch: requests are sent exactly when intended (the real dispatcher's lag, tens of microseconds, is not
+    added) and an eviction frees its memory at once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from workers.platform.core import (
+    EVICT,
+    FINISH,
+    RUN,
+    START,
+    TIMER,
+    InstanceState,
+    SchedulingCore,
+    cold_start_record,
+    record_batch,
+)
+from workers.recorder import Recorder
+from workers.spec import FunctionSpec, VariantSpec
+
+_ARRIVAL, _READY, _DONE, _RELEASED, _TIMER = 0, 1, 2, 3, 4
+COLD_PHASES = ("process_start", "import", "device_context", "build", "load", "to_device", "warmup")
+
+
+class ProfileError(ValueError):
+    """A profile cannot drive the simulator (missing cells); the message names what is missing."""
+
+
+class ServiceModel:
+    """Service times and cold starts of one function, drawn from its measured profile."""
+
+    def __init__(self, profile: dict, rng: np.random.Generator):
+        self.rng = rng
+        self.profile = profile
+        service = profile.get("service_ms") or {}
+        self.levels = sorted(int(k) for k in service)
+        if not self.levels:
+            raise ProfileError(f"profile of {profile.get('model')!r} has no service_ms samples")
+        # level -> (sorted batch sizes, list of sorted sample arrays in seconds)
+        self._cells: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+        for lv in self.levels:
+            cells = service[str(lv)] if str(lv) in service else service[lv]
+            sizes = sorted(int(b) for b in cells)
+            arrays = [np.sort(np.asarray(cells[str(b)] if str(b) in cells else cells[b], dtype=float)) / 1e3
+                      for b in sizes]
+            if not sizes or any(len(a) == 0 for a in arrays):
+                raise ProfileError(f"profile of {profile.get('model')!r}: level {lv} has an empty cell")
+            self._cells[lv] = (np.asarray(sizes), arrays)
+        cold = profile.get("cold_start_ms") or {}
+        total = np.asarray(cold.get("total") or [], dtype=float)
+        if len(total) == 0:
+            raise ProfileError(f"profile of {profile.get('model')!r} has no cold_start_ms.total samples")
+        self._cold_total = total
+        self._cold_phases = {p: np.asarray(cold[p], dtype=float) for p in COLD_PHASES
+                             if p in cold and len(cold[p]) == len(total)}
+
+    def service_s(self, batch: int, level: int) -> float:
+        lv = min(self.levels, key=lambda x: (abs(x - level), x))
+        scale = 1.0
+        if level > self.levels[-1]:
+            lv = self.levels[-1]
+            scale = level / lv
+        sizes, arrays = self._cells[lv]
+        u = self.rng.random()
+        j = int(np.searchsorted(sizes, batch))
+        if j < len(sizes) and sizes[j] == batch:
+            return scale * _at(arrays[j], u)
+        if j == 0:
+            return scale * _at(arrays[0], u) * batch / sizes[0]
+        if j >= len(sizes):  # above the largest: extend the last two linearly
+            if len(sizes) == 1:
+                return scale * _at(arrays[-1], u) * batch / sizes[-1]
+            b1, b2 = sizes[-2], sizes[-1]
+            s1, s2 = _at(arrays[-2], u), _at(arrays[-1], u)
+            return scale * max(s2, s2 + (s2 - s1) * (batch - b2) / (b2 - b1))
+        b1, b2 = sizes[j - 1], sizes[j]
+        s1, s2 = _at(arrays[j - 1], u), _at(arrays[j], u)
+        return scale * (s1 + (s2 - s1) * (batch - b1) / (b2 - b1))
+
+    def cold_start(self) -> tuple[float, dict]:
+        """(total seconds, phases in ms) of one measured cold start."""
+        k = int(self.rng.integers(len(self._cold_total)))
+        phases = {p: float(v[k]) for p, v in self._cold_phases.items()}
+        return float(self._cold_total[k]) / 1e3, phases
+
+
+def _at(sorted_samples: np.ndarray, u: float) -> float:
+    return float(sorted_samples[min(len(sorted_samples) - 1, int(u * len(sorted_samples)))])
+
+
+class SimPlatform:
+    """Runs one trial's functions on one simulated device. run() replays every arrival and returns the end time."""
+
+    simulated = True
+
+    def __init__(self, functions: Sequence[FunctionSpec], variant: VariantSpec, *, recorder: Recorder,
+                 function_idx: np.ndarray, slo_latency_ms: float, profiles: Sequence[dict], seed: int = 0,
+                 memory_budget_bytes: int | None = None, mem_per_instance: Sequence[int] | None = None,
+                 share: float | None = None, slots: int | None = None, trace: bool = False):
+        self.functions = list(functions)
+        self.variant = variant
+        self.rec = recorder
+        self.platform_delay_s = float(variant.platform_delay_ms) / 1000.0
+        self.rng = np.random.default_rng(seed)
+        self.models = [ServiceModel(p, self.rng) for p in profiles]
+        self.core = SchedulingCore(functions, variant, rows=recorder.rows, function_idx=function_idx,
+                                   slo_latency_ms=slo_latency_ms, memory_budget_bytes=memory_budget_bytes,
+                                   mem_per_instance=mem_per_instance, share=share, slots=slots, trace=trace)
+        self.errors = 0
+        self.error_messages: list[str] = []
+        self.spatial_children: list[dict] = []
+        self._heap: list = []
+        self._seq = 0
+        self._timer_at: set[float] = set()
+        self._busy = 0  # batches running on the device now (the sharing level a new batch sees)
+        self.now = 0.0
+
+    @property
+    def prewarms(self) -> int:
+        return self.core.prewarms
+
+    def state(self) -> dict:
+        return self.core.state()
+
+    def pending(self) -> int:
+        return self.core.pending()
+
+    # ---- events -------------------------------------------------------------------------------------------
+    def _push(self, t: float, kind: int, payload) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, payload))
+
+    def _apply(self, actions: list, now: float) -> None:
+        rows = self.rec.rows
+        for a in actions:
+            kind = a[0]
+            if kind == RUN:
+                inst, idx = a[1], a[2]
+                self._busy += 1
+                svc = self.models[inst.fn.idx].service_s(len(idx), self._busy)
+                self._push(now + svc, _DONE, (inst, idx, now))
+            elif kind == FINISH:
+                rows["outcome"][a[1]] = a[2]
+                self.rec.finished(a[1])
+            elif kind == TIMER:
+                t = max(now, float(a[1]))
+                if t not in self._timer_at:
+                    self._timer_at.add(t)
+                    self._push(t, _TIMER, None)
+            elif kind == START:
+                inst = a[1]
+                self.rec.instances.append(inst.life)
+                if not inst.prestart:
+                    self.rec.cold_start_began.append(inst.cs_start_s)
+                total_s, phases = self.models[inst.fn.idx].cold_start()
+                self._push(inst.delay_end_s + total_s, _READY, (inst, phases))
+            elif kind == EVICT:
+                self._push(now, _RELEASED, a[1])
+
+    def _ready(self, inst: InstanceState, phases: dict, now: float) -> None:
+        if not self.core.closed:
+            self.rec.cold_starts.append(cold_start_record(inst, now, phases, platform_delay_s=self.platform_delay_s))
+        self._apply(self.core.instance_ready(inst, now), now)
+
+    def _done(self, inst: InstanceState, idx: np.ndarray, t_start: float, now: float) -> None:
+        self._busy -= 1
+        if not self.core.closed:
+            record_batch(self.rec.rows, inst, idx, t_start, now, True)
+            self.rec.finished(idx)
+        self.rec.n_batches += 1
+        self._apply(self.core.batch_done(inst, now, t_start, True), now)
+
+    # ---- the run ----------------------------------------------------------------------------------------
+    def run(self, *, drain_grace_s: float, run_end_s: float, cold_drain_extra_s: float = 120.0,
+            on_window: Callable[[float, float], None] | None = None) -> float:
+        """Replay every arrival (rows["intended_s"], sorted; sent when intended), prestart included, and drain
+        like the real engine: until nothing is pending after the run's end, or the grace after the last arrival
+        (extended while a cold start is still running) has passed. Returns end_s. on_window(a, b) is called for
+        each whole second of run time passed, in order, before the events after b."""
+        rows = self.rec.rows
+        intended = rows["intended_s"]
+        sent = rows["sent_s"]
+        fidx = self.core.fidx
+        single = self.core.single
+        n = len(intended)
+        core = self.core
+        heap = self._heap
+        # Prestart at run time 0 minus the time it takes (the real engine waits for min instances before t0).
+        self._apply(core.prestart(0.0), 0.0)
+        t_pre = 0.0
+        while heap and heap[0][2] == _READY:
+            t, _, _, (inst, phases) = heapq.heappop(heap)
+            t_pre = t
+            self._ready(inst, phases, t)
+        if t_pre > 0:
+            core.shift(t_pre)
+            for cs in self.rec.cold_starts:
+                cs.start_s -= t_pre
+                cs.end_s -= t_pre
+            self._heap = heap = [(t - t_pre, s, k, p) for (t, s, k, p) in heap]
+            heapq.heapify(heap)
+            self._timer_at = {t - t_pre for t in self._timer_at}
+        last = float(intended[-1]) if n else 0.0
+        next_win = 1.0
+        i = 0
+        now = 0.0
+        while True:
+            t_arr = float(intended[i]) if i < n else math.inf
+            t_ev = heap[0][0] if heap else math.inf
+            t = min(t_arr, t_ev)
+            if i >= n:
+                starting = core.state()["instances_starting"] > 0
+                if core.pending() == 0 and t >= run_end_s or t == math.inf:
+                    now = max(now, run_end_s)
+                    break
+                limit = last + drain_grace_s + (cold_drain_extra_s + self.platform_delay_s if starting else 0.0)
+                if t > max(limit, run_end_s):
+                    now = max(limit, run_end_s)
+                    break
+            while on_window is not None and t >= next_win:
+                on_window(next_win - 1.0, next_win)
+                next_win += 1.0
+            now = t
+            if t_arr <= t_ev:
+                sent[i] = t_arr
+                self._apply(core.arrival(0 if single else int(fidx[i]), 1, t_arr), t_arr)
+                i += 1
+                continue
+            _, _, kind, payload = heapq.heappop(heap)
+            if kind == _DONE:
+                inst, idx, t_start = payload
+                self._done(inst, idx, t_start, now)
+            elif kind == _READY:
+                self._ready(payload[0], payload[1], now)
+            elif kind == _TIMER:
+                self._timer_at.discard(now)
+                self._apply(core.timer(now), now)
+            elif kind == _RELEASED:
+                self._apply(core.released(payload, now), now)
+        end_s = now
+        self.end_s = end_s
+        self._windows_to = next_win
+        core.stop(end_s)
+        for a in core.close(end_s):
+            rows["outcome"][a[1]] = a[2]
+            self.rec.finished(a[1])
+        if on_window is not None:
+            while end_s >= next_win:
+                on_window(next_win - 1.0, next_win)
+                next_win += 1.0
+            if end_s - (next_win - 1.0) > 0.05:
+                on_window(next_win - 1.0, end_s)
+        return end_s
