@@ -123,7 +123,8 @@ def cost_inputs(instances: Sequence[InstanceLife], *, end_s: float, devices: int
     instance's span (all of them: trial_cost caps the stored list)."""
     _check_sharing(sharing)
     spans = [{"function": int(i.function), "instance": int(i.instance), "start_s": _round(i.start_s),
-              "end_s": _round(i.end_s), "last_busy_end_s": _round(i.last_busy_end_s), "share": float(i.share)}
+              "end_s": _round(i.end_s), "last_busy_end_s": _round(i.last_busy_end_s), "share": float(i.share),
+              **({"device": int(i.device)} if getattr(i, "device", 0) else {})}
              for i in instances]
     start = min([0.0] + [s["start_s"] for s in spans])
     end = max([_round(end_s), start] + [s["end_s"] for s in spans])
@@ -149,7 +150,8 @@ def _figures(inputs: dict, price: PriceSpec | None, completed: int, good: int) -
     spans = inputs["spans"]
     billed = [_billed_s(s["start_s"], s["end_s"], s["last_busy_end_s"], price) for s in spans]
     intervals = [(s["start_s"], s["start_s"] + b) for s, b in zip(spans, billed, strict=True)]
-    dev_s = sum(device_seconds(intervals, [s["share"] for s in spans], inputs["sharing"]))
+    dev_s = _device_seconds_per_device(intervals, [s["share"] for s in spans], [s.get("device", 0) for s in spans],
+                                       inputs["sharing"])
     serverless = dev_s * price.serverless_usd_per_s
     span_s = float(inputs["span_end_s"]) - float(inputs["span_start_s"])
     devices = int(inputs["devices"])
@@ -219,5 +221,17 @@ def cost_so_far_usd(instances: Sequence[InstanceLife], price: PriceSpec | None, 
     for inst in instances:
         end = _billed_end_s(inst.end_s, inst.last_busy_end_s, price) if inst.evicted else now_s
         intervals.append((inst.start_s, max(inst.start_s, min(end, now_s))))
-    dev_s = sum(device_seconds(intervals, [i.share for i in instances], sharing))
+    dev_s = _device_seconds_per_device(intervals, [i.share for i in instances],
+                                       [getattr(i, "device", 0) for i in instances], sharing)
     return float(dev_s * price.serverless_usd_per_s)
+
+
+def _device_seconds_per_device(intervals, shares, devices, sharing: str) -> float:
+    """Total device-seconds, time-slicing counted per device (a simulated fleet has several)."""
+    if len(set(devices)) <= 1:
+        return float(sum(device_seconds(intervals, shares, sharing)))
+    total = 0.0
+    for d in set(devices):
+        pick = [k for k, dv in enumerate(devices) if dv == d]
+        total += sum(device_seconds([intervals[k] for k in pick], [shares[k] for k in pick], sharing))
+    return float(total)

@@ -75,6 +75,7 @@ class InstanceLife:
     last_busy_end_s: float  # end of its last batch (start_s if it never ran one)
     busy_s: float  # total seconds it spent running batches
     evicted: bool  # False: still alive when the run ended
+    device: int = 0  # which device of the trial (a simulated fleet has several; a real trial one)
 
 
 def json_safe(value: Any) -> Any:

@@ -431,7 +431,12 @@ def test_five_million_requests_summarize_in_seconds():
     rows = steady_rows(n, n / 3600.0, rng.lognormal(np.log(0.02), 0.5, n), functions=2)
     rows["outcome"][rng.random(n) < 0.001] = OUTCOME_DROPPED
     started = time.perf_counter()
+    np.sort(rows["completed_s"] - rows["intended_s"])  # the baseline: one sort of the latencies, on this machine now
+    one_sort = time.perf_counter() - started
+    started = time.perf_counter()
     s = summarize_rows(rows, SLOSpec(99.0, 100.0, 0.01), arrival_s=3600.0, function_names=["a", "b"])
     elapsed = time.perf_counter() - started
     assert s["slo_percentile_ci_ms"][0] <= s["slo_percentile_ms"] <= s["slo_percentile_ci_ms"][1]
-    assert elapsed < 8.0, f"{elapsed:.1f} s"
+    # Sorting each of the bootstrap's resamples would cost hundreds of sorts; the summary must cost a few dozen.
+    print(f"summary of {n} requests: {elapsed:.2f} s ({elapsed / one_sort:.0f} sorts)")
+    assert elapsed < 150 * one_sort, f"{elapsed:.1f} s = {elapsed / one_sort:.0f} sorts of the latencies"

@@ -28,8 +28,9 @@ The core is not thread-safe: the real driver calls it under one lock. Times are 
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +59,8 @@ class CoreError(RuntimeError):
 
 @dataclass(eq=False)
 class FunctionState:
-    idx: int
+    idx: int  # index among this core's functions
+    gidx: int  # index among the trial's functions (rows["function"], records)
     spec: FunctionSpec
     order: np.ndarray  # request indices of this function, in arrival order
     batcher: Batcher
@@ -118,8 +120,13 @@ class SchedulingCore:
     def __init__(self, functions: Sequence[FunctionSpec], variant: VariantSpec, *, rows: dict[str, np.ndarray],
                  function_idx: np.ndarray, slo_latency_ms: float, memory_budget_bytes: int | None = None,
                  mem_per_instance: Sequence[int] | None = None, share: float | None = None,
-                 slots: int | None = None, trace: bool = False):
+                 slots: int | None = None, trace: bool = False, function_ids: Sequence[int] | None = None,
+                 ids: Iterator[int] | None = None, device: int = 0):
+        """function_ids: the trial-wide index of each of `functions` (a simulated fleet places a subset of the
+        trial's functions on each device's core; default: all of them, in order). ids: where instance ids come from
+        (shared by the cores of a fleet so ids stay unique). device: the device index recorded on instances."""
         self.variant = variant
+        self.device = int(device)
         self.rows = rows  # the recorder's columns: sent_s / intended_s are read, nothing is written here
         self.mode = variant.sharing
         self.exclusive = self.mode == "exclusive"
@@ -136,15 +143,16 @@ class SchedulingCore:
         self.closed = False
         self.instances: list[InstanceState] = []
         self.lives: list[InstanceLife] = []
-        self._next_id = 0
+        self._ids = ids if ids is not None else itertools.count()
         fidx = np.asarray(function_idx)
-        self.single = len(functions) == 1
+        gids = list(range(len(functions))) if function_ids is None else [int(g) for g in function_ids]
+        self.single = len(functions) == 1 and function_ids is None
         self.fidx = fidx
         self.fns: list[FunctionState] = []
         for i, f in enumerate(functions):
-            order = np.arange(len(fidx), dtype=np.int64) if self.single else np.flatnonzero(fidx == i)
+            order = np.arange(len(fidx), dtype=np.int64) if self.single else np.flatnonzero(fidx == gids[i])
             mem = int(mem_per_instance[i]) if mem_per_instance is not None else 0
-            self.fns.append(FunctionState(idx=i, spec=f, order=order, mem_bytes=mem,
+            self.fns.append(FunctionState(idx=i, gidx=gids[i], spec=f, order=order, mem_bytes=mem,
                                           batcher=make_batcher(variant.batching, slo_latency_ms=slo_latency_ms)))
         self._needs_intended = [getattr(fn.batcher, "deadline_s", None) is not None for fn in self.fns]
         self.free_slots: list[int] = list(range(slots if slots is not None else variant.max_instances)) \
@@ -474,11 +482,10 @@ class SchedulingCore:
             ok, slot = self._admit(fn)
             if not ok:
                 return False
-        iid = self._next_id
-        self._next_id += 1
+        iid = next(self._ids)
         share = 1.0 if self.exclusive else self.share
-        life = InstanceLife(function=fn.idx, instance=iid, share=share, start_s=now, end_s=now,
-                            last_busy_end_s=now, busy_s=0.0, evicted=False)
+        life = InstanceLife(function=fn.gidx, instance=iid, share=share, start_s=now, end_s=now,
+                            last_busy_end_s=now, busy_s=0.0, evicted=False, device=self.device)
         inst = InstanceState(id=iid, fn=fn, share=share, life=life, prestart=prestart, slot=slot,
                              keep_until_s=keep_until_s, cs_start_s=now, delay_end_s=now + self.platform_delay_s)
         fn.n_starting += 1
@@ -668,7 +675,7 @@ def action_key(action: tuple) -> tuple:
     kind = action[0]
     if kind == START:
         inst = action[1]
-        return START, inst.id, inst.fn.idx, inst.prestart, inst.keep_until_s
+        return START, inst.id, inst.fn.gidx, inst.prestart, inst.keep_until_s
     if kind == RUN:
         return RUN, action[1].id, tuple(int(i) for i in action[2])
     if kind == EVICT:
@@ -716,6 +723,41 @@ def replay(core: SchedulingCore, log: list[tuple]) -> list[list[tuple]]:
 
 def logged_actions(log: list[tuple]) -> list[list[tuple]]:
     return [entry[1] for entry in log if entry[0] == "->"]
+
+
+# ---- placement of functions on a fleet's devices ---------------------------------------------------------
+PLACEMENTS = ("first_fit", "load_pack")
+LOAD_PACK_TARGET = 0.7  # load_pack fills a device up to this measured utilisation before opening the next
+
+
+def place(mem_bytes: Sequence[int], loads: Sequence[float], devices: int, budget_bytes: int | None,
+          policy: str) -> list[int]:
+    """The device of each function. mem_bytes: one instance's memory; loads: measured work per second of run time
+    (arrival rate x mean service time: 1.0 keeps one instance busy all the time).
+
+    first_fit: functions in spec order, each on the first device whose placed functions (one instance each) still
+      leave room for it in memory.
+    load_pack: heaviest first, each on the first device whose measured load stays within LOAD_PACK_TARGET and whose
+      memory fits (first-fit decreasing: few devices run hot, the rest stay free).
+    A function that fits nowhere goes to the device with the most free memory (its instances then compete there:
+    the core evicts idle ones, least recently used first)."""
+    if policy not in PLACEMENTS:
+        raise ValueError(f"unknown placement {policy!r} (one of {', '.join(PLACEMENTS)})")
+    n = len(mem_bytes)
+    devices = max(1, int(devices))
+    used = [0] * devices
+    load = [0.0] * devices
+    out = [0] * n
+    cap = budget_bytes if budget_bytes is not None else math.inf
+    order = range(n) if policy == "first_fit" else sorted(range(n), key=lambda i: (-loads[i], i))
+    for i in order:
+        fits = [d for d in range(devices) if used[d] + mem_bytes[i] <= cap
+                and (policy == "first_fit" or load[d] + loads[i] <= LOAD_PACK_TARGET or load[d] == 0.0)]
+        d = fits[0] if fits else min(range(devices), key=lambda d: (used[d], load[d], d))
+        out[i] = d
+        used[d] += mem_bytes[i]
+        load[d] += loads[i]
+    return out
 
 
 # ---- what both drivers write -------------------------------------------------------------------------------
@@ -770,7 +812,7 @@ def cold_start_record(inst: InstanceState, t_ready: float, timings_ms: dict, *, 
     if platform_delay_s > 0:
         timings["platform_delay_modelled"] = platform_delay_s * 1e3
     timings["total"] = (t_ready - inst.cs_start_s) * 1e3
-    return ColdStart(function=inst.fn.idx, instance=inst.id, start_s=inst.cs_start_s, end_s=t_ready,
+    return ColdStart(function=inst.fn.gidx, instance=inst.id, start_s=inst.cs_start_s, end_s=t_ready,
                      load_ms=float(timings.get("load", 0.0)) + float(timings.get("to_device", 0.0)),
                      during_load=not inst.prestart, timings_ms=timings,
                      page_cache_resident=page_cache_resident, weights_bytes=weights_bytes)

@@ -18,6 +18,7 @@ What is modelled, and so labelled on every simulated result:
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -115,79 +116,107 @@ class SimPlatform:
     def __init__(self, functions: Sequence[FunctionSpec], variant: VariantSpec, *, recorder: Recorder,
                  function_idx: np.ndarray, slo_latency_ms: float, profiles: Sequence[dict], seed: int = 0,
                  memory_budget_bytes: int | None = None, mem_per_instance: Sequence[int] | None = None,
-                 share: float | None = None, slots: int | None = None, trace: bool = False):
+                 share: float | None = None, slots: int | None = None, trace: bool = False,
+                 placement: Sequence[int] | None = None):
+        """placement: the device of each function (workers.platform.core.place); None: one device. Each device has
+        its own core (its own memory budget, slots, keep-alive and autoscaler state); instance ids are trial-wide."""
         self.functions = list(functions)
         self.variant = variant
         self.rec = recorder
         self.platform_delay_s = float(variant.platform_delay_ms) / 1000.0
         self.rng = np.random.default_rng(seed)
         self.models = [ServiceModel(p, self.rng) for p in profiles]
-        self.core = SchedulingCore(functions, variant, rows=recorder.rows, function_idx=function_idx,
-                                   slo_latency_ms=slo_latency_ms, memory_budget_bytes=memory_budget_bytes,
-                                   mem_per_instance=mem_per_instance, share=share, slots=slots, trace=trace)
+        n_fn = len(self.functions)
+        placement = list(placement) if placement is not None else [0] * n_fn
+        self.placement = placement
+        self.devices = max(placement) + 1 if placement else 1
+        ids = itertools.count()
+        self.cores: list[SchedulingCore] = []
+        self._route = np.zeros((n_fn, 2), dtype=np.int64)  # function -> (core, index within the core)
+        for d in range(self.devices):
+            mine = [i for i in range(n_fn) if placement[i] == d]
+            if not mine:
+                continue
+            for local, g in enumerate(mine):
+                self._route[g] = (len(self.cores), local)
+            self.cores.append(SchedulingCore(
+                [self.functions[i] for i in mine], variant, rows=recorder.rows, function_idx=function_idx,
+                slo_latency_ms=slo_latency_ms, memory_budget_bytes=memory_budget_bytes,
+                mem_per_instance=[mem_per_instance[i] for i in mine] if mem_per_instance is not None else None,
+                share=share, slots=slots, trace=trace and self.devices == 1,
+                function_ids=None if self.devices == 1 else mine, ids=ids, device=d))
+        self.core = self.cores[0]
         self.errors = 0
         self.error_messages: list[str] = []
         self.spatial_children: list[dict] = []
         self._heap: list = []
         self._seq = 0
-        self._timer_at: set[float] = set()
-        self._busy = 0  # batches running on the device now (the sharing level a new batch sees)
-        self.now = 0.0
+        self._timer_at: set[tuple[int, float]] = set()
+        self._busy = [0] * self.devices  # batches running on each device now (the sharing level a batch sees)
 
     @property
     def prewarms(self) -> int:
-        return self.core.prewarms
+        return sum(c.prewarms for c in self.cores)
 
     def state(self) -> dict:
-        return self.core.state()
+        out: dict = {}
+        for c in self.cores:
+            for k, v in c.state().items():
+                out[k] = out.get(k, 0) + v
+        return out
 
     def pending(self) -> int:
-        return self.core.pending()
+        return sum(c.pending() for c in self.cores)
 
     # ---- events -------------------------------------------------------------------------------------------
     def _push(self, t: float, kind: int, payload) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (t, self._seq, kind, payload))
 
-    def _apply(self, actions: list, now: float) -> None:
+    def _apply(self, actions: list, now: float, core: SchedulingCore) -> None:
         rows = self.rec.rows
         for a in actions:
             kind = a[0]
             if kind == RUN:
                 inst, idx = a[1], a[2]
-                self._busy += 1
-                svc = self.models[inst.fn.idx].service_s(len(idx), self._busy)
+                d = core.device
+                self._busy[d] += 1
+                svc = self.models[inst.fn.gidx].service_s(len(idx), self._busy[d])
                 self._push(now + svc, _DONE, (inst, idx, now))
             elif kind == FINISH:
                 rows["outcome"][a[1]] = a[2]
                 self.rec.finished(a[1])
             elif kind == TIMER:
                 t = max(now, float(a[1]))
-                if t not in self._timer_at:
-                    self._timer_at.add(t)
-                    self._push(t, _TIMER, None)
+                key = (core.device, t)
+                if key not in self._timer_at:
+                    self._timer_at.add(key)
+                    self._push(t, _TIMER, core)
             elif kind == START:
                 inst = a[1]
+                inst.driver = core
                 self.rec.instances.append(inst.life)
                 if not inst.prestart:
                     self.rec.cold_start_began.append(inst.cs_start_s)
-                total_s, phases = self.models[inst.fn.idx].cold_start()
+                total_s, phases = self.models[inst.fn.gidx].cold_start()
                 self._push(inst.delay_end_s + total_s, _READY, (inst, phases))
             elif kind == EVICT:
                 self._push(now, _RELEASED, a[1])
 
     def _ready(self, inst: InstanceState, phases: dict, now: float) -> None:
-        if not self.core.closed:
+        core = inst.driver
+        if not core.closed:
             self.rec.cold_starts.append(cold_start_record(inst, now, phases, platform_delay_s=self.platform_delay_s))
-        self._apply(self.core.instance_ready(inst, now), now)
+        self._apply(core.instance_ready(inst, now), now, core)
 
     def _done(self, inst: InstanceState, idx: np.ndarray, t_start: float, now: float) -> None:
-        self._busy -= 1
-        if not self.core.closed:
+        core = inst.driver
+        self._busy[core.device] -= 1
+        if not core.closed:
             record_batch(self.rec.rows, inst, idx, t_start, now, True)
             self.rec.finished(idx)
         self.rec.n_batches += 1
-        self._apply(self.core.batch_done(inst, now, t_start, True), now)
+        self._apply(core.batch_done(inst, now, t_start, True), now, core)
 
     # ---- the run ----------------------------------------------------------------------------------------
     def run(self, *, drain_grace_s: float, run_end_s: float, cold_drain_extra_s: float = 120.0,
@@ -200,25 +229,28 @@ class SimPlatform:
         intended = rows["intended_s"]
         sent = rows["sent_s"]
         fidx = self.core.fidx
-        single = self.core.single
         n = len(intended)
-        core = self.core
+        route = self._route
+        cores = self.cores
+        one = self.core if len(cores) == 1 and self.core.single else None
         heap = self._heap
         # Prestart at run time 0 minus the time it takes (the real engine waits for min instances before t0).
-        self._apply(core.prestart(0.0), 0.0)
+        for core in cores:
+            self._apply(core.prestart(0.0), 0.0, core)
         t_pre = 0.0
         while heap and heap[0][2] == _READY:
             t, _, _, (inst, phases) = heapq.heappop(heap)
             t_pre = t
             self._ready(inst, phases, t)
         if t_pre > 0:
-            core.shift(t_pre)
+            for core in cores:
+                core.shift(t_pre)
             for cs in self.rec.cold_starts:
                 cs.start_s -= t_pre
                 cs.end_s -= t_pre
             self._heap = heap = [(t - t_pre, s, k, p) for (t, s, k, p) in heap]
             heapq.heapify(heap)
-            self._timer_at = {t - t_pre for t in self._timer_at}
+            self._timer_at = {(d, t - t_pre) for d, t in self._timer_at}
         last = float(intended[-1]) if n else 0.0
         next_win = 1.0
         i = 0
@@ -228,8 +260,8 @@ class SimPlatform:
             t_ev = heap[0][0] if heap else math.inf
             t = min(t_arr, t_ev)
             if i >= n:
-                starting = core.state()["instances_starting"] > 0
-                if core.pending() == 0 and t >= run_end_s or t == math.inf:
+                starting = self.state()["instances_starting"] > 0
+                if self.pending() == 0 and t >= run_end_s or t == math.inf:
                     now = max(now, run_end_s)
                     break
                 limit = last + drain_grace_s + (cold_drain_extra_s + self.platform_delay_s if starting else 0.0)
@@ -242,7 +274,12 @@ class SimPlatform:
             now = t
             if t_arr <= t_ev:
                 sent[i] = t_arr
-                self._apply(core.arrival(0 if single else int(fidx[i]), 1, t_arr), t_arr)
+                if one is not None:
+                    self._apply(one.arrival(0, 1, t_arr), t_arr, one)
+                else:
+                    c, local = route[fidx[i]]
+                    core = cores[c]
+                    self._apply(core.arrival(int(local), 1, t_arr), t_arr, core)
                 i += 1
                 continue
             _, _, kind, payload = heapq.heappop(heap)
@@ -252,17 +289,19 @@ class SimPlatform:
             elif kind == _READY:
                 self._ready(payload[0], payload[1], now)
             elif kind == _TIMER:
-                self._timer_at.discard(now)
-                self._apply(core.timer(now), now)
+                self._timer_at.discard((payload.device, now))
+                self._apply(payload.timer(now), now, payload)
             elif kind == _RELEASED:
-                self._apply(core.released(payload, now), now)
+                core = payload.driver
+                self._apply(core.released(payload, now), now, core)
         end_s = now
         self.end_s = end_s
         self._windows_to = next_win
-        core.stop(end_s)
-        for a in core.close(end_s):
-            rows["outcome"][a[1]] = a[2]
-            self.rec.finished(a[1])
+        for core in cores:
+            core.stop(end_s)
+            for a in core.close(end_s):
+                rows["outcome"][a[1]] = a[2]
+                self.rec.finished(a[1])
         if on_window is not None:
             while end_s >= next_win:
                 on_window(next_win - 1.0, next_win)
