@@ -47,6 +47,7 @@ CANCEL_JOIN_S = 1.0  # a cancelled trial gives running batches this long; the wh
 # dispatcher (woken from its sleep on time) wait up to 5 ms for the GIL. 0.5 ms bounds that wait at a small
 # cost in switching; the previous value is restored after the trial.
 SWITCH_INTERVAL_S = 0.0005
+MAX_FLEET_DEVICES = 256  # a simulated fleet
 
 
 class TrialFailed(Exception):
@@ -76,9 +77,11 @@ def _gib(n: float) -> str:
 def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Callable[[dict], None] | None = None,
               should_stop: Callable[[], bool] | None = None, artifact_path: Path | None = None,
               drain_grace_s: float | None = None, profiles: list[dict] | None = None,
-              trace: bool = False) -> TrialResult:
+              fleet: dict | None = None, trace: bool = False) -> TrialResult:
     """Run one trial for real, or -- with `profiles` (one measured profile per function, see workers.profiling) --
-    on the simulated driver: the same checks, scheduling core, recorder, summary and cost, on a virtual clock."""
+    on the simulated driver: the same checks, scheduling core, recorder, summary and cost, on a virtual clock.
+    fleet ({"devices": N, "placement": "first_fit" | "load_pack"}, simulated only): the functions are placed on N
+    devices of this kind, each with its own scheduling core."""
     exp, var = spec.experiment, spec.variant
     model_dir = Path(model_dir) if model_dir is not None else zoo.default_model_dir()
     names = [f.name for f in exp.functions]
@@ -171,7 +174,10 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
                    rec=rec, run_end=run_end, grace=grace, on_window=on_window, artifact_path=artifact_path,
                    trace=trace)
     if profiles is not None:
-        return _run_simulated(ctx, profiles, arrivals.function_idx, budget=budget, mem=mem)
+        return _run_simulated(ctx, profiles, arrivals.function_idx, budget=budget, mem=mem, fleet=fleet)
+    if fleet and int(fleet.get("devices", 1)) > 1:
+        raise TrialFailed("a fleet of several devices runs simulated only; a real trial runs on one device (a sweep "
+                          "runs variants on every device of a pool at once)")
 
     in_process = runtime == "thread"
     concurrent = 1 if var.sharing == "exclusive" else (n_fn * var.max_instances if var.sharing != "spatial" else 1)
@@ -333,7 +339,8 @@ def _hardware(ctx: _Context) -> dict:
 
 
 def _finish(ctx: _Context, platform, *, status: str, k: int, end_s: float, windows: list[dict], hardware: dict,
-            dispatch: dict | None, telemetry: dict | None, simulated: bool, extra: dict | None = None) -> TrialResult:
+            dispatch: dict | None, telemetry: dict | None, simulated: bool, extra: dict | None = None,
+            devices: int = 1) -> TrialResult:
     """The summary of a finished run (real or simulated) from its recorder, and the Parquet artifact."""
     spec, rec, notes = ctx.spec, ctx.rec, ctx.notes
     exp, var = spec.experiment, spec.variant
@@ -345,7 +352,7 @@ def _finish(ctx: _Context, platform, *, status: str, k: int, end_s: float, windo
     lat_ms = (rows["completed_s"][ok] - rows["intended_s"][ok]) * 1e3
     good = int(np.count_nonzero(lat_ms <= exp.slo.latency_ms))
     summary["cost"] = cost_mod.trial_cost(
-        instances=list(rec.instances), price=spec.price, end_s=end_s, devices=1,
+        instances=list(rec.instances), price=spec.price, end_s=end_s, devices=devices,
         completed=int(np.count_nonzero(ok)), good=good, sharing=var.sharing,
         time_compression=max(float(w.time_compression) for w in exp.workloads))
     summary["cold_start_phases_ms"] = _cold_start_phases(rec.cold_starts)
@@ -383,13 +390,28 @@ def _finish(ctx: _Context, platform, *, status: str, k: int, end_s: float, windo
 
 
 def _run_simulated(ctx: _Context, profiles: list[dict], function_idx: np.ndarray, *, budget: int,
-                   mem: list[int]) -> TrialResult:
+                   mem: list[int], fleet: dict | None = None) -> TrialResult:
     """The simulated driver (workers.platform.sim) on the same core: a virtual clock, service times and cold starts
     drawn from measured profiles. Windows are produced per simulated second, with the state at each second's end."""
-    from workers.platform.sim import ProfileError, SimPlatform
+    from workers.platform.core import PLACEMENTS, place
+    from workers.platform.sim import ProfileError, ServiceModel, SimPlatform
 
     spec, rec = ctx.spec, ctx.rec
     exp, var = spec.experiment, spec.variant
+    n_devices = int((fleet or {}).get("devices", 1))
+    policy = str((fleet or {}).get("placement", "first_fit"))
+    if not 1 <= n_devices <= MAX_FLEET_DEVICES:
+        raise TrialFailed(f"fleet devices: must be between 1 and {MAX_FLEET_DEVICES}, not {n_devices}")
+    if policy not in PLACEMENTS:
+        raise TrialFailed(f"fleet placement: must be one of {', '.join(PLACEMENTS)}, not {policy!r}")
+    placement = None
+    if n_devices > 1:
+        try:
+            rates = np.bincount(function_idx, minlength=len(exp.functions)) / max(ctx.run_end, 1e-9)
+            mean_s = [ServiceModel(p, np.random.default_rng(0)).mean_service_s() for p in profiles]
+        except ProfileError as exc:
+            raise TrialFailed(str(exc)) from exc
+        placement = place(mem, [float(r * m) for r, m in zip(rates, mean_s, strict=True)], n_devices, budget, policy)
     slots = None
     if var.sharing == "spatial":
         plan = ctx.plan
@@ -399,7 +421,7 @@ def _run_simulated(ctx: _Context, profiles: list[dict], function_idx: np.ndarray
         sim = SimPlatform(exp.functions, var, recorder=rec, function_idx=function_idx,
                           slo_latency_ms=exp.slo.latency_ms, profiles=profiles, seed=spec.seed + 7919 * spec.repeat,
                           memory_budget_bytes=budget, mem_per_instance=mem, share=ctx.share, slots=slots,
-                          trace=ctx.trace)
+                          trace=ctx.trace, placement=placement)
     except ProfileError as exc:
         raise TrialFailed(str(exc)) from exc
     windows: list[dict] = []
@@ -425,10 +447,11 @@ def _run_simulated(ctx: _Context, profiles: list[dict], function_idx: np.ndarray
     hardware["profiles"] = [{"model": p.get("model"), "device": p.get("device"), "hardware": p.get("hardware"),
                              "created": p.get("created"), "id": p.get("id")} for p in profiles]
     simulation = {"wall_s": wall_s, "requests_per_s": len(rec.rows["intended_s"]) / max(wall_s, 1e-9),
-                  "profiles": hardware["profiles"],
+                  "profiles": hardware["profiles"], "devices": n_devices, "placement": policy if placement else None,
+                  "functions_per_device": np.bincount(placement, minlength=n_devices).tolist() if placement else None,
                   "modelled": ["service_time", "cold_start", "dispatch_lag", "platform_delay"]}
     return _finish(ctx, sim, status="succeeded", k=len(rec.rows["intended_s"]), end_s=end_s, windows=windows,
-                   hardware=hardware, dispatch=None, telemetry=None, simulated=True,
+                   hardware=hardware, dispatch=None, telemetry=None, simulated=True, devices=n_devices,
                    extra={"simulation": simulation})
 
 

@@ -129,3 +129,42 @@ def test_real_and_simulated_runs_replay_to_the_same_actions(variant, tmp_path):
     kinds_real = {a[0] for acts in logged_actions(real.trace) for a in acts}
     kinds_sim = {a[0] for acts in logged_actions(sim.trace) for a in acts}
     assert {"start", "run", "evict"} <= kinds_real and {"start", "run", "evict"} <= kinds_sim
+
+
+def test_placement_first_fit_by_memory_and_load_pack_by_measured_load():
+    from workers.platform.core import place
+
+    gib = 2**30
+    # first_fit: in order, the first device with room; 3 GiB each on 8 GiB devices -> two per device.
+    assert place([3 * gib] * 5, [0.1] * 5, 3, 8 * gib, "first_fit") == [0, 0, 1, 1, 2]
+    # load_pack: heaviest first, fill a device to the target load before opening the next.
+    loads = [0.5, 0.1, 0.6, 0.05, 0.2]
+    out = place([gib] * 5, loads, 4, 8 * gib, "load_pack")
+    per_device = [sum(load for load, d in zip(loads, out, strict=True) if d == k) for k in range(4)]
+    assert max(per_device) <= 0.7 + 1e-9 and out[2] != out[0]
+    assert sorted(set(out)) == [0, 1, 2]  # three devices hold it all; the fourth stays free
+    with pytest.raises(ValueError, match="placement"):
+        place([gib], [0.1], 2, None, "random")
+
+
+def test_a_fleet_of_devices_replays_an_azure_trace(tmp_path):
+    from workers.spec import parse_experiment as parse
+    from workers.tracegen import azure2019_experiment
+
+    data = azure2019_experiment(12, mean_rate_rps=30, duration_s=180, seed=3)
+    exp = parse(data)
+    s = TrialSpec(exp, exp.variants[0])
+    # 50-150 ms per request: the busiest functions load a device by a third or more, so load_pack needs several.
+    prof = profile(np.linspace(50, 150, 40), levels=(1, 2), cold_ms=(400.0, 600.0))
+    res = run_trial(s, profiles=[prof] * 12, fleet={"devices": 4, "placement": "load_pack"},
+                    artifact_path=tmp_path / "f.parquet")
+    sim = res.summary["simulation"]
+    assert sim["devices"] == 4 and sum(sim["functions_per_device"]) == 12
+    assert res.summary["requests"] > 1500 and res.summary["completed"] == res.summary["requests"]
+    devices_used = {sp.get("device", 0) for sp in res.summary["cost"]["spans"]}
+    assert len(devices_used) > 1
+    assert res.summary["cost"]["devices"] == 4
+    one = run_trial(s, profiles=[prof] * 12, fleet={"devices": 1})
+    assert one.summary["cost"]["devices"] == 1
+    with pytest.raises(Exception, match="simulated only"):
+        run_trial(s, fleet={"devices": 2})

@@ -97,6 +97,11 @@ class ServiceModel:
         s1, s2 = _at(arrays[j - 1], u), _at(arrays[j], u)
         return scale * (s1 + (s2 - s1) * (batch - b1) / (b2 - b1))
 
+    def mean_service_s(self) -> float:
+        """Mean service time of a batch of 1 alone on the device (placement's measure of load)."""
+        sizes, arrays = self._cells[self.levels[0]]
+        return float(arrays[0].mean()) / float(sizes[0])
+
     def cold_start(self) -> tuple[float, dict]:
         """(total seconds, phases in ms) of one measured cold start."""
         k = int(self.rng.integers(len(self._cold_total)))
