@@ -53,8 +53,8 @@ test: setup chromium report-deps lint check
 # All three run even if one misses a goal (it exits 1 after printing); the target fails if any did.
 # BENCH_ARGS=--short: a second or two each, goals not enforced. RUNTIME=process|thread: overhead and batching.
 bench: setup
-	@status=0; for b in overhead loadgen batching; do \
-	  rt=; if [ -n "$(RUNTIME)" ] && [ $$b != loadgen ]; then rt="--runtime $(RUNTIME)"; fi; \
+	@status=0; for b in overhead loadgen batching simulate; do \
+	  rt=; if [ -n "$(RUNTIME)" ] && [ $$b != loadgen ] && [ $$b != simulate ]; then rt="--runtime $(RUNTIME)"; fi; \
 	  $(BIN)/python manage.py bench $$b $(BENCH_ARGS) $$rt || status=1; \
 	done; exit $$status
 

@@ -8,6 +8,11 @@
              completion rate through the platform vs a tight loop of batches of 32 with the same torch
              thread settings, measured alternately several times (the machine is noisy). Goal:
              efficiency = median sustained / median tight-loop >= 0.85.
+  simulate - a day of a diurnal workload averaging 200 requests/s (about 17 million requests) over 20 functions on
+             8 simulated devices, on the simulated driver with a profile of mlp-small measured here first; prints
+             simulated requests per second of wall time and peak memory, beside a baseline: a bare Python FIFO
+             queue (one max() per request) over the same arrivals. Goals: wall_s <= 60, peak_rss_mb <= 2048.
+             --short simulates 10 minutes.
   loadgen  - the dispatcher alone at 5,000 requests/s with a trivial sink: the rate achieved in every
              1-second window within 1 % of the intended rate (the worst window is printed), and lag
              p99 <= 200 us; baseline: what a bare perf_counter loop resolves.
@@ -44,7 +49,7 @@ from workers.platform import choose_torch_threads, configure_torch_threads, rest
 from workers.records import OUTCOME_OK, json_safe
 from workers.spec import SpecError, TrialSpec, parse_experiment
 
-NAMES = ("overhead", "batching", "loadgen")
+NAMES = ("overhead", "batching", "loadgen", "simulate")
 RUNTIMES = ("process", "thread")
 GOALS = {
     "added_p50_us": ("<=", 100.0),
@@ -53,6 +58,8 @@ GOALS = {
     "achieved_rate_error_pct": ("<=", 1.0),
     "worst_window_rate_error_pct": ("<=", 1.0),
     "lag_p99_us": ("<=", 200.0),
+    "wall_s": ("<=", 60.0),
+    "peak_rss_mb": ("<=", 2048.0),
 }
 
 
@@ -61,8 +68,8 @@ class BenchError(ValueError):
 
 
 # Seconds per measurement: full runs, and short runs (a second or two per benchmark).
-DURATIONS = {"overhead": 10.0, "batching": 4.0, "loadgen": 10.0}
-SHORT_DURATIONS = {"overhead": 1.0, "batching": 1.0, "loadgen": 2.0}
+DURATIONS = {"overhead": 10.0, "batching": 4.0, "loadgen": 10.0, "simulate": 86_400.0}
+SHORT_DURATIONS = {"overhead": 1.0, "batching": 1.0, "loadgen": 2.0, "simulate": 600.0}
 
 
 def _model_dir(model_dir: Path | None) -> Path:
@@ -385,6 +392,75 @@ def bench_loadgen(duration_s: float = 10.0, rate_rps: float = 5000.0) -> dict:
     return out
 
 
+# ---- simulate ----------------------------------------------------------------------------------------------
+def _zipf_weights(n: int, s: float = 1.1) -> np.ndarray:
+    w = 1.0 / np.arange(1, n + 1) ** s
+    return w / w.sum()
+
+
+def bench_simulate(duration_s: float = 86_400.0, *, functions: int = 20, devices: int = 8,
+                   mean_rate_rps: float = 200.0, model_dir: Path | None = None, short: bool = False,
+                   profile: dict | None = None) -> dict:
+    """Simulate `duration_s` of a diurnal day on a fleet; the profile of mlp-small is measured here first (real
+    instance processes) unless one is given."""
+    import resource
+
+    t_prof = time.perf_counter()
+    if profile is None:
+        from workers.profiling import measure_profile
+
+        profile = measure_profile("mlp-small", device="cpu", model_dir=_model_dir(model_dir),
+                                  batch_sizes=[1, 2] if short else [1, 2, 4, 8], sharing_levels=[1] if short else None,
+                                  samples=10 if short else 30, cold_starts=1 if short else 3)
+    profile_s = time.perf_counter() - t_prof
+    weights = _zipf_weights(functions)
+    exp = parse_experiment({
+        "name": "bench-simulate", "device": "cpu", "slo": {"percentile": 99, "latency_ms": 100.0},
+        "functions": [{"name": f"fn{i:02d}", "model": "mlp-small"} for i in range(functions)],
+        "workloads": [{"pattern": "diurnal", "mean_rate_rps": float(mean_rate_rps * w), "peak_to_trough": 4.0,
+                       "period_s": 86_400.0, "duration_s": float(duration_s), "function": f"fn{i:02d}"}
+                      for i, w in enumerate(weights)],
+        "variants": [{"name": "scale-to-zero", "sharing": "time_slice", "min_instances": 0, "max_instances": 2,
+                      "keep_alive": {"policy": "fixed", "ttl_s": 60.0}}],
+    })
+    spec = TrialSpec(exp, exp.variants[0])
+    t0 = time.perf_counter()
+    res = run_trial(spec, model_dir=_model_dir(model_dir), profiles=[profile] * functions,
+                    fleet={"devices": devices, "placement": "load_pack"})
+    wall = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    n = int(res.summary["requests"])
+    # Baseline: the least any per-request simulation in Python does -- a FIFO server, one max() per request.
+    rng = np.random.default_rng(0)
+    arrivals = np.cumsum(rng.exponential(1.0 / mean_rate_rps, size=n)).tolist()
+    service = rng.exponential(0.002, size=n).tolist()
+    t_b = time.perf_counter()
+    free = 0.0
+    for a, sv in zip(arrivals, service, strict=True):
+        free = (a if a > free else free) + sv
+    base_wall = time.perf_counter() - t_b
+    sim = res.summary.get("simulation") or {}
+    return {
+        "benchmark": "simulate",
+        "host": _host(),
+        "simulated_s": float(duration_s),
+        "functions": functions,
+        "devices": devices,
+        "simulated_requests": n,
+        "wall_s": wall,
+        "requests_per_s": n / wall if wall > 0 else None,
+        "event_loop_wall_s": sim.get("wall_s"),
+        "event_loop_requests_per_s": sim.get("requests_per_s"),
+        "baseline_fifo_requests_per_s": n / base_wall if base_wall > 0 else None,
+        "peak_rss_mb": peak_mb,
+        "profile_measure_s": profile_s,
+        "functions_per_device": sim.get("functions_per_device"),
+        "p99_ms": (res.summary.get("latency_ms") or {}).get("p99"),
+        "cold_starts": res.summary.get("cold_starts"),
+        "monthly_serverless_usd": (res.summary.get("cost") or {}).get("monthly_serverless_usd"),
+    }
+
+
 # ---- entry points -----------------------------------------------------------------------------------------
 def run(name: str, duration_s: float | None = None, *, model_dir: Path | None = None, short: bool = False,
         runtime: str | None = None) -> dict:
@@ -395,8 +471,8 @@ def run(name: str, duration_s: float | None = None, *, model_dir: Path | None = 
     """
     if name not in NAMES:
         raise BenchError(f"unknown benchmark {name!r} (one of: {', '.join(NAMES)})")
-    if runtime is not None and name == "loadgen":
-        raise BenchError("loadgen runs no instances: runtime does not apply to it")
+    if runtime is not None and name in ("loadgen", "simulate"):
+        raise BenchError(f"{name} runs no instances of its own: runtime does not apply to it")
     duration = duration_s or (SHORT_DURATIONS if short else DURATIONS)[name]
     if name == "loadgen" and duration < 1.0:
         raise BenchError("loadgen checks the rate in each whole second: it needs a duration of 1 s or more")
@@ -405,6 +481,8 @@ def run(name: str, duration_s: float | None = None, *, model_dir: Path | None = 
     elif name == "batching":
         out = bench_batching(duration, 1 if short else 3, model_dir=model_dir, runtime=runtime,
                              probe_s=0.2 if short else 0.5)
+    elif name == "simulate":
+        out = bench_simulate(duration, model_dir=model_dir, short=short)
     else:
         out = bench_loadgen(duration)
     out["short"] = short
@@ -438,6 +516,8 @@ def format_table(result: dict) -> str:
         "loadgen": [("step (us): lag p99 vs perf_counter resolution", "lag_p99_us",
                      "baseline_perf_counter_resolution_us"),
                     ("rate (req/s): worst 1-s window vs intended", "worst_window_achieved_rps", "rate_rps")],
+        "simulate": [("simulated requests per wall second", "requests_per_s", "baseline_fifo_requests_per_s"),
+                     ("event loop only (req/s)", "event_loop_requests_per_s", "baseline_fifo_requests_per_s")],
     }[result["benchmark"]]
     lines.append(f"  {'':48} {'ours':>14} {'baseline':>14} {'ratio':>8}")
     for label, ours, base in pairs:

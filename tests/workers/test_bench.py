@@ -30,11 +30,14 @@ FIGURES = {
                  "mean_batch_size", "dispatch_lag_p99_us"),
     "loadgen": ("achieved_rps", "achieved_rate_error_pct", "worst_window_rate_error_pct", "worst_window_achieved_rps",
                 "lag_p50_us", "lag_p99_us", "lag_max_us", "baseline_perf_counter_resolution_us"),
+    "simulate": ("simulated_requests", "wall_s", "requests_per_s", "peak_rss_mb", "baseline_fifo_requests_per_s",
+                 "event_loop_requests_per_s"),
 }
 GOALS = {
     "overhead": {"added_p50_us", "added_p99_us"},
     "batching": {"efficiency"},
     "loadgen": {"achieved_rate_error_pct", "worst_window_rate_error_pct", "lag_p99_us"},
+    "simulate": {"wall_s", "peak_rss_mb"},
 }
 
 
@@ -82,6 +85,9 @@ def test_every_benchmark_runs_through_the_command_and_prints_its_figures(name, m
         assert r["sustained_rps_median"] > 0 and r["baseline_tight_loop_rps_median"] > 0
         assert r["efficiency"] == pytest.approx(r["sustained_rps_median"] / r["baseline_tight_loop_rps_median"])
         assert r["mean_batch_size"] > 1  # offered above capacity: batches fill
+    elif name == "simulate":
+        assert r["simulated_s"] == 600 and r["simulated_requests"] > 30_000  # 80 req/s at the trough of the day
+        assert sum(r["functions_per_device"]) == r["functions"] == 20
     else:
         assert r["windows"] == 2 == len(r["window_rate_error_pct"]) == len(r["window_achieved_rps"])
         assert r["worst_window_rate_error_pct"] == max(r["window_rate_error_pct"])

@@ -311,12 +311,11 @@ class Platform:
                 self.rec.rows["outcome"][idx] = outcome
                 self.rec.finished(idx)
             elif kind == TIMER:
+                # Only the earliest matters: when it fires, the core asks again for whatever is due after it.
                 t = a[1]
                 if not self._timers or t < self._timers[0]:
                     heapq.heappush(self._timers, t)
                     self._timer_cond.notify()
-                elif t not in self._timers:
-                    heapq.heappush(self._timers, t)
             elif kind == START:
                 self._start(a[1])
             elif kind == EVICT:

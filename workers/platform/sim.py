@@ -156,7 +156,7 @@ class SimPlatform:
         self.spatial_children: list[dict] = []
         self._heap: list = []
         self._seq = 0
-        self._timer_at: set[tuple[int, float]] = set()
+        self._next_timer = [math.inf] * self.devices  # each device's earliest pending timer
         self._busy = [0] * self.devices  # batches running on each device now (the sharing level a batch sees)
 
     @property
@@ -192,10 +192,11 @@ class SimPlatform:
                 rows["outcome"][a[1]] = a[2]
                 self.rec.finished(a[1])
             elif kind == TIMER:
+                # Only the earliest: when it fires, the core asks again for whatever is due after it.
                 t = max(now, float(a[1]))
-                key = (core.device, t)
-                if key not in self._timer_at:
-                    self._timer_at.add(key)
+                d = core.device
+                if t < self._next_timer[d]:
+                    self._next_timer[d] = t
                     self._push(t, _TIMER, core)
             elif kind == START:
                 inst = a[1]
@@ -255,7 +256,7 @@ class SimPlatform:
                 cs.end_s -= t_pre
             self._heap = heap = [(t - t_pre, s, k, p) for (t, s, k, p) in heap]
             heapq.heapify(heap)
-            self._timer_at = {(d, t - t_pre) for d, t in self._timer_at}
+            self._next_timer = [t - t_pre for t in self._next_timer]
         last = float(intended[-1]) if n else 0.0
         next_win = 1.0
         i = 0
@@ -294,8 +295,9 @@ class SimPlatform:
             elif kind == _READY:
                 self._ready(payload[0], payload[1], now)
             elif kind == _TIMER:
-                self._timer_at.discard((payload.device, now))
-                self._apply(payload.timer(now), now, payload)
+                if now >= self._next_timer[payload.device]:
+                    self._next_timer[payload.device] = math.inf
+                    self._apply(payload.timer(now), now, payload)
             elif kind == _RELEASED:
                 core = payload.driver
                 self._apply(core.released(payload, now), now, core)
