@@ -171,3 +171,32 @@ def test_the_profile_button_on_another_users_experiment_is_a_404(client, user, o
     client.force_login(user)
     assert client.post(reverse("experiment-profile", kwargs={"code": experiment.code})).status_code == 404
     assert not Profile.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_profile_still_running_past_the_task_time_limit_is_failed_as_abandoned():
+    p = profile_services.profile_request(owner=None, model="mlp-small", options={}, input_shape=None, device="cpu",
+                                         enqueue=False)
+    fresh = profile_services.profile_request(owner=None, model="cnn-small", options={}, input_shape=None,
+                                             device="cpu", enqueue=False)
+    for q in (p, fresh):
+        assert profile_services.profile_claim(profile_id=q.id, worker="gone@host") is not None
+    Profile.objects.filter(id=p.id).update(
+        started_at=timezone.now() - timedelta(seconds=profile_services.TIME_LIMIT_S + 1))
+
+    assert profile_services.profile_fail_stale() == 1
+
+    p.refresh_from_db()
+    fresh.refresh_from_db()
+    assert p.status == Profile.Status.FAILED and "abandoned" in p.error
+    assert fresh.status == Profile.Status.RUNNING
+
+
+@pytest.mark.django_db
+def test_a_profile_is_claimed_once():
+    p = profile_services.profile_request(owner=None, model="mlp-small", options={}, input_shape=None, device="cpu",
+                                         enqueue=False)
+    assert profile_services.profile_claim(profile_id=p.id, worker="a@host") is not None
+    assert profile_services.profile_claim(profile_id=p.id, worker="b@host") is None
+    p.refresh_from_db()
+    assert p.worker == "a@host"

@@ -103,3 +103,14 @@ def profile_fail(*, profile_id: int, error: str) -> None:
 
 def profile_delete(*, profile: Profile) -> None:
     profile.delete()
+
+
+def profile_fail_stale(*, now=None) -> int:
+    """Fail running profiles older than the task's hard time limit: their worker is gone (killed, host lost),
+    since Celery would have stopped the task by then. Returns how many were failed."""
+    from datetime import timedelta
+
+    cutoff = (now or timezone.now()) - timedelta(seconds=TIME_LIMIT_S)
+    return Profile.objects.filter(status=Profile.Status.RUNNING, started_at__lt=cutoff).update(
+        status=Profile.Status.FAILED, finished_at=timezone.now(),
+        error=f"abandoned: still running after the task's time limit of {TIME_LIMIT_S} s (the worker stopped)")
