@@ -200,3 +200,38 @@ def test_a_profile_is_claimed_once():
     assert profile_services.profile_claim(profile_id=p.id, worker="b@host") is None
     p.refresh_from_db()
     assert p.worker == "a@host"
+
+
+# ---- API --------------------------------------------------------------------------------------------------
+def api_client(user):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+@pytest.mark.django_db
+def test_the_api_lists_shared_and_own_profiles_and_serves_one_with_its_data(user, other_user):
+    shared, mine, theirs = stored(), stored(owner=user, model="cnn-small"), stored(owner=other_user)
+    client = api_client(user)
+
+    listed = client.get("/api/profiles/").json()
+    assert {p["code"] for p in listed} == {str(shared.code), str(mine.code)}
+    assert [p["code"] for p in client.get("/api/profiles/?model=cnn-small").json()] == [str(mine.code)]
+    one = client.get(f"/api/profiles/{mine.code}/").json()
+    assert one["shared"] is False and profiling.validate_profile(one["data"]) == mine.data
+    assert one["json_url"] == reverse("profile-json", kwargs={"code": mine.code})
+    assert client.get(f"/api/profiles/{theirs.code}/").status_code == 404
+
+
+@pytest.mark.django_db
+def test_the_api_queues_profiles_of_an_experiment_and_refuses_anyone_elses(user, other_user, spec_data):
+    experiment = services.experiment_import(owner=user, data=spec_data)
+    response = api_client(user).post(f"/api/experiments/{experiment.code}/profile/", {"short": True}, format="json")
+    assert response.status_code == 202
+    (row,) = response.json()
+    assert row["status"] == "queued" and row["settings"]["short"] is True and row["model"] == "mlp-small"
+    assert api_client(other_user).post(f"/api/experiments/{experiment.code}/profile/", {},
+                                       format="json").status_code == 404
+    assert Profile.objects.count() == 1
