@@ -367,7 +367,7 @@ def run_profile_by_id(profile_id: int, *, worker: str, redis_conn: redis.Redis |
             if progress is not None:
                 progress(line)
 
-        asked = claimed.settings or {}
+        asked = claimed.asked or {}
         try:
             data = profiling.measure_profile(
                 claimed.model, options=claimed.options, input_shape=claimed.input_shape, device=device,

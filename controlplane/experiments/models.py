@@ -440,7 +440,7 @@ class Profile(models.Model):
     input_shape = models.JSONField(null=True, blank=True)
     device = models.CharField(max_length=16, help_text="the device measured (cpu, cuda:N), or the one asked for")
     hardware = models.CharField(max_length=500, blank=True, help_text="one line: device, cores, memory, torch")
-    settings = models.JSONField(default=dict, blank=True, help_text="what was asked: samples, max batch, ...")
+    asked = models.JSONField(default=dict, blank=True, help_text="what was asked: samples, max batch size, cold starts, short")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     queue = models.CharField(max_length=64, blank=True)
     worker = models.CharField(max_length=200, blank=True)

@@ -161,7 +161,7 @@ def test_the_profile_button_queues_one_profile_per_distinct_model_on_the_experim
     assert [p.model for p in profiles] == ["cnn-small", "mlp-small"]
     assert {(p.owner, p.experiment, p.queue, p.status) for p in profiles} == {
         (user, experiment, "pool.cpu", Profile.Status.QUEUED)}
-    assert all(p.settings["short"] and p.settings["max_batch_size"] == 4 for p in profiles)
+    assert all(p.asked["short"] and p.asked["max_batch_size"] == 4 for p in profiles)
     assert profiles[1].options == zoo.BUILTIN_OPTIONS["mlp-small"]
 
 
@@ -231,7 +231,7 @@ def test_the_api_queues_profiles_of_an_experiment_and_refuses_anyone_elses(user,
     response = api_client(user).post(f"/api/experiments/{experiment.code}/profile/", {"short": True}, format="json")
     assert response.status_code == 202
     (row,) = response.json()
-    assert row["status"] == "queued" and row["settings"]["short"] is True and row["model"] == "mlp-small"
+    assert row["status"] == "queued" and row["asked"]["short"] is True and row["model"] == "mlp-small"
     assert api_client(other_user).post(f"/api/experiments/{experiment.code}/profile/", {},
                                        format="json").status_code == 404
     assert Profile.objects.count() == 1

@@ -28,7 +28,7 @@ class ProfileSerializer(serializers.Serializer):
     error = serializers.CharField(help_text="Why it failed (empty otherwise).")
     shared = serializers.BooleanField(help_text="True: measured by `manage.py profile`, visible to everyone.")
     experiment = serializers.UUIDField(allow_null=True, help_text="The experiment whose Profile button asked for it.")
-    settings = serializers.DictField(help_text="What was asked: samples, max_batch_size, cold_starts, short.")
+    asked = serializers.DictField(help_text="What was asked: samples, max_batch_size, cold_starts, short.")
     created = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
     url = serializers.CharField(help_text="This profile in the API.")
@@ -48,7 +48,7 @@ def _row(p) -> dict:
     return {"code": p.code, "model": p.model, "options": p.options, "input_shape": p.input_shape, "device": p.device,
             "hardware": p.hardware, "status": p.status, "stage": p.stage, "error": p.error,
             "shared": p.owner_id is None, "experiment": p.experiment.code if p.experiment_id else None,
-            "settings": p.settings, "created": p.created, "finished_at": p.finished_at,
+            "asked": p.asked, "created": p.created, "finished_at": p.finished_at,
             "url": reverse("api-profile-detail", kwargs={"code": p.code}),
             "json_url": reverse("profile-json", kwargs={"code": p.code}) if done else None}
 

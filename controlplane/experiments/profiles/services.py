@@ -34,7 +34,7 @@ def profile_settings(*, short: bool = False, samples: int | None = None) -> dict
 
 
 def profile_request(*, owner, model: str, options: dict | None, input_shape, device: str,
-                    experiment: Experiment | None = None, settings: dict | None = None,
+                    experiment: Experiment | None = None, asked: dict | None = None,
                     enqueue: bool = True) -> Profile:
     """A queued profile. enqueue=True: sent to the device pool's queue once this commits (a worker measures
     it); False: for a runner in this process (`manage.py profile`)."""
@@ -42,7 +42,7 @@ def profile_request(*, owner, model: str, options: dict | None, input_shape, dev
     with transaction.atomic():
         profile = Profile.objects.create(
             owner=owner, experiment=experiment, model=model, options=opts, input_shape=shape, device=device,
-            key=profiling.profile_key(model, opts, shape, device), settings=settings or profile_settings(),
+            key=profiling.profile_key(model, opts, shape, device), asked=asked or profile_settings(),
             queue=device_queue(device) if enqueue else INLINE_QUEUE)
         if enqueue:
             transaction.on_commit(functools.partial(_enqueue, profile.id, profile.queue))
@@ -70,7 +70,7 @@ def experiment_profile(*, experiment: Experiment, user, short: bool = False) -> 
             seen.add(key)
             out.append(profile_request(owner=user, model=spec.model, options=spec.options,
                                        input_shape=spec.input_shape, device=experiment.device,
-                                       experiment=experiment, settings=profile_settings(short=short)))
+                                       experiment=experiment, asked=profile_settings(short=short)))
     return out
 
 

@@ -70,7 +70,7 @@ class Command(BaseCommand):
             self.stdout.write(f"profiling {f.model} {json.dumps(f.options, sort_keys=True)} on {device} "
                               f"(function{'s' if len(names) > 1 else ''} {', '.join(names)})")
             profile = services.profile_request(owner=None, model=f.model, options=f.options,
-                                               input_shape=f.input_shape, device=device, settings=asked,
+                                               input_shape=f.input_shape, device=device, asked=asked,
                                                enqueue=False)
             self._run(profile, worker, conn)
             profile.refresh_from_db()
