@@ -235,3 +235,18 @@ def test_the_api_queues_profiles_of_an_experiment_and_refuses_anyone_elses(user,
     assert api_client(other_user).post(f"/api/experiments/{experiment.code}/profile/", {},
                                        format="json").status_code == 404
     assert Profile.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_the_experiment_page_links_each_function_to_the_profile_it_reuses(client, user, spec_data):
+    spec_data["functions"] = [{"name": "a", "model": "mlp-small"}, {"name": "b", "model": "cnn-small"}]
+    spec_data.pop("workload")
+    spec_data["workloads"] = [{"function": n, "pattern": "constant", "rate_rps": 5, "duration_s": 2} for n in "ab"]
+    experiment = services.experiment_import(owner=user, data=spec_data)
+    shared = stored(options={"hidden": 512})  # the same model as function a, defaults spelled out
+    client.force_login(user)
+
+    page = client.get(experiment.get_absolute_url()).content.decode()
+
+    assert f'data-function-profile="a"><a href="{shared.get_absolute_url()}">' in page
+    assert 'data-function-profile="b"><span class="muted">none yet' in page

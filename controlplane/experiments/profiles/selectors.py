@@ -57,3 +57,22 @@ def profile_figures(profile: Profile) -> dict | None:
             "cold_starts": len(d["cold_start_ms"]["total"]), "overhead_us": d["overhead_us"],
             "memory_mib": d["memory_bytes"] / 2**20, "skipped": d.get("skipped") or [],
             "threads": d.get("instance_torch_threads") or {}}
+
+
+def _measured_devices(device: str) -> tuple[str, ...]:
+    """The devices a trial on `device` may run on, in the order resolve_device picks them (the web process
+    does not import torch to ask): auto -> cuda:0 when there is a GPU, else cpu."""
+    d = (device or "auto").strip().lower()
+    return {"auto": ("cuda:0", "cpu"), "cuda": ("cuda:0",)}.get(d, (d,))
+
+
+def experiment_function_profiles(*, experiment, user) -> dict[int, Profile | None]:
+    """Function id -> the profile an experiment's function reuses (the newest one the user can see of its
+    model on the experiment's device), or None."""
+    out: dict[int, Profile | None] = {}
+    for f in experiment.functions.all():
+        spec = f.to_spec()
+        found = [p for d in _measured_devices(experiment.device)
+                 if (p := find_profile(spec.model, spec.options, spec.input_shape, d, user=user)) is not None]
+        out[f.id] = found[0] if found else None
+    return out
