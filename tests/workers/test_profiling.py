@@ -116,3 +116,25 @@ def test_a_stop_request_ends_the_profile_before_any_instance_starts(tmp_path):
     with pytest.raises(profiling.ProfileStopped):
         profiling.measure_profile("mlp-small", model_dir=tmp_path, max_batch_size=1, samples=1, cold_starts=1,
                                   should_stop=lambda: True)
+
+
+def test_a_measured_profile_drives_a_simulated_trial(short_profile, tmp_path):
+    from workers.engine import run_trial
+    from workers.spec import TrialSpec, parse_experiment
+
+    d = {k: v for k, v in short_profile.items() if k != "_progress"}
+    exp = parse_experiment({
+        "name": "sim-from-profile", "device": "cpu", "slo": {"percentile": 99, "latency_ms": 100},
+        "functions": [{"name": "f", "model": "mlp-small"}],
+        "workload": {"pattern": "poisson", "rate_rps": 200, "duration_s": 5, "seed": 3},
+        "variants": [{"name": "v", "min_instances": 0, "max_instances": 2, "sharing": "time_slice",
+                      "batching": {"mode": "fixed", "max_batch_size": 4, "max_queue_delay_ms": 2}}]})
+
+    summary = run_trial(TrialSpec(exp, exp.variants[0]), profiles=[d], model_dir=tmp_path).summary
+
+    assert summary["completed"] == summary["requests"] > 0
+    assert summary["cold_starts"] >= 1
+    # Every request waited at least the fastest measured batch; the first ones waited for a measured cold start.
+    fastest = min(min(xs) for cells in d["service_ms"].values() for xs in cells.values())
+    assert summary["latency_ms"]["p50"] >= fastest
+    assert summary["latency_ms"]["max"] >= min(d["cold_start_ms"]["total"])
