@@ -250,3 +250,36 @@ def test_the_experiment_page_links_each_function_to_the_profile_it_reuses(client
 
     assert f'data-function-profile="a"><a href="{shared.get_absolute_url()}">' in page
     assert 'data-function-profile="b"><span class="muted">none yet' in page
+
+
+# ---- running one --------------------------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_a_profile_whose_device_is_leased_stays_queued_until_the_lease_is_free(test_redis):
+    import socket
+
+    from controlplane.experiments.lease import DeviceLease, LeaseBusy
+    from workers.tasks import run_profile_by_id
+
+    p = profile_services.profile_request(owner=None, model="mlp-small", options={}, input_shape=None, device="cpu",
+                                         enqueue=False)
+    lease = DeviceLease(test_redis.client, "cpu", owner="a-trial@host")
+    assert lease.acquire()
+    try:
+        with pytest.raises(LeaseBusy):
+            run_profile_by_id(p.id, worker=f"test@{socket.gethostname()}", redis_conn=test_redis.client)
+        p.refresh_from_db()
+        assert p.status == Profile.Status.QUEUED
+    finally:
+        lease.release()
+
+
+@pytest.mark.django_db
+def test_a_profile_on_a_device_this_host_lacks_fails_with_the_reason(test_redis):
+    from workers.tasks import run_profile_by_id
+
+    p = profile_services.profile_request(owner=None, model="mlp-small", options={}, input_shape=None,
+                                         device="cuda:7", enqueue=False)
+    assert run_profile_by_id(p.id, worker="test@host", redis_conn=test_redis.client) == "failed"
+    p.refresh_from_db()
+    assert p.status == Profile.Status.FAILED and "cuda:7 requested" in p.error
+    assert run_profile_by_id(p.id, worker="test@host", redis_conn=test_redis.client) == "skipped"
