@@ -68,11 +68,16 @@ def _measured_devices(device: str) -> tuple[str, ...]:
 
 def experiment_function_profiles(*, experiment, user) -> dict[int, Profile | None]:
     """Function id -> the profile an experiment's function reuses (the newest one the user can see of its
-    model on the experiment's device), or None."""
-    out: dict[int, Profile | None] = {}
+    model on the experiment's device), or None. One query for all the functions (an experiment may have
+    hundreds)."""
+    wanted: dict[int, list[str]] = {}
     for f in experiment.functions.all():
         spec = f.to_spec()
-        found = [p for d in _measured_devices(experiment.device)
-                 if (p := find_profile(spec.model, spec.options, spec.input_shape, d, user=user)) is not None]
-        out[f.id] = found[0] if found else None
-    return out
+        wanted[f.id] = [profiling.profile_key(spec.model, spec.options, spec.input_shape, d)
+                        for d in _measured_devices(experiment.device)]
+    newest: dict[str, Profile] = {}
+    keys = {k for ks in wanted.values() for k in ks}
+    for p in profiles_visible_to(user=user).filter(key__in=keys, status=Profile.Status.SUCCEEDED).order_by(
+            "-finished_at", "-id"):
+        newest.setdefault(p.key, p)
+    return {fid: next((newest[k] for k in ks if k in newest), None) for fid, ks in wanted.items()}
