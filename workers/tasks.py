@@ -1,4 +1,4 @@
-"""Celery execution of trials: the one module in workers/ that knows both Celery and Django.
+"""Celery execution of trials and profiles: the one module in workers/ that knows both Celery and Django.
 
 `execute_trial` is thin: it calls `run_trial_by_id`, which `run_experiment --inline` also calls
 directly, so a trial runs the same way with or without a broker:
@@ -9,6 +9,10 @@ directly, so a trial runs the same way with or without a broker:
 The lease is taken BEFORE the claim: a trial that finds its device busy stays "queued" and its task
 retries later, instead of sitting in "running" while it waits. The claim is a conditional UPDATE, so a
 duplicate or redelivered message for a trial that is no longer queued does nothing.
+
+`measure_profile_task` ("profiles.measure") measures a profile (workers.profiling) the same way: on its device
+pool's queue, under the device lease (renewed while it runs), claimed by a conditional UPDATE; `manage.py
+profile` calls `run_profile_by_id` directly.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from django.db import DatabaseError, connection
 
 from controlplane.experiments import events
 from controlplane.experiments.lease import DeviceLease, LeaseBusy
-from controlplane.experiments.models import PriceEntry, Trial
+from controlplane.experiments.models import PriceEntry, Profile, Trial
+from controlplane.experiments.profiles import services as profile_services
 from controlplane.experiments.trials import (
     trial_claim,
     trial_fail,
@@ -37,6 +42,7 @@ from controlplane.experiments.trials import (
     trial_heartbeat,
     trial_store_windows,
 )
+from workers import profiling
 from workers import spec as S
 from workers.devices import DeviceError, resolve_device
 from workers.engine import TrialFailed, run_trial
@@ -305,4 +311,102 @@ def execute_trial(self, trial_id: int) -> str:
         # trials from polling in lockstep.
         countdown = LEASE_RETRY_S + random.uniform(0, LEASE_RETRY_S / 2)
         log.info("trial %s: %s; retrying in %.1f s", trial_id, exc, countdown)
+        raise self.retry(countdown=countdown, exc=exc) from None
+
+
+# ---- profiles ---------------------------------------------------------------------------------------------
+class _LeaseKeeper(threading.Thread):
+    """Renews a device lease while a profile is measured; sets `lost` if a renewal fails (the figures would
+    then not be trustworthy: another trial may have shared the device)."""
+
+    def __init__(self, lease: DeviceLease | None, interval_s: float):
+        super().__init__(name="profile-lease", daemon=True)
+        self.lease = lease
+        self.interval_s = interval_s
+        self.lost = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while self.lease is not None and not self.done.wait(self.interval_s):
+            try:
+                ok = self.lease.renew()
+            except redis.RedisError:
+                ok = False
+            if not ok:
+                self.lost.set()
+                return
+
+
+def run_profile_by_id(profile_id: int, *, worker: str, redis_conn: redis.Redis | None,
+                      lease_ttl_s: float = LEASE_TTL_S, progress=None, stop: threading.Event | None = None) -> str:
+    """Measure one queued profile in this process, holding the device lease as a trial does (a profile
+    measures the device: a trial beside it would change both). Returns "succeeded", "failed" or "skipped";
+    raises LeaseBusy when the device is leased (the profile stays queued)."""
+    profile = Profile.objects.filter(id=profile_id).first()
+    if profile is None or profile.status != Profile.Status.QUEUED:
+        return "skipped"
+    try:
+        device = resolve_device(profile.device).name
+    except DeviceError as exc:
+        if profile_services.profile_claim(profile_id=profile_id, worker=worker) is None:
+            return "skipped"
+        profile_services.profile_fail(profile_id=profile_id, error=str(exc))
+        return "failed"
+    lease = DeviceLease(redis_conn, device, owner=worker, ttl_s=lease_ttl_s) if redis_conn is not None else None
+    if lease is not None:
+        lease.acquire_or_raise()
+    keeper = _LeaseKeeper(lease, interval_s=max(0.5, lease_ttl_s / 6))
+    try:
+        claimed = profile_services.profile_claim(profile_id=profile_id, worker=worker)
+        if claimed is None:
+            return "skipped"
+        keeper.start()
+
+        def say(line: str) -> None:
+            profile_services.profile_progress(profile_id=profile_id, stage=line)
+            if progress is not None:
+                progress(line)
+
+        asked = claimed.asked or {}
+        try:
+            data = profiling.measure_profile(
+                claimed.model, options=claimed.options, input_shape=claimed.input_shape, device=device,
+                model_dir=Path(settings.MODEL_DIR), samples=int(asked.get("samples", profiling.DEFAULT_SAMPLES)),
+                cold_starts=int(asked.get("cold_starts", profiling.DEFAULT_COLD_STARTS)),
+                max_batch_size=int(asked.get("max_batch_size", profiling.DEFAULT_MAX_BATCH_SIZE)), progress=say,
+                should_stop=lambda: keeper.lost.is_set() or (stop is not None and stop.is_set()))
+        except Exception as exc:  # noqa: BLE001 - any failure ends as a failed profile with a reason
+            if isinstance(exc, SoftTimeLimitExceeded):
+                reason = f"the profile ran past its time limit of {profile_services.SOFT_TIME_LIMIT_S} s"
+            elif keeper.lost.is_set():
+                reason = "lost the device lease while measuring; another trial may have shared the device"
+            else:
+                log.info("profile %s: measuring failed", profile_id, exc_info=True)
+                reason = f"{type(exc).__name__}: {exc}"
+            profile_services.profile_fail(profile_id=profile_id, error=reason)
+            return "failed"
+        if keeper.lost.is_set():
+            profile_services.profile_fail(profile_id=profile_id, error="lost the device lease while measuring; "
+                                          "another trial may have shared the device")
+            return "failed"
+        profile_services.profile_finish(profile_id=profile_id, data=data)
+        return "succeeded"
+    finally:
+        keeper.done.set()
+        if lease is not None:
+            try:
+                lease.release()
+            except redis.RedisError:
+                log.warning("profile %s: could not release the lease on %s", profile_id, device, exc_info=True)
+
+
+@shared_task(bind=True, name="profiles.measure", acks_late=True, max_retries=None)
+def measure_profile_task(self, profile_id: int) -> str:
+    """Measure one profile (by id). Idempotent: a profile that is not queued any more is skipped."""
+    worker = self.request.hostname or f"celery@{socket.gethostname()}"
+    try:
+        return run_profile_by_id(profile_id, worker=worker, redis_conn=redis_client())
+    except LeaseBusy as exc:
+        countdown = LEASE_RETRY_S + random.uniform(0, LEASE_RETRY_S / 2)
+        log.info("profile %s: %s; retrying in %.1f s", profile_id, exc, countdown)
         raise self.retry(countdown=countdown, exc=exc) from None

@@ -4,6 +4,7 @@ from django.urls import path
 from rest_framework.authtoken.views import obtain_auth_token
 
 from . import api
+from .profiles import api as profiles_api
 from .reports import api as reports_api
 
 urlpatterns = [
@@ -24,6 +25,10 @@ urlpatterns = [
     path("trials/<uuid:code>/", api.TrialDetailView.as_view(), name="api-trial-detail"),
     path("trials/<uuid:code>/windows/", api.TrialWindowsView.as_view(), name="api-trial-windows"),
     path("trials/<uuid:code>/cancel/", api.TrialCancelView.as_view(), name="api-trial-cancel"),
+    path("experiments/<uuid:code>/profile/", profiles_api.ExperimentProfileView.as_view(),
+         name="api-experiment-profile"),
+    path("profiles/", profiles_api.ProfileListView.as_view(), name="api-profile-list"),
+    path("profiles/<uuid:code>/", profiles_api.ProfileDetailView.as_view(), name="api-profile-detail"),
     path("prices/", api.PriceListView.as_view(), name="api-prices"),
     path("pins/", api.PinListView.as_view(), name="api-pins"),
     path("models/", api.ModelListView.as_view(), name="api-models"),

@@ -415,6 +415,66 @@ class Export(models.Model):
         return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)
 
 
+class Profile(models.Model):
+    """A measured profile of one function model on one device (workers.profiling): service time per batch size
+    and sharing level, runtime overhead, cold-start phases. `data` is the profile dict itself (version 1), the
+    document the simulator reads and the JSON export serves. Any experiment with the same model, options,
+    input shape and device reuses the newest one (selectors `find_profile`, matched on `key`)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED)
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+                              related_name="profiles", help_text="None: shared (measured by a command)")
+    experiment = models.ForeignKey(Experiment, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="profiles", help_text="the experiment whose page asked for it")
+    key = models.CharField(max_length=64, help_text="workers.profiling.profile_key(model, options, shape, device)")
+    model = models.CharField(max_length=200)
+    options = models.JSONField(default=dict, blank=True)
+    input_shape = models.JSONField(null=True, blank=True)
+    device = models.CharField(max_length=16, help_text="the device measured (cpu, cuda:N), or the one asked for")
+    hardware = models.CharField(max_length=500, blank=True, help_text="one line: device, cores, memory, torch")
+    asked = models.JSONField(default=dict, blank=True, help_text="what was asked: samples, max batch size, cold starts, short")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    queue = models.CharField(max_length=64, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    stage = models.CharField(max_length=200, blank=True, help_text="the last progress line")
+    error = models.TextField(blank=True)
+    data = models.JSONField(null=True, blank=True, help_text="the profile dict (version 1) once measured")
+    created = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=["queued", "running", "succeeded", "failed"]),
+                                   name="profile_status_known"),
+            models.CheckConstraint(condition=~Q(status="succeeded") | Q(data__isnull=False),
+                                   name="profile_succeeded_has_data"),
+        ]
+        indexes = [
+            # find_profile: "the newest finished profile with this key"
+            models.Index(fields=["key", "status", "-finished_at"], name="profile_key_status_finished"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} on {self.device} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    def get_absolute_url(self) -> str:
+        return reverse("profile-detail", kwargs={"code": self.code})
+
+
 class ShareLink(models.Model):
     """A read-only link to the HTML report of one run, for people without an account: a random token, an
     expiry date, revocable. `/share/<token>/` shows that report and nothing else."""

@@ -1,6 +1,7 @@
 from django.urls import include, path
 
 from . import comparison_views, pin_views, price_views, views
+from .profiles import views as profile_views
 from .reports import views as report_views
 
 urlpatterns = [
@@ -34,6 +35,10 @@ urlpatterns = [
     path("compare/pinned/data/", comparison_views.pinned_compare_data, name="compare-pinned-data"),
     path("compare/pinned/clear/", pin_views.pins_clear, name="pins-clear"),
     path("compare/pinned/exports/", report_views.pinned_export_create, name="compare-pinned-exports"),
+    path("experiments/<uuid:code>/profile/", profile_views.experiment_profile, name="experiment-profile"),
+    path("profiles/", profile_views.profile_list, name="profile-list"),
+    path("profiles/<uuid:code>/", profile_views.profile_detail, name="profile-detail"),
+    path("profiles/<uuid:code>.json", profile_views.profile_json, name="profile-json"),
     path("prices/", price_views.price_list, name="price-list"),
     path("prices/new/", price_views.price_create, name="price-create"),
     path("prices/<int:pk>/edit/", price_views.price_edit, name="price-edit"),

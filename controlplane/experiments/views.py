@@ -245,11 +245,22 @@ def experiment_detail(request: HttpRequest, code) -> HttpResponse:
         workloads.append({"spec": w, "params": params, "curve": _curve_or_none(w), "chart_id": f"workload-chart-{i}",
                           "peak_rate_rps": S.peak_rate_rps(w)})
     context = _detail_context(experiment, request.user) | {
-        "spec": spec, "functions": experiment.functions.all(), "variants": experiment.variants.all(),
+        "spec": spec, "functions": _with_profiles(experiment, request.user), "variants": experiment.variants.all(),
         "workloads": workloads, "max_repeats": S.MAX_REPEATS,
         "curves": {w["chart_id"]: w["curve"] for w in workloads if w["curve"]},
     }
     return render(request, "experiments/detail.html", context)
+
+
+def _with_profiles(experiment: Experiment, user) -> list:
+    """The experiment's functions, each with `.profile`: the profile it reuses (or None)."""
+    from .profiles.selectors import experiment_function_profiles
+
+    profiles = experiment_function_profiles(experiment=experiment, user=user)
+    functions = list(experiment.functions.all())
+    for f in functions:
+        f.profile = profiles.get(f.id)
+    return functions
 
 
 @login_required

@@ -26,6 +26,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from controlplane.experiments import services, trials
+from controlplane.experiments.profiles import services as profile_services
 
 STALE_AFTER_S = 120.0
 
@@ -181,6 +182,9 @@ class Command(BaseCommand):
         failed = trials.trial_fail_stale(stale_after_s=STALE_AFTER_S)
         if failed:
             self.stdout.write(f"marked {failed} abandoned trial(s) failed (no heartbeat for {STALE_AFTER_S:.0f} s)")
+        failed = profile_services.profile_fail_stale()
+        if failed:
+            self.stdout.write(f"marked {failed} abandoned profile(s) failed")
         supervisor = Supervisor(self.stdout)
         names = []
         for dev in chosen:
