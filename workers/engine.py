@@ -174,7 +174,8 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
                    rec=rec, run_end=run_end, grace=grace, on_window=on_window, artifact_path=artifact_path,
                    trace=trace)
     if profiles is not None:
-        return _run_simulated(ctx, profiles, arrivals.function_idx, budget=budget, mem=mem, fleet=fleet)
+        return _run_simulated(ctx, profiles, arrivals.function_idx, budget=budget, mem=mem, fleet=fleet,
+                              should_stop=should_stop)
     if fleet and int(fleet.get("devices", 1)) > 1:
         raise TrialFailed("a fleet of several devices runs simulated only; a real trial runs on one device (a sweep "
                           "runs variants on every device of a pool at once)")
@@ -390,7 +391,8 @@ def _finish(ctx: _Context, platform, *, status: str, k: int, end_s: float, windo
 
 
 def _run_simulated(ctx: _Context, profiles: list[dict], function_idx: np.ndarray, *, budget: int,
-                   mem: list[int], fleet: dict | None = None) -> TrialResult:
+                   mem: list[int], fleet: dict | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> TrialResult:
     """The simulated driver (workers.platform.sim) on the same core: a virtual clock, service times and cold starts
     drawn from measured profiles. Windows are produced per simulated second, with the state at each second's end."""
     from workers.platform.core import PLACEMENTS, place
@@ -435,8 +437,13 @@ def _run_simulated(ctx: _Context, profiles: list[dict], function_idx: np.ndarray
 
     wall0 = time.perf_counter()
     end_s = sim.run(drain_grace_s=ctx.grace, run_end_s=ctx.run_end, cold_drain_extra_s=COLD_DRAIN_EXTRA_S,
-                    on_window=emit)
+                    on_window=emit, should_stop=should_stop, stop_poll_s=STOP_POLL_S)
     wall_s = time.perf_counter() - wall0
+    status = "cancelled" if sim.stopped else "succeeded"
+    k = len(rec.rows["intended_s"])
+    if sim.stopped:
+        k = int(np.searchsorted(rec.rows["intended_s"], end_s, side="right"))  # requests not yet arrived: unsent
+        ctx.notes.append(f"cancelled at simulated time {end_s:.1f} s")
     left = int(np.count_nonzero(rec.rows["outcome"] == 0))
     if left:
         ctx.notes.append(f"{left} request(s) not finished {ctx.grace:g} s after the last arrival were dropped "
@@ -450,7 +457,7 @@ def _run_simulated(ctx: _Context, profiles: list[dict], function_idx: np.ndarray
                   "profiles": hardware["profiles"], "devices": n_devices, "placement": policy if placement else None,
                   "functions_per_device": np.bincount(placement, minlength=n_devices).tolist() if placement else None,
                   "modelled": ["service_time", "cold_start", "dispatch_lag", "platform_delay"]}
-    return _finish(ctx, sim, status="succeeded", k=len(rec.rows["intended_s"]), end_s=end_s, windows=windows,
+    return _finish(ctx, sim, status=status, k=k, end_s=end_s, windows=windows,
                    hardware=hardware, dispatch=None, telemetry=None, simulated=True, devices=n_devices,
                    extra={"simulation": simulation})
 

@@ -212,6 +212,8 @@ def run_trial_by_id(trial_id: int, *, worker: str, redis_conn: redis.Redis | Non
     if trial is None or trial.status != Trial.Status.QUEUED:
         log.info("trial %s: not queued (%s): nothing to do", trial_id, trial.status if trial else "deleted")
         return "skipped"
+    if trial.simulation is not None:
+        return _run_simulated_by_id(trial, worker=worker, publish=publish, heartbeat_s=heartbeat_s, stop=stop)
     requested = str((trial.spec or {}).get("device") or "auto")
     try:
         spec = trial_spec(trial)
@@ -243,6 +245,50 @@ def run_trial_by_id(trial_id: int, *, worker: str, redis_conn: redis.Redis | Non
                             device, exc_info=True)
 
 
+def simulation_profiles(trial: Trial, spec: S.TrialSpec, device: str) -> list[dict]:
+    """The measured profile of each function the simulation draws from: the one named in trial.simulation
+    ["profiles"], else the newest of its model on this device kind. Raises LookupError saying what to measure."""
+    from controlplane.experiments.models import Profile
+    from controlplane.experiments.profiles.selectors import find_profile
+
+    pinned = (trial.simulation or {}).get("profiles") or {}
+    owner = trial.experiment.owner
+    out = []
+    for f in spec.experiment.functions:
+        if f.name in pinned:
+            row = Profile.objects.filter(code=pinned[f.name], status=Profile.Status.SUCCEEDED).first()
+            if row is None or (row.owner_id is not None and row.owner_id != owner.id):
+                raise LookupError(f"function {f.name!r}: profile {pinned[f.name]} does not exist or is not measured")
+        else:
+            row = find_profile(f.model, dict(f.options), f.input_shape, device, user=owner)
+            if row is None:
+                raise LookupError(f"function {f.name!r}: no profile of {f.model} on {device} to simulate from; "
+                                  "measure one first (the Profile button, or manage.py profile SPEC)")
+        out.append({**row.data, "id": str(row.code)})
+    return out
+
+
+def _run_simulated_by_id(trial: Trial, *, worker: str, publish: bool, heartbeat_s: float,
+                         stop: threading.Event | None) -> str:
+    """A simulated trial: no device lease (nothing runs on the device), profiles of this host's device kind."""
+    try:
+        spec = trial_spec(trial)
+        device = resolve_device(spec.experiment.device).name
+        profiles = simulation_profiles(trial, spec, device)
+    except (S.SpecError, LookupError, DeviceError) as exc:
+        if trial_claim(trial_id=trial.id, worker=worker, device="simulated") is None:
+            return "skipped"
+        trial_fail(trial_id=trial.id, error=_reason(exc))
+        log.info("trial %s: simulation failed before start: %s", trial.id, exc)
+        return "failed"
+    claimed = trial_claim(trial_id=trial.id, worker=worker, device=f"simulated {device}")
+    if claimed is None:
+        return "skipped"
+    return _execute(claimed, spec, None, publish=publish, heartbeat_s=heartbeat_s, stop=stop, profiles=profiles,
+                    fleet={"devices": trial.simulation.get("devices", 1),
+                           "placement": trial.simulation.get("placement", "first_fit")})
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, (TrialFailed, S.SpecError, LookupError, DeviceError)):
         return str(exc) or type(exc).__name__
@@ -253,7 +299,8 @@ def _reason(exc: BaseException) -> str:
 
 
 def _execute(trial: Trial, spec: S.TrialSpec, lease: DeviceLease | None, *, publish: bool,
-             heartbeat_s: float, stop: threading.Event | None) -> str:
+             heartbeat_s: float, stop: threading.Event | None, profiles: list[dict] | None = None,
+             fleet: dict | None = None) -> str:
     monitor = TrialMonitor(trial, lease, interval_s=heartbeat_s, publish=publish, stop=stop)
     monitor.start()
     artifact = artifact_path_for(trial)
@@ -261,7 +308,7 @@ def _execute(trial: Trial, spec: S.TrialSpec, lease: DeviceLease | None, *, publ
     error: Exception | None = None
     try:
         result = run_trial(spec, model_dir=Path(settings.MODEL_DIR), on_window=monitor.on_window,
-                           should_stop=monitor.should_stop, artifact_path=artifact)
+                           should_stop=monitor.should_stop, artifact_path=artifact, profiles=profiles, fleet=fleet)
     except (TrialFailed, SoftTimeLimitExceeded) as exc:  # expected: the reason says it all, no traceback
         error = exc
     except Exception as exc:  # noqa: BLE001 - any failure must end as a failed trial with a reason

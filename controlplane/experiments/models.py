@@ -305,6 +305,9 @@ class Trial(models.Model):
     error = models.TextField(blank=True)
     summary = models.JSONField(null=True, blank=True)
     artifact = models.FileField(upload_to="artifacts/", null=True, blank=True)
+    # Null: a real run on a device. Otherwise a SIMULATED trial (workers.platform.sim) and how:
+    # {"devices": N, "placement": "first_fit" | "load_pack", "profiles": {function name: profile code} | {}}.
+    simulation = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["-run_number", "variant_name", "repeat"]
@@ -327,6 +330,10 @@ class Trial(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+    @property
+    def simulated(self) -> bool:
+        return self.simulation is not None
 
     def get_absolute_url(self) -> str:
         return reverse("trial-detail", kwargs={"code": self.code})

@@ -235,16 +235,48 @@ def device_queue(device: str) -> str:
 
 
 INLINE_QUEUE = "inline"  # Trial.queue of trials run in the calling process (run_experiment --inline)
+SIM_QUEUE = "sim"  # simulated trials: any host's sim workers (manage.py worker --sim-workers N) take them
+MAX_SIM_DEVICES = 256
+
+
+def simulation_options(data) -> dict:
+    """The normalised `simulation` of simulated trials from what a form, the API or a command gave:
+    {"devices": 1..256, "placement": "first_fit" | "load_pack", "profiles": {function: profile code}}.
+    Raises SpecError naming the field."""
+    from workers.platform.core import PLACEMENTS  # no torch: the core imports numpy only
+
+    data = {} if data is None or data is True else data
+    errors: list[S.FieldError] = []
+    if not isinstance(data, dict):
+        raise S.SpecError([S.FieldError("simulate", "must be an object with devices, placement, profiles")])
+    unknown = sorted(set(data) - {"devices", "placement", "profiles"})
+    if unknown:
+        errors.append(S.FieldError(f"simulate.{unknown[0]}", "unknown field (known: devices, placement, profiles)"))
+    devices = data.get("devices", 1)
+    if isinstance(devices, bool) or not isinstance(devices, int) or not 1 <= devices <= MAX_SIM_DEVICES:
+        errors.append(S.FieldError("simulate.devices", f"must be a whole number between 1 and {MAX_SIM_DEVICES}"))
+    placement = data.get("placement", "first_fit")
+    if placement not in PLACEMENTS:
+        errors.append(S.FieldError("simulate.placement", f"must be one of: {', '.join(PLACEMENTS)}"))
+    profiles = data.get("profiles") or {}
+    if not isinstance(profiles, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in profiles.items()):
+        errors.append(S.FieldError("simulate.profiles", "must map function names to profile codes"))
+    if errors:
+        raise S.SpecError(errors)
+    return {"devices": devices, "placement": placement, "profiles": dict(profiles)}
 
 
 def experiment_run(*, experiment: Experiment, user, repeats: int | None = None,
-                   variant_names: list[str] | None = None, enqueue: bool = True) -> list[Trial]:
+                   variant_names: list[str] | None = None, enqueue: bool = True,
+                   simulate: dict | None = None) -> list[Trial]:
     """Queue one run: a Trial per variant x repeat, each enqueued on its device pool once this commits.
 
     Each trial carries the experiment spec frozen now, so editing the experiment later never changes
     what a queued or finished trial measures. `repeats` overrides every variant's own repeat count.
     `enqueue=False`: the trials are created for a runner in this process (queue "inline") and sent to
-    no broker.
+    no broker. `simulate` (see simulation_options): the trials are simulated from measured profiles, on the
+    `sim` queue, instead of run on the device.
     """
     errors: list[S.FieldError] = []
     if repeats is not None and (isinstance(repeats, bool) or not isinstance(repeats, int)
@@ -256,6 +288,7 @@ def experiment_run(*, experiment: Experiment, user, repeats: int | None = None,
         variant_names = None
     if errors:
         raise S.SpecError(errors)
+    simulation = simulation_options(simulate) if simulate is not None else None
     with transaction.atomic():
         # Row lock: two presses of Run at once must get different run numbers.
         experiment = Experiment.objects.select_for_update().get(pk=experiment.pk)
@@ -269,10 +302,14 @@ def experiment_run(*, experiment: Experiment, user, repeats: int | None = None,
                                                             f"{', '.join(rows)})") for n in unknown])
         chosen = [v for v in spec.variants if variant_names is None or v.name in variant_names]
         last = experiment.trials.aggregate(m=Max("run_number"))["m"] or 0
-        queue = device_queue(spec.device) if enqueue else INLINE_QUEUE
+        if simulation is not None:
+            unknown = sorted(set(simulation["profiles"]) - {f.name for f in spec.functions})
+            if unknown:
+                raise S.SpecError([S.FieldError("simulate.profiles", f"no function named {unknown[0]!r}")])
+        queue = (SIM_QUEUE if simulation is not None else device_queue(spec.device)) if enqueue else INLINE_QUEUE
         trials = [
             Trial(experiment=experiment, variant=rows[v.name], variant_name=v.name, run_number=last + 1,
-                  repeat=r, spec=data, queue=queue)
+                  repeat=r, spec=data, queue=queue, simulation=simulation)
             for v in chosen for r in range(repeats if repeats is not None else v.repeats)
         ]
         Trial.objects.bulk_create(trials)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -226,11 +227,16 @@ class SimPlatform:
 
     # ---- the run ----------------------------------------------------------------------------------------
     def run(self, *, drain_grace_s: float, run_end_s: float, cold_drain_extra_s: float = 120.0,
-            on_window: Callable[[float, float], None] | None = None) -> float:
+            on_window: Callable[[float, float], None] | None = None,
+            should_stop: Callable[[], bool] | None = None, stop_poll_s: float = 0.2) -> float:
         """Replay every arrival (rows["intended_s"], sorted; sent when intended), prestart included, and drain
         like the real engine: until nothing is pending after the run's end, or the grace after the last arrival
         (extended while a cold start is still running) has passed. Returns end_s. on_window(a, b) is called for
-        each whole second of run time passed, in order, before the events after b."""
+        each whole second of run time passed, in order, before the events after b. should_stop() is polled every
+        stop_poll_s of wall time; when it says stop, the run ends there (self.stopped) and what is unfinished is
+        dropped."""
+        self.stopped = False
+        wall_next = time.perf_counter() + stop_poll_s
         rows = self.rec.rows
         intended = rows["intended_s"]
         sent = rows["sent_s"]
@@ -261,7 +267,14 @@ class SimPlatform:
         next_win = 1.0
         i = 0
         now = 0.0
+        steps = 0
         while True:
+            steps += 1
+            if should_stop is not None and not steps & 1023 and time.perf_counter() >= wall_next:
+                wall_next = time.perf_counter() + stop_poll_s
+                if should_stop():
+                    self.stopped = True
+                    break
             t_arr = float(intended[i]) if i < n else math.inf
             t_ev = heap[0][0] if heap else math.inf
             t = min(t_arr, t_ev)

@@ -1,0 +1,72 @@
+"""Simulated trials in the control plane: `manage.py simulate SPEC` end to end (profiles measured first with real
+instance processes, then the simulated driver), stored as ordinary trials labelled simulated; the options are
+validated with the field named; a missing profile fails the trial with what to measure."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from controlplane.experiments import services
+from controlplane.experiments.models import Profile, Trial
+from workers import spec as S
+
+
+@pytest.fixture
+def spec_file(spec_data, tmp_path):
+    spec_data["workload"] = {"pattern": "poisson", "rate_rps": 40, "duration_s": 20, "seed": 3}
+    spec_data["variants"][1]["repeats"] = 1
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec_data))
+    return path
+
+
+@pytest.mark.django_db
+def test_simulate_profiles_what_is_missing_then_stores_simulated_trials(spec_file, tmp_path, test_redis, media_root,
+                                                                        settings):
+    settings.MODEL_DIR = tmp_path / "models"
+    out = io.StringIO()
+    call_command("simulate", str(spec_file), "--short", "--json", str(tmp_path / "sim.json"), stdout=out,
+                 stderr=io.StringIO())
+    text = out.getvalue()
+    print(text)
+    assert "profiling first" in text and "SIMULATED" in text
+    trials = list(Trial.objects.order_by("id"))
+    assert len(trials) == 2 and all(t.status == Trial.Status.SUCCEEDED for t in trials)
+    for t in trials:
+        assert t.simulated and t.simulation == {"devices": 1, "placement": "first_fit", "profiles": {}}
+        assert t.summary["simulated"] is True and t.summary["requests"] > 500
+        assert t.summary["simulation"]["profiles"][0]["id"] == str(Profile.objects.get().code)
+        assert t.summary["cost"]["spans"] and t.windows.count() >= 20
+        assert t.artifact
+    rows = json.loads((tmp_path / "sim.json").read_text())["trials"]
+    assert {r["variant"] for r in rows} == {"dedicated", "batched"}
+    # The profile is reused: a second simulation measures nothing.
+    out = io.StringIO()
+    call_command("simulate", str(spec_file), "--no-measure", stdout=out, stderr=io.StringIO())
+    assert "profiling first" not in out.getvalue()
+    assert Profile.objects.count() == 1 and Trial.objects.filter(simulation__isnull=False).count() == 4
+
+
+@pytest.mark.django_db
+def test_simulation_options_are_checked_and_a_missing_profile_fails_with_what_to_measure(spec_file, user,
+                                                                                          test_redis, media_root):
+    with pytest.raises(S.SpecError, match="simulate.devices"):
+        services.simulation_options({"devices": 0})
+    with pytest.raises(S.SpecError, match="simulate.placement"):
+        services.simulation_options({"placement": "random"})
+    with pytest.raises(CommandError, match="no profile on cpu"):
+        call_command("simulate", str(spec_file), "--no-measure", stdout=io.StringIO(), stderr=io.StringIO())
+    from controlplane.experiments.models import Experiment
+    from workers.tasks import run_trial_by_id
+
+    exp = services.experiment_import(owner=user, data=json.loads(spec_file.read_text()))
+    run = services.experiment_run(experiment=Experiment.objects.get(pk=exp.pk), user=user, enqueue=False,
+                                  simulate={"devices": 2})
+    assert all(t.queue == services.INLINE_QUEUE and t.simulation["devices"] == 2 for t in run)
+    assert run_trial_by_id(run[0].id, worker="test", redis_conn=None, publish=False) == "failed"
+    run[0].refresh_from_db()
+    assert "no profile of mlp-small on cpu" in run[0].error and "Profile button" in run[0].error
