@@ -449,26 +449,75 @@ def mps_daemon(host: dict) -> Iterator[dict[str, str]]:
         raise MpsUnavailable(f"`nvidia-cuda-mps-control -d` exited with code {done.returncode}: "
                              f"{(done.stderr or done.stdout).strip()[:300]}")
     host["mps_daemon_started"] = True
+    daemon = None
     try:
         if not _wait_for(lambda: (pipe / "control").exists(), MPS_TIMEOUT_S):
             raise MpsUnavailable(f"the MPS daemon started but its control pipe did not appear in {pipe} within "
                                  f"{MPS_TIMEOUT_S:g} s")
+        daemon = _find_daemon(pipe)
+        host["mps_daemon_pid"] = daemon.pid if daemon is not None else None
         yield env
     finally:
-        host["mps_daemon_stopped"], host["mps_stop_error"] = _stop_mps(binary, full, pipe)
+        host["mps_daemon_stopped"], host["mps_stop_error"] = _stop_mps(binary, full, pipe, daemon or _find_daemon(pipe))
         if host["mps_daemon_stopped"]:
             shutil.rmtree(pipe, ignore_errors=True)
 
 
-def _stop_mps(binary: str, env: dict, pipe: Path) -> tuple[bool, str | None]:
+def _find_daemon(pipe: Path):
+    """The control daemon serving this pipe directory: a process of nvidia-cuda-mps-control whose environment
+    names it (the daemon forks away from the `-d` call, so its pid is not the call's)."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        cmdline = proc.info.get("cmdline") or []
+        environ = proc.info.get("environ") or {}  # None for other users' processes
+        if any("nvidia-cuda-mps-control" in part for part in cmdline[:2]) and \
+                environ.get("CUDA_MPS_PIPE_DIRECTORY") == str(pipe):
+            return proc
+    return None
+
+
+def _stop_mps(binary: str, env: dict, pipe: Path, daemon) -> tuple[bool, str | None]:
+    """`echo quit | nvidia-cuda-mps-control`, then wait for the daemon to exit; one that does not quit in time
+    is terminated by its pid. (True, None) when it is gone; else (False, how to stop it by hand)."""
+    import psutil
+
+    note = None
     try:
         subprocess.run([binary], input="quit\n", env=env, capture_output=True, text=True, timeout=MPS_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, f"`echo quit | nvidia-cuda-mps-control` failed: {exc}"
-    if _wait_for(lambda: not (pipe / "control").exists(), MPS_TIMEOUT_S):
-        return True, None
-    return False, (f"the MPS daemon is still running; stop it with `echo quit | CUDA_MPS_PIPE_DIRECTORY={pipe} "
-                   "nvidia-cuda-mps-control`")
+        note = f"`echo quit | nvidia-cuda-mps-control` failed ({exc})"
+    if daemon is None:  # not found by its environment: the control pipe is the only sign of life left
+        if _wait_for(lambda: not (pipe / "control").exists(), MPS_TIMEOUT_S):
+            return True, note
+        return False, (f"the MPS daemon's control pipe is still in {pipe}; stop it with `echo quit | "
+                       f"CUDA_MPS_PIPE_DIRECTORY={pipe} nvidia-cuda-mps-control`")
+    if _exited(daemon, MPS_TIMEOUT_S):
+        return True, note
+    try:
+        daemon.terminate()
+    except psutil.NoSuchProcess:
+        return True, note
+    except psutil.AccessDenied:
+        pass
+    if _exited(daemon, MPS_TIMEOUT_S):
+        return True, f"the MPS daemon (pid {daemon.pid}) did not quit within {MPS_TIMEOUT_S:g} s and was terminated"
+    return False, (f"the MPS daemon (pid {daemon.pid}) is still running; stop it with `echo quit | "
+                   f"CUDA_MPS_PIPE_DIRECTORY={pipe} nvidia-cuda-mps-control`")
+
+
+def _exited(proc, timeout_s: float) -> bool:
+    """The process ended within timeout_s. A zombie has ended: a daemon is re-parented to whatever reaps orphans
+    on this host (in some containers nothing does)."""
+    import psutil
+
+    def gone() -> bool:
+        try:
+            return proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    return _wait_for(gone, timeout_s)
 
 
 def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
@@ -570,8 +619,9 @@ def host_lines(host: dict) -> list[str]:
     elif host.get("mps_start_error"):
         mps = f"daemon could not be started: {host['mps_start_error']}"
     elif host.get("mps_daemon_started"):
-        mps = ("daemon started by this check and stopped" if host.get("mps_daemon_stopped")
-               else f"daemon started by this check and NOT stopped: {host.get('mps_stop_error')}")
+        note = host.get("mps_stop_error")
+        mps = (f"daemon started by this check and stopped{f' ({note})' if note else ''}" if host.get("mps_daemon_stopped")
+               else f"daemon started by this check and NOT stopped: {note}")
     elif host.get("mps_binary"):
         mps = f"{host['mps_binary']} present (daemon not started)"
     else:

@@ -30,3 +30,13 @@ def test_another_device_is_named_in_the_line():
 def test_seconds_out_of_bounds_are_refused():
     with pytest.raises(CommandError, match="--seconds must be between 1 and 60"):
         call_command("gpu_check", "--seconds", "0.1", stdout=io.StringIO())
+
+
+def test_make_gpu_check_runs_the_command_with_its_arguments():
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    dry = subprocess.run(["make", "-n", "gpu-check", "GPU_CHECK_ARGS=--device cuda:1 --seconds 2"], cwd=root,
+                         capture_output=True, text=True, check=True)
+    assert dry.stdout.splitlines()[-1] == ".venv/bin/python manage.py gpu_check --device cuda:1 --seconds 2"

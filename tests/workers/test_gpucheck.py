@@ -15,6 +15,7 @@ import stat
 import textwrap
 from pathlib import Path
 
+import psutil
 import pytest
 
 from workers import devices, gpucheck, zoo
@@ -246,15 +247,18 @@ def test_checks_not_started_within_the_budget_fail_without_running(model_dir):
 
 
 # ---- the MPS daemon: started only when needed, always stopped ----------------------------------------------
-def fake_mps_control(tmp_path: Path, *, stops: bool = True) -> str:
-    """A stand-in for nvidia-cuda-mps-control: -d creates the control pipe, `quit` on stdin removes it."""
+def fake_mps_control(tmp_path: Path, *, quits: bool = True) -> str:
+    """A stand-in for nvidia-cuda-mps-control: `-d` creates the control pipe and leaves a daemon process behind
+    (the script itself, serving until the pipe is gone); `quit` on stdin removes the pipe."""
     script = tmp_path / "nvidia-cuda-mps-control"
-    quit_action = 'rm -f "$CUDA_MPS_PIPE_DIRECTORY/control"' if stops else ":"
+    quit_action = 'rm -f "$CUDA_MPS_PIPE_DIRECTORY/control"' if quits else ":"
     script.write_text(textwrap.dedent(f"""\
         #!/bin/sh
-        if [ "$1" = "-d" ]; then mkfifo "$CUDA_MPS_PIPE_DIRECTORY/control"; exit 0; fi
-        read cmd; [ "$cmd" = "quit" ] && {quit_action}
-        exit 0
+        case "$1" in
+          -d) mkfifo "$CUDA_MPS_PIPE_DIRECTORY/control"; "$0" serve </dev/null >/dev/null 2>&1 & exit 0 ;;
+          serve) while [ -e "$CUDA_MPS_PIPE_DIRECTORY/control" ]; do sleep 0.05; done; exit 0 ;;
+          *) read cmd; [ "$cmd" = "quit" ] && {quit_action}; exit 0 ;;
+        esac
         """))
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return str(script)
@@ -265,19 +269,28 @@ def test_an_mps_daemon_it_started_is_stopped_even_when_the_check_raises(tmp_path
     with pytest.raises(RuntimeError, match="trial blew up"), gpucheck.mps_daemon(h) as env:
         pipe = Path(env["CUDA_MPS_PIPE_DIRECTORY"])
         assert (pipe / "control").exists() and env["CUDA_MPS_LOG_DIRECTORY"].startswith(str(pipe))
+        daemon = psutil.Process(h["mps_daemon_pid"])
+        assert daemon.is_running()
         raise RuntimeError("trial blew up")
-    assert h["mps_daemon_started"] and h["mps_daemon_stopped"] and not pipe.exists()
-    assert "started by this check and stopped" in gpucheck.host_lines(h)[-1]
+    assert h["mps_daemon_started"] and h["mps_daemon_stopped"] and h["mps_stop_error"] is None
+    assert gpucheck._exited(daemon, 0) and not pipe.exists()
+    assert gpucheck.host_lines(h)[-1].endswith("MPS daemon started by this check and stopped")
 
 
-def test_a_daemon_that_does_not_stop_is_reported_and_fails_the_check(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpucheck, "MPS_TIMEOUT_S", 0.5)
-    h = host(mps_binary=fake_mps_control(tmp_path, stops=False))
+def test_a_daemon_that_does_not_quit_is_terminated_by_its_pid(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpucheck, "MPS_TIMEOUT_S", 1.0)
+    h = host(mps_binary=fake_mps_control(tmp_path, quits=False))
     with gpucheck.mps_daemon(h):
-        pass
-    assert h["mps_daemon_started"] and not h["mps_daemon_stopped"]
-    assert "echo quit | CUDA_MPS_PIPE_DIRECTORY=" in h["mps_stop_error"]
-    assert gpucheck.failed([], h) and "NOT stopped" in gpucheck.host_lines(h)[-1]
+        daemon = psutil.Process(h["mps_daemon_pid"])
+    assert h["mps_daemon_stopped"] and gpucheck._exited(daemon, 0)
+    assert f"pid {daemon.pid}) did not quit within 1 s and was terminated" in h["mps_stop_error"]
+    assert not gpucheck.failed([], h) and "terminated" in gpucheck.host_lines(h)[-1]
+
+
+def test_a_daemon_left_running_fails_the_check_and_says_how_to_stop_it():
+    h = host(mps_daemon_started=True, mps_daemon_stopped=False,
+             mps_stop_error="stop it with `echo quit | CUDA_MPS_PIPE_DIRECTORY=/tmp/x nvidia-cuda-mps-control`")
+    assert gpucheck.failed([], h) and "NOT stopped: stop it with `echo quit" in gpucheck.host_lines(h)[-1]
 
 
 def test_a_running_daemon_is_used_and_left_alone():
