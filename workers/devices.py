@@ -207,6 +207,31 @@ def nvml_facts(device: DeviceInfo) -> dict:
     return out
 
 
+def gpu_process_counts(device: DeviceInfo) -> dict | None:
+    """How many processes NVML lists on a CUDA device: {"compute": ordinary CUDA processes (an MPS server counts
+    here), "mps": MPS client processes}; None without NVML or a handle, a count NVML cannot give is None. Counts,
+    not pids: inside a container NVML reports the host's pids."""
+    if device.kind != "cuda":
+        return None
+    nv = _nvml()
+    if nv is None:
+        return None
+    try:
+        handle = _nvml_handle(nv, device)
+        if handle is None:
+            return None
+        out: dict[str, int | None] = {}
+        for key, name in (("compute", "nvmlDeviceGetComputeRunningProcesses"),
+                          ("mps", "nvmlDeviceGetMPSComputeRunningProcesses")):
+            try:
+                out[key] = len(getattr(nv, name)(handle))
+            except Exception:  # an NVML or driver without this query
+                out[key] = None
+        return out
+    finally:
+        _nvml_shutdown(nv)
+
+
 # ---- hardware description --------------------------------------------------------------------------
 def hardware_info(device: DeviceInfo, sharing_mechanism: str) -> dict:
     """What the trial ran on, for the record (rule 7 of the design)."""

@@ -282,11 +282,28 @@ def _child_main(job_path: str, out_path: str) -> int:
 
     job = json.loads(Path(job_path).read_text())
     deadline = time.monotonic() + float(job["stop_after_s"])
+    seen: dict = {"windows": 0, "compute": None, "mps": None}
+
+    def count_gpu_processes(_window: dict) -> None:
+        # The instances are up from the first window on (min instances start before the load): ask NVML how many
+        # processes and MPS clients the device has, in the first few windows, and keep the largest counts.
+        seen["windows"] += 1
+        if device is None or device.kind != "cuda" or seen["windows"] > 3:
+            return
+        for key, n in (devices.gpu_process_counts(device) or {}).items():
+            if n is not None:
+                seen[key] = max(n, seen[key] or 0)
+
+    device = None
     try:
         exp = parse_experiment(job["spec"])
+        with contextlib.suppress(devices.DeviceError):
+            device = devices.resolve_device(exp.device)
         result = run_trial(TrialSpec(exp, exp.variants[0]), model_dir=Path(job["model_dir"]),
-                           should_stop=lambda: time.monotonic() > deadline)
-        outcome = {"status": result.status, "summary": result.summary, "windows": result.windows}
+                           should_stop=lambda: time.monotonic() > deadline, on_window=count_gpu_processes)
+        outcome = {"status": result.status, "summary": result.summary, "windows": result.windows,
+                   "gpu_processes": {"compute": seen["compute"], "mps": seen["mps"]}
+                   if device is not None and device.kind == "cuda" else None}
         if result.status == "cancelled":
             outcome["error"] = f"stopped after {job['stop_after_s']:.0f} s (the check's time limit for this trial)"
             outcome["error_type"] = "Deadline"
@@ -342,6 +359,7 @@ def trial_row(check: Check, outcome: dict, *, device_kind: str = "cuda") -> dict
     if "summary" not in outcome:
         return _row(check, FAILED, outcome.get("error") or "the trial gave no result")
     figures = trial_figures(outcome["summary"], outcome.get("windows") or [])
+    figures["gpu_processes"] = outcome.get("gpu_processes")
     problems = [outcome["error"]] if outcome.get("error") else \
         [f"trial {outcome['status']}"] if outcome.get("status") not in (None, "succeeded") else []
     n, done, errors = figures["requests"] or 0, figures["completed"] or 0, figures["errors"] or 0
@@ -365,6 +383,10 @@ def _kind_problems(kind: str, f: dict, device_kind: str) -> list[str]:
         out.append(f"{f['prestarts'] or 0} instance(s) were started before the load; the check needs 2 at once")
     if kind == "spatial_mps" and device_kind == "cuda" and f["mps_active_thread_percentage"] != round(SHARE * 100):
         out.append(f"MPS active thread percentage {f['mps_active_thread_percentage']}, not {round(SHARE * 100)}")
+    procs = f.get("gpu_processes") or {}
+    if kind == "spatial_mps" and device_kind == "cuda" and (procs.get("mps") or 0) < 2 and (procs.get("compute") or 0) >= 2:
+        out.append(f"NVML lists {procs.get('compute')} ordinary CUDA process(es) and {procs.get('mps') or 0} MPS "
+                   "client(s): the instances did not run under MPS")
     if kind == "spatial_mig" and device_kind == "cuda" and len(f["mig_devices"] or []) != 2:
         out.append(f"the instances got {len(f['mig_devices'] or [])} MIG device(s), not 2")
     if kind == "batching_fixed" and not (f["mean_batch_size"] or 0) > 1.0:
@@ -384,6 +406,12 @@ def _ok_reason(check: Check, f: dict) -> str:
         text += f" [mechanism {f['mechanism']}]"
     if check.kind.startswith("batching") and f["mean_batch_size"] is not None:
         text += f"; mean batch {f['mean_batch_size']:.2f}"
+    procs = f.get("gpu_processes") or {}
+    if check.kind in ("time_slice_process", "spatial_mps") and procs:
+        if procs.get("compute") is None and procs.get("mps") is None:
+            text += "; NVML could not list the device's processes (not verified from the driver's side)"
+        else:
+            text += f"; NVML lists {procs.get('compute') or 0} CUDA process(es), {procs.get('mps') or 0} MPS client(s)"
     if check.kind == "scale_to_zero":
         phases = ", ".join(f"{p} {v:.0f}" for p, v in f["cold_start_ms"].items() if p != "total")
         text += f"; {f['cold_starts']} cold start(s), p50 ms: {phases}, total {f['cold_start_ms'].get('total', 0):.0f}"

@@ -182,6 +182,26 @@ def test_errored_and_missing_requests_fail_the_row(cpu_outcome):
     assert f"{bad['summary']['completed']} of {bad['summary']['requests']} requests completed" in row["reason"]
 
 
+def as_mps_trial(outcome: dict, gpu_processes: dict | None) -> dict:
+    """A real CPU outcome dressed as the spatial MPS trial would report it on a GPU."""
+    o = copy.deepcopy(outcome)
+    o["summary"]["hardware"].update(sharing_mechanism="mps", mps_active_thread_percentage=50)
+    o["summary"]["prestarts"] = 2
+    o["gpu_processes"] = gpu_processes
+    return o
+
+
+def test_mps_is_ok_only_when_nvml_does_not_show_the_instances_as_ordinary_cuda_processes(cpu_outcome):
+    mps = check("spatial_mps")
+    ok = gpucheck.trial_row(mps, as_mps_trial(cpu_outcome, {"compute": 1, "mps": 2}))
+    assert ok["result"] == "ok", ok["reason"]
+    assert ok["reason"].endswith("NVML lists 1 CUDA process(es), 2 MPS client(s)")
+    not_mps = gpucheck.trial_row(mps, as_mps_trial(cpu_outcome, {"compute": 2, "mps": 0}))
+    assert not_mps["result"] == "failed" and "the instances did not run under MPS" in not_mps["reason"]
+    unknown = gpucheck.trial_row(mps, as_mps_trial(cpu_outcome, {"compute": None, "mps": None}))
+    assert unknown["result"] == "ok" and "not verified from the driver's side" in unknown["reason"]
+
+
 def test_a_trial_that_failed_to_start_is_a_failed_row_with_the_engine_s_message():
     outcome = {"error": "spatial sharing on cuda:0 needs MIG mode ...", "error_type": "TrialFailed"}
     row = gpucheck.trial_row(check("spatial_mps"), outcome)
