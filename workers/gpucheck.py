@@ -48,6 +48,11 @@ BATCHING_RATE_RPS = 1000.0  # enough arrivals within the 5 ms queue delay to for
 SLO_LATENCY_MS = 100.0
 SHARE = 0.5  # spatial: two instances, half the device each
 KEEP_ALIVE_S = 0.5  # scale to zero: an instance idle this long is evicted
+# Scale to zero: how long after the last arrival its requests may still complete. The engine extends its drain
+# while a cold start runs, but once the start ends it drops at once what the new instance has not yet served if
+# the grace (2 s at this SLO) is over by then; a first cold start on a fresh GPU host (torch and CUDA libraries
+# read from a cold disk) can take longer than the load itself, so this trial gets a generous grace instead.
+SCALE_TO_ZERO_GRACE_S = 30.0
 # A trial gets its load's duration plus this for starting instances (process start, torch import, CUDA
 # context, weights) and draining; past it, the child is asked to stop; HARD_KILL_S later it is killed.
 TRIAL_SLACK_S = 60.0
@@ -235,13 +240,15 @@ def admission_side(memory_bytes: int) -> int | None:
 
 
 # ---- running one trial in a child process -----------------------------------------------------------------
-def run_isolated(spec: dict, *, model_dir: Path, timeout_s: float, env: dict[str, str] | None = None) -> dict:
+def run_isolated(spec: dict, *, model_dir: Path, timeout_s: float, env: dict[str, str] | None = None,
+                 drain_grace_s: float | None = None) -> dict:
     """Run a spec's first variant through the engine in a child process; its outcome as a plain dict:
     {"status", "summary", "windows"} or {"error", "error_type"}. The child is asked to stop after timeout_s and
     is killed, with every process it started, HARD_KILL_S later."""
     with tempfile.TemporaryDirectory(prefix="slsbench-gpucheck-") as tmp:
         job, out = Path(tmp) / "job.json", Path(tmp) / "outcome.json"
-        job.write_text(json.dumps({"spec": spec, "model_dir": str(model_dir), "stop_after_s": float(timeout_s)}))
+        job.write_text(json.dumps({"spec": spec, "model_dir": str(model_dir), "stop_after_s": float(timeout_s),
+                                   "drain_grace_s": drain_grace_s}))
         child_env = dict(os.environ)
         child_env.update(env or {})
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
@@ -300,7 +307,8 @@ def _child_main(job_path: str, out_path: str) -> int:
         with contextlib.suppress(devices.DeviceError):
             device = devices.resolve_device(exp.device)
         result = run_trial(TrialSpec(exp, exp.variants[0]), model_dir=Path(job["model_dir"]),
-                           should_stop=lambda: time.monotonic() > deadline, on_window=count_gpu_processes)
+                           should_stop=lambda: time.monotonic() > deadline, on_window=count_gpu_processes,
+                           drain_grace_s=job.get("drain_grace_s"))
         outcome = {"status": result.status, "summary": result.summary, "windows": result.windows,
                    "gpu_processes": {"compute": seen["compute"], "mps": seen["mps"]}
                    if device is not None and device.kind == "cuda" else None}
@@ -614,7 +622,8 @@ def _run_trial_check(check: Check, host: dict, device: str, device_kind: str, se
     timeout = min(run_s + TRIAL_SLACK_S, max(1.0, deadline - time.monotonic()))
     t = time.monotonic()
     outcome = run_isolated(spec, model_dir=model_dir, timeout_s=timeout,
-                           env=mps_env if check.kind == "spatial_mps" else None)
+                           env=mps_env if check.kind == "spatial_mps" else None,
+                           drain_grace_s=SCALE_TO_ZERO_GRACE_S if check.kind == "scale_to_zero" else None)
     row = trial_row(check, outcome, device_kind=device_kind)
     row["elapsed_s"] = round(time.monotonic() - t, 1)
     return row
