@@ -46,14 +46,14 @@ class Command(BaseCommand):
                             announce=False)
             return
         checks = gpucheck.plan_checks(host)
-        self.stderr.write(f"gpu_check on {host['device']} ({host['name']}): {sum(c.applicable for c in checks)} of "
-                          f"{len(checks)} checks apply, {seconds:g} s of load each")
+        self._progress(f"gpu_check on {host['device']} ({host['name']}): {sum(c.applicable for c in checks)} of "
+                       f"{len(checks)} checks apply, {seconds:g} s of load each")
         model_dir = Path(settings.MODEL_DIR)
         # SIGTERM ends the check like Ctrl-C: the finally blocks stop a started MPS daemon and kill a running trial.
         previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         try:
             rows = gpucheck.run_checks(checks, host, seconds=seconds, model_dir=model_dir, budget_s=budget_s,
-                                       on_row=lambda r: self.stderr.write(f"  {r['check']}: {r['result']}"))
+                                       on_row=lambda r: self._progress(f"  {r['check']}: {r['result']}"))
         finally:
             signal.signal(signal.SIGTERM, previous)
         elapsed = time.monotonic() - t0
@@ -62,6 +62,9 @@ class Command(BaseCommand):
             self._write(json_out, gpucheck.document(host, rows, seconds=seconds, elapsed_s=elapsed))
         if gpucheck.failed(rows, host):
             raise CommandError("a GPU check that applies to this host failed (see the table)")
+
+    def _progress(self, line: str) -> None:
+        self.stderr.write(line, style_func=str)  # progress, not an error: no error colour on a terminal
 
     def _write(self, path: str, doc: dict, *, announce: bool = True) -> None:
         Path(path).write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
