@@ -128,8 +128,12 @@ def describe_host(device: str = "cuda:0") -> dict:
         "mig_capable": None, "mig_enabled": False, "mig_devices": [],
         "mps_binary": shutil.which("nvidia-cuda-mps-control"), "mps_daemon_running": devices.mps_available(),
         "mps_pipe_directory": str(devices.mps_pipe_directory()),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "cuda_device_count": 0,
     }
+    try:
+        host["cuda_device_count"] = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a broken driver install raises here: for the check that is no CUDA device
+        pass
     try:
         info = devices.resolve_device(device)
     except devices.DeviceError as exc:

@@ -5,7 +5,8 @@
 A thin wrapper over workers.gpucheck (plain Python; see it for what each check proves). Describes the host,
 runs one short real trial per applicable check (progress on stderr), prints one table and its own elapsed
 time. Exit status 1 when a check that applies to this host failed (or an MPS daemon it started could not be
-stopped); 0 otherwise. On a host without a GPU it says so in one line and exits 0.
+stopped); 0 otherwise. On a host without a GPU it says so in one line and exits 0; a device this GPU host does
+not have is an error.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Command(BaseCommand):
             raise CommandError("--seconds must be between 1 and 60")
         t0 = time.monotonic()
         host = gpucheck.describe_host(device)
+        if not host["gpu"] and host["cuda_device_count"]:  # a GPU host, but not the device asked for
+            raise CommandError(f"gpu_check: {host['reason']}")
         if not host["gpu"]:
             self.stdout.write(gpucheck.no_gpu_line(host))
             if json_out:  # written quietly: on such a host the command's whole output is that one line
