@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from workers import devices
@@ -87,7 +87,6 @@ KINDS: tuple[tuple[str, tuple, str, str], ...] = (
      "every trial's one-second windows carry GPU memory from NVML"),
 )
 LABELS = {kind: label for kind, _, label, _ in KINDS}
-PROVES = {kind: proves for kind, _, _, proves in KINDS}
 
 # The sharing mechanism each trial must report (workers.devices.SharingPlan.mechanism), per device kind. The
 # cpu column is what the same trials use on a CPU, where the runner is tested.
@@ -707,10 +706,6 @@ def document(host: dict, rows: list[dict], *, seconds: float, elapsed_s: float) 
     return {"gpu": bool(host.get("gpu")), "host": host, "seconds": seconds, "elapsed_s": round(elapsed_s, 2),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows,
             "failed": failed(rows, host)}
-
-
-def check_dicts(checks: list[Check]) -> list[dict]:
-    return [{**asdict(c), "name": c.name} for c in checks]
 
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "trial":
