@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint check bench chromium report-deps clean
+.PHONY: setup demo test lint check bench gpu-check chromium report-deps clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -57,6 +57,11 @@ bench: setup
 	  rt=; if [ -n "$(RUNTIME)" ] && [ $$b != loadgen ] && [ $$b != simulate ]; then rt="--runtime $(RUNTIME)"; fi; \
 	  $(BIN)/python manage.py bench $$b $(BENCH_ARGS) $$rt || status=1; \
 	done; exit $$status
+
+# On a GPU host: every GPU path (sharing modes, batching, scale to zero, telemetry) as short real trials, one
+# table, within 5 minutes; exits 1 if a check that applies failed. GPU_CHECK_ARGS="--device cuda:1 --json out.json".
+gpu-check: setup
+	$(BIN)/python manage.py gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules var

@@ -145,6 +145,93 @@ def _nvml_handle(nv, device: DeviceInfo):
         return None
 
 
+def _physical_handle(nv, handle):
+    """The GPU a handle belongs to. With MIG enabled and CUDA_VISIBLE_DEVICES unset, CUDA's device 0 is the
+    first MIG device, so a handle found by its UUID is a MIG device's, and MIG mode and the list of MIG devices
+    can only be read from its parent GPU."""
+    if handle is None:
+        return None
+    try:
+        if nv.nvmlDeviceIsMigDeviceHandle(handle):
+            return nv.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle)
+    except Exception:  # an NVML without MIG support: the handle is a whole GPU's
+        pass
+    return handle
+
+
+def nvml_facts(device: DeviceInfo) -> dict:
+    """What NVML says about a CUDA device, for the GPU acceptance check (workers.gpucheck): whether NVML is
+    readable (and why not), driver and CUDA driver versions, the GPU's UUID and memory, its MIG capability and
+    mode, and its MIG devices. Every read is guarded: a field NVML cannot give is None."""
+    out: dict[str, Any] = {"nvml_readable": False, "nvml_error": None, "driver_version": None,
+                           "cuda_driver_version": None, "uuid": None, "nvml_memory_bytes": None,
+                           "mig_capable": None, "mig_enabled": False, "mig_devices": []}
+    try:
+        import pynvml as nv
+    except ImportError:
+        out["nvml_error"] = "the nvidia-ml-py package (pynvml) is not installed"
+        return out
+    try:
+        nv.nvmlInit()
+    except Exception as exc:  # NVMLError: library not found, driver not loaded, insufficient permissions
+        out["nvml_error"] = f"nvmlInit failed: {exc}"
+        return out
+    try:
+        out["nvml_readable"] = True
+        try:
+            out["driver_version"] = _text(nv.nvmlSystemGetDriverVersion())
+            v = int(nv.nvmlSystemGetCudaDriverVersion())
+            out["cuda_driver_version"] = f"{v // 1000}.{(v % 1000) // 10}"
+        except Exception:
+            pass
+        handle = _physical_handle(nv, _nvml_handle(nv, device))
+        if handle is None:
+            out["nvml_error"] = f"NVML has no handle for {device.name}"
+            return out
+        for key, read in (("uuid", lambda: _text(nv.nvmlDeviceGetUUID(handle))),
+                          ("nvml_memory_bytes", lambda: int(nv.nvmlDeviceGetMemoryInfo(handle).total))):
+            try:
+                out[key] = read()
+            except Exception:
+                pass
+        try:
+            current, _pending = nv.nvmlDeviceGetMigMode(handle)
+            out["mig_capable"] = True
+            out["mig_enabled"] = current == getattr(nv, "NVML_DEVICE_MIG_ENABLE", 1)
+        except Exception:  # NVML_ERROR_NOT_SUPPORTED: a GPU without MIG
+            out["mig_capable"] = False
+    finally:
+        _nvml_shutdown(nv)
+    if out["mig_enabled"]:
+        out["mig_devices"] = mig_devices(device)
+    return out
+
+
+def gpu_process_counts(device: DeviceInfo) -> dict | None:
+    """How many processes NVML lists on a CUDA device: {"compute": ordinary CUDA processes (an MPS server counts
+    here), "mps": MPS client processes}; None without NVML or a handle, a count NVML cannot give is None. Counts,
+    not pids: inside a container NVML reports the host's pids."""
+    if device.kind != "cuda":
+        return None
+    nv = _nvml()
+    if nv is None:
+        return None
+    try:
+        handle = _nvml_handle(nv, device)
+        if handle is None:
+            return None
+        out: dict[str, int | None] = {}
+        for key, name in (("compute", "nvmlDeviceGetComputeRunningProcesses"),
+                          ("mps", "nvmlDeviceGetMPSComputeRunningProcesses")):
+            try:
+                out[key] = len(getattr(nv, name)(handle))
+            except Exception:  # an NVML or driver without this query
+                out[key] = None
+        return out
+    finally:
+        _nvml_shutdown(nv)
+
+
 # ---- hardware description --------------------------------------------------------------------------
 def hardware_info(device: DeviceInfo, sharing_mechanism: str) -> dict:
     """What the trial ran on, for the record (rule 7 of the design)."""
@@ -203,7 +290,7 @@ def mig_devices(device: DeviceInfo) -> list[str]:
     if nv is None:
         return []
     try:
-        handle = _nvml_handle(nv, device)
+        handle = _physical_handle(nv, _nvml_handle(nv, device))
         if handle is None:
             return []
         try:
