@@ -230,6 +230,7 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
 
         next_win = 1.0
         last_poll = -math.inf
+        last_starting = -math.inf  # the last run time an instance was seen starting after the load
         while status == "succeeded":
             now = time.perf_counter() - t0
             if should_stop is not None and now - last_poll >= STOP_POLL_S:
@@ -246,11 +247,14 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
             if dispatcher.done:
                 if platform.pending() == 0 and now >= run_end:
                     break
-                # A cold start still in progress extends the drain (bounded): its requests are waiting for a
-                # real process start, and cutting them off at a fixed grace would report a start as a drop.
-                starting = platform.state()["instances_starting"] > 0 and now < float(intended[-1]) + grace + \
-                    COLD_DRAIN_EXTRA_S + platform.platform_delay_s
-                if now >= float(intended[-1]) + grace and now >= run_end and not starting:
+                # A cold start still in progress extends the drain (bounded), and the grace counts again from its
+                # end: its requests waited for a real process start, and cutting them off the moment it is ready
+                # would report a start as drops.
+                extra_end = float(intended[-1]) + COLD_DRAIN_EXTRA_S + platform.platform_delay_s
+                starting = platform.state()["instances_starting"] > 0 and now < extra_end + grace
+                if starting:
+                    last_starting = min(now, extra_end)
+                if now >= max(float(intended[-1]), last_starting) + grace and now >= run_end and not starting:
                     left = platform.pending()
                     if left:
                         notes.append(f"{left} request(s) not finished {grace:g} s after the last arrival were "

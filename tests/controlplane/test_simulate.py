@@ -19,12 +19,13 @@ from workers import spec as S
 def spec_file(spec_data, tmp_path):
     spec_data["workload"] = {"pattern": "poisson", "rate_rps": 40, "duration_s": 20, "seed": 3}
     spec_data["variants"][1]["repeats"] = 1
+    spec_data.pop("accelerator")  # transactional tests start without the seeded price catalogue
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec_data))
     return path
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # the trial monitor writes from its own thread
 def test_simulate_profiles_what_is_missing_then_stores_simulated_trials(spec_file, tmp_path, test_redis, media_root,
                                                                         settings):
     settings.MODEL_DIR = tmp_path / "models"
@@ -51,7 +52,7 @@ def test_simulate_profiles_what_is_missing_then_stores_simulated_trials(spec_fil
     assert Profile.objects.count() == 1 and Trial.objects.filter(simulation__isnull=False).count() == 4
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # the trial monitor writes from its own thread
 def test_simulation_options_are_checked_and_a_missing_profile_fails_with_what_to_measure(spec_file, user,
                                                                                           test_redis, media_root):
     with pytest.raises(S.SpecError, match="simulate.devices"):

@@ -201,3 +201,15 @@ def test_a_model_that_raises_in_its_process_fails_its_batches_not_the_instance(m
     assert s["runtime"] == "process" and r.status == "succeeded"
     assert s["errors"] > 10 and s["completed"] > 20 and s["errors"] + s["completed"] == s["requests"]
     assert any("simulated CUDA illegal memory access" in n for n in s["notes"])  # the child's message came back
+
+
+def test_the_drain_grace_counts_again_from_the_end_of_a_slow_cold_start(model_dir):
+    """A process cold start (seconds) far longer than the drain grace: the requests that waited for it are served,
+    not dropped the moment the instance is ready."""
+    exp = parse_experiment({
+        "name": "slow-start", "device": "cpu", "functions": [{"name": "f", "model": "mlp-small"}],
+        "workload": {"pattern": "constant", "rate_rps": 20, "duration_s": 0.5},
+        "variants": [{"name": "s2z", "sharing": "time_slice", "min_instances": 0, "max_instances": 1}]})
+    r = run_trial(TrialSpec(exp, exp.variants[0]), model_dir=model_dir, drain_grace_s=0.2)
+    assert r.summary["cold_starts"] >= 1
+    assert r.summary["completed"] == r.summary["requests"] == 10, r.summary["notes"]

@@ -131,6 +131,13 @@ def test_real_and_simulated_runs_replay_to_the_same_actions(variant, tmp_path):
     assert {"start", "run", "evict"} <= kinds_real and {"start", "run", "evict"} <= kinds_sim
 
 
+def test_the_simulated_drain_counts_the_grace_again_from_the_end_of_a_cold_start():
+    s = spec({"sharing": "time_slice", "min_instances": 0, "max_instances": 1},
+             {"pattern": "constant", "rate_rps": 20, "duration_s": 0.5})
+    r = run_trial(s, profiles=[profile(2.0, cold_ms=(3000.0,))], drain_grace_s=0.2)
+    assert r.summary["completed"] == r.summary["requests"] == 10
+
+
 def test_placement_first_fit_by_memory_and_load_pack_by_measured_load():
     from workers.platform.core import place
 

@@ -158,6 +158,7 @@ class SimPlatform:
         self._heap: list = []
         self._seq = 0
         self._next_timer = [math.inf] * self.devices  # each device's earliest pending timer
+        self._last_ready = -math.inf  # when the last cold start ended
         self._busy = [0] * self.devices  # batches running on each device now (the sharing level a batch sees)
 
     @property
@@ -211,6 +212,7 @@ class SimPlatform:
                 self._push(now, _RELEASED, a[1])
 
     def _ready(self, inst: InstanceState, phases: dict, now: float) -> None:
+        self._last_ready = now
         core = inst.driver
         if not core.closed:
             self.rec.cold_starts.append(cold_start_record(inst, now, phases, platform_delay_s=self.platform_delay_s))
@@ -279,11 +281,14 @@ class SimPlatform:
             t_ev = heap[0][0] if heap else math.inf
             t = min(t_arr, t_ev)
             if i >= n:
+                # The drain rule of the real engine: grace after the last arrival, extended while a cold start runs
+                # (bounded) and counted again from the end of the last one.
                 starting = self.state()["instances_starting"] > 0
                 if self.pending() == 0 and t >= run_end_s or t == math.inf:
                     now = max(now, run_end_s)
                     break
-                limit = last + drain_grace_s + (cold_drain_extra_s + self.platform_delay_s if starting else 0.0)
+                extra_end = last + cold_drain_extra_s + self.platform_delay_s
+                limit = (extra_end if starting else max(last, min(self._last_ready, extra_end))) + drain_grace_s
                 if t > max(limit, run_end_s):
                     now = max(limit, run_end_s)
                     break
