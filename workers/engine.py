@@ -22,6 +22,7 @@ import numpy as np
 
 from workers import cost as cost_mod
 from workers import devices, statistics, workload, zoo
+from workers import spec as S
 from workers.dispatcher import Dispatcher, behind_threshold_us
 from workers.platform import (
     MEMORY_HEADROOM,
@@ -176,6 +177,9 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
     if profiles is not None:
         return _run_simulated(ctx, profiles, arrivals.function_idx, budget=budget, mem=mem, fleet=fleet,
                               should_stop=should_stop)
+    too_big = S.real_run_errors(exp)
+    if too_big:
+        raise TrialFailed("; ".join(str(e) for e in too_big))
     if fleet and int(fleet.get("devices", 1)) > 1:
         raise TrialFailed("a fleet of several devices runs simulated only; a real trial runs on one device (a sweep "
                           "runs variants on every device of a pool at once)")

@@ -19,7 +19,8 @@ from typing import Any
 # ---- documented bounds (docs/spec.md lists them) -------------------------------------------
 MAX_RATE_RPS = 20_000.0
 MAX_DURATION_S = 86_400.0  # one day of workload time
-MAX_RUN_S = 3_600.0  # workload time / compression: how long a trial may really run
+MAX_RUN_S = 3_600.0  # workload time / compression: how long a REAL trial may run (real_run_errors)
+MAX_SIM_RUN_S = 7 * 86_400.0  # how much run time a simulated trial may cover
 MAX_COMPRESSION = 10_000.0
 MAX_CV = 20.0
 MAX_STEPS = 1_000
@@ -33,7 +34,8 @@ MAX_TTL_S = 86_400.0
 MAX_REPEATS = 20
 MAX_LATENCY_MS = 600_000.0
 MAX_TRACE_BYTES = 8 * 1024 * 1024
-MAX_REQUESTS = 5_000_000  # expected arrivals in one trial (rate x run time)
+MAX_REQUESTS = 5_000_000  # expected arrivals in one REAL trial (rate x run time; real_run_errors)
+MAX_SIM_REQUESTS = 50_000_000  # expected arrivals in one simulated trial (what a spec may ask for at all)
 MAX_PLATFORM_DELAY_MS = 600_000.0  # a modelled platform delay of at most ten minutes per cold start
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
@@ -579,9 +581,9 @@ def parse_workload(data: Any, path: str = "workload", ctx: _Ctx | None = None,
             function = None
         elif function_names is not None and function not in set(function_names):
             ctx.err(_join(path, "function"), f"no function named {function!r} in this experiment")
-    if duration and compression and duration / compression > MAX_RUN_S:
-        ctx.err(_join(path, "duration_s"), f"runs {duration / compression:.0f} s of wall time; at most "
-                f"{MAX_RUN_S:.0f} s (raise time_compression or shorten it)")
+    if duration and compression and duration / compression > MAX_SIM_RUN_S:
+        ctx.err(_join(path, "duration_s"), f"runs {duration / compression:.0f} s; at most "
+                f"{MAX_SIM_RUN_S:.0f} s even simulated (raise time_compression or shorten it)")
 
     params: dict[str, Any] = {}
     trace: TraceSpec | None = None
@@ -635,12 +637,32 @@ def parse_workload(data: Any, path: str = "workload", ctx: _Ctx | None = None,
                         time_compression=compression or DEFAULTS["workload.time_compression"],
                         seed=seed or DEFAULTS["workload.seed"], function=function, trace=trace)
     peak = peak_rate_rps(spec)
-    if peak and spec.run_s * peak * spec.time_compression > MAX_REQUESTS:
+    if peak and spec.run_s * peak * spec.time_compression > MAX_SIM_REQUESTS:
         ctx.err(_join(path, "duration_s"), f"would send about {spec.run_s * peak * spec.time_compression:,.0f} "
-                f"requests; at most {MAX_REQUESTS:,} in one trial")
+                f"requests; at most {MAX_SIM_REQUESTS:,} in one trial, even simulated")
     if own:
         ctx.raise_if_any()
     return spec
+
+
+def real_run_errors(exp: ExperimentSpec) -> list[FieldError]:
+    """What makes a valid spec too big to RUN for real (a simulation may still cover it): a workload longer
+    than MAX_RUN_S of wall time, or more than MAX_REQUESTS expected arrivals over all workloads."""
+    errors = []
+    total = 0.0
+    for i, w in enumerate(exp.workloads):
+        path = "workload" if len(exp.workloads) == 1 and w.function is None else f"workloads[{i}]"
+        if w.run_s > MAX_RUN_S + 1e-9:
+            errors.append(FieldError(f"{path}.duration_s", f"runs {w.run_s:.0f} s of wall time; at most "
+                                                           f"{MAX_RUN_S:.0f} s for a real run (raise time_compression, "
+                                                           "shorten it, or simulate it)"))
+        peak = peak_rate_rps(w)
+        if peak:
+            total += w.run_s * peak * w.time_compression
+    if total > MAX_REQUESTS:
+        errors.append(FieldError("workload", f"would send about {total:,.0f} requests; at most {MAX_REQUESTS:,} in "
+                                             "one real trial (shorten it or simulate it)"))
+    return errors
 
 
 def peak_rate_rps(w: WorkloadSpec) -> float | None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workers.spec import MAX_REQUESTS, TRACE_FORMATS, FunctionSpec, WorkloadSpec, peak_rate_rps
+from workers.spec import MAX_SIM_REQUESTS, TRACE_FORMATS, FunctionSpec, WorkloadSpec, peak_rate_rps
 
 MAX_TRACE_INVOCATIONS = 5_000_000
 AZURE2019_MINUTES = 1440
@@ -303,8 +303,9 @@ def _workload_times(workload: WorkloadSpec, rng: np.random.Generator) -> np.ndar
     """Arrival times in workload seconds within [0, duration_s), unsorted for some patterns."""
     p, d, pattern = workload.params, float(workload.duration_s), workload.pattern
     peak = peak_rate_rps(workload)
-    if peak is not None and peak * d > 2 * MAX_REQUESTS:
-        raise WorkloadError(f"about {peak * d:,.0f} arrivals at the peak rate; at most {MAX_REQUESTS:,} in one trial")
+    if peak is not None and peak * d > 2 * MAX_SIM_REQUESTS:
+        raise WorkloadError(f"about {peak * d:,.0f} arrivals at the peak rate; at most {MAX_SIM_REQUESTS:,} in one "
+                            "trial")
     if pattern == "constant":
         rate = float(p["rate_rps"])
         times = np.arange(int(math.ceil(d * rate)), dtype=np.float64) / rate

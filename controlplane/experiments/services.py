@@ -300,6 +300,10 @@ def experiment_run(*, experiment: Experiment, user, repeats: int | None = None,
             if unknown:
                 raise S.SpecError([S.FieldError("variants", f"no variant named {n!r} (known: "
                                                             f"{', '.join(rows)})") for n in unknown])
+        if simulation is None:
+            too_big = S.real_run_errors(spec)
+            if too_big:
+                raise S.SpecError(too_big)
         chosen = [v for v in spec.variants if variant_names is None or v.name in variant_names]
         last = experiment.trials.aggregate(m=Max("run_number"))["m"] or 0
         if simulation is not None:

@@ -91,11 +91,17 @@ def test_every_problem_is_reported_at_once():
         "workload.rate_rps", "variants[1].batching.max_batch_size", "slo.percentile"}
 
 
-def test_a_trial_that_would_run_longer_than_an_hour_is_refused_unless_compressed():
+def test_a_real_trial_longer_than_an_hour_is_refused_unless_compressed_a_simulated_one_is_not():
     day = {"pattern": "diurnal", "mean_rate_rps": 5, "peak_to_trough": 4, "duration_s": 86_400, "seed": 1}
-    assert "workload.duration_s" in errors_of(with_change(lambda d: d.update(workload=day)))
+    spec = parse(with_change(lambda d: d.update(workload=day)))  # a valid spec: a simulation covers a day
+    errs = S.real_run_errors(spec)
+    assert [e.path for e in errs] == ["workload.duration_s"] and "simulate it" in errs[0].message
     spec = parse(with_change(lambda d: d.update(workload={**day, "time_compression": 144})))
-    assert spec.workloads[0].run_s == 600.0
+    assert spec.workloads[0].run_s == 600.0 and S.real_run_errors(spec) == []
+    week = {**day, "duration_s": 86_400, "time_compression": 1}
+    assert S.real_run_errors(parse(with_change(lambda d: d.update(workload={**week, "mean_rate_rps": 100}))))
+    assert "workload.duration_s" in errors_of(with_change(lambda d: d.update(
+        workload={**day, "pattern": "constant", "rate_rps": 1000, "duration_s": 86_400})))  # 86 M > sim limit
 
 
 def test_steps_must_start_at_zero_and_increase():
