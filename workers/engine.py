@@ -460,7 +460,8 @@ def _run_simulated(ctx: _Context, profiles: list[dict], function_idx: np.ndarray
     hardware = _hardware(ctx)
     hardware["simulated_on"] = hardware.get("name")
     hardware["profiles"] = [{"model": p.get("model"), "device": p.get("device"), "hardware": p.get("hardware"),
-                             "created": p.get("created"), "id": p.get("id")} for p in profiles]
+                             "created": p.get("created"), "id": p.get("id"), "validation": p.get("validation")}
+                            for p in profiles]
     simulation = {"wall_s": wall_s, "requests_per_s": len(rec.rows["intended_s"]) / max(wall_s, 1e-9),
                   "profiles": hardware["profiles"], "devices": n_devices, "placement": policy if placement else None,
                   "functions_per_device": np.bincount(placement, minlength=n_devices).tolist() if placement else None,

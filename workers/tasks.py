@@ -245,26 +245,26 @@ def run_trial_by_id(trial_id: int, *, worker: str, redis_conn: redis.Redis | Non
                             device, exc_info=True)
 
 
-def simulation_profiles(trial: Trial, spec: S.TrialSpec, device: str) -> list[dict]:
-    """The measured profile of each function the simulation draws from: the one named in trial.simulation
-    ["profiles"], else the newest of its model on this device kind. Raises LookupError saying what to measure."""
+def simulation_profiles(spec: S.TrialSpec, device: str, *, pinned: dict | None = None, owner=None) -> list[dict]:
+    """The measured profile of each function the simulation draws from: the one pinned for it ({function name:
+    profile code}), else the newest of its model on this device kind that `owner` may use (None: any). Each comes
+    with its id and its latest validation. Raises LookupError saying what to measure."""
     from controlplane.experiments.models import Profile
     from controlplane.experiments.profiles.selectors import find_profile
 
-    pinned = (trial.simulation or {}).get("profiles") or {}
-    owner = trial.experiment.owner
+    pinned = pinned or {}
     out = []
     for f in spec.experiment.functions:
         if f.name in pinned:
             row = Profile.objects.filter(code=pinned[f.name], status=Profile.Status.SUCCEEDED).first()
-            if row is None or (row.owner_id is not None and row.owner_id != owner.id):
+            if row is None or (row.owner_id is not None and owner is not None and row.owner_id != owner.id):
                 raise LookupError(f"function {f.name!r}: profile {pinned[f.name]} does not exist or is not measured")
         else:
             row = find_profile(f.model, dict(f.options), f.input_shape, device, user=owner)
             if row is None:
                 raise LookupError(f"function {f.name!r}: no profile of {f.model} on {device} to simulate from; "
                                   "measure one first (the Profile button, or manage.py profile SPEC)")
-        out.append({**row.data, "id": str(row.code)})
+        out.append({**row.data, "id": str(row.code), "validation": row.validation})
     return out
 
 
@@ -274,7 +274,8 @@ def _run_simulated_by_id(trial: Trial, *, worker: str, publish: bool, heartbeat_
     try:
         spec = trial_spec(trial)
         device = resolve_device(spec.experiment.device).name
-        profiles = simulation_profiles(trial, spec, device)
+        profiles = simulation_profiles(spec, device, pinned=(trial.simulation or {}).get("profiles"),
+                                       owner=trial.experiment.owner)
     except (S.SpecError, LookupError, DeviceError) as exc:
         if trial_claim(trial_id=trial.id, worker=worker, device="simulated") is None:
             return "skipped"

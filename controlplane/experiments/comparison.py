@@ -617,6 +617,15 @@ def _flags(row: dict, trials: list[Trial], used: list[dict], behind: list[int], 
         add("modelled_delay", f"cold starts include a MODELLED platform delay of {row['platform_delay_ms']:g} ms")
     if row["runtime"] == "thread":
         add("thread_runtime", "instances are threads of one process: no isolation")
+    simulated = [t for t in trials if t.simulation is not None or (t.summary or {}).get("simulated")]
+    if simulated:
+        vals = [p.get("validation") for t in simulated
+                for p in ((t.summary or {}).get("simulation") or {}).get("profiles") or [] if p.get("validation")]
+        errs = [v["max_latency_rel_err"] for v in vals if v.get("max_latency_rel_err") is not None]
+        how = (f"; the latest validation of its profiles ({max(v['date'] for v in vals)}) found p50/p99 within "
+               f"{100 * max(errs):.0f} % of a real run" if errs else
+               "; its profiles have not been validated (manage.py validate_simulator)")
+        add("simulated", "SIMULATED from measured profiles, not run on the device" + how)
     missing = [r for r in row["repeats"] if r["_why_not_repriced"]]
     if missing:
         add("not_repriced", "repeat " + ", ".join(str(r["repeat"]) for r in missing) + " kept the costs billed "

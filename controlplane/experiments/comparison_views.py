@@ -52,7 +52,7 @@ VERDICT_BADGES = {"met": ("✓ met", "met"), "not_met": ("✗ not met", "not-met
 FLAG_LABELS = {"single_repeat": "1 repeat", "partial": "partial", "excluded": "repeats left out",
                "no_results": "no results yet", "on_cpu": "CPU run", "cpu_priced_as_gpu": "CPU run, GPU price",
                "dispatch_behind": "dispatcher fell behind", "replay": "replay", "modelled_delay": "modelled delay",
-               "thread_runtime": "threads, no isolation", "not_repriced": "not re-priced"}
+               "thread_runtime": "threads, no isolation", "not_repriced": "not re-priced", "simulated": "simulated"}
 WARN_FLAGS = {"single_repeat", "partial", "excluded", "cpu_priced_as_gpu", "dispatch_behind", "replay",
               "modelled_delay", "thread_runtime", "not_repriced"}
 

@@ -454,6 +454,9 @@ class Profile(models.Model):
     stage = models.CharField(max_length=200, blank=True, help_text="the last progress line")
     error = models.TextField(blank=True)
     data = models.JSONField(null=True, blank=True, help_text="the profile dict (version 1) once measured")
+    # The latest validate_simulator run that drew from this profile: when, which spec, and per variant the relative
+    # errors of simulated vs real p50, p99, throughput and cold starts (shown beside every simulated result).
+    validation = models.JSONField(null=True, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

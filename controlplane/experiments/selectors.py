@@ -201,11 +201,27 @@ def trial_result_row(trial: Trial) -> dict:
         "runtime": s.get("runtime"),
         "isolation": s.get("isolation") or (s.get("hardware") or {}).get("isolation"),
         "platform_delay_ms": (s.get("platform_delay_ms") or {}).get("value"),
-        "simulated": s.get("simulated"),
+        # Simulated from measured profiles (workers.platform.sim), not measured: every page says so.
+        "simulated": bool(s.get("simulated")) or trial.simulation is not None,
+        "simulation": _simulation_brief(s.get("simulation"), trial.simulation),
         "hardware": s.get("hardware"),
         "started_at": _iso(trial.started_at),
         "finished_at": _iso(trial.finished_at),
     }
+
+
+def _simulation_brief(summary_sim: dict | None, asked: dict | None) -> dict | None:
+    """How a simulated trial was simulated: fleet size, placement, and the latest validation of its profiles (the
+    largest relative p50/p99 error a validate_simulator run found for them, with its date), for the badge."""
+    if summary_sim is None and asked is None:
+        return None
+    sim = summary_sim or {}
+    vals = [p.get("validation") for p in sim.get("profiles") or [] if p.get("validation")]
+    errs = [v["max_latency_rel_err"] for v in vals if v.get("max_latency_rel_err") is not None]
+    return {"devices": sim.get("devices") or (asked or {}).get("devices") or 1,
+            "placement": sim.get("placement") or (asked or {}).get("placement"),
+            "validated": bool(vals), "validation_max_rel_err": max(errs) if errs else None,
+            "validation_date": max(v["date"] for v in vals) if vals else None}
 
 
 def experiment_results(*, experiment: Experiment, run_number: int | None = None) -> list[dict]:

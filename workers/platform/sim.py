@@ -72,10 +72,22 @@ class ServiceModel:
         if len(total) == 0:
             raise ProfileError(f"profile of {profile.get('model')!r} has no cold_start_ms.total samples")
         self._cold_total = total
+        # What the real platform adds to each batch beyond the round trip (dispatcher lag, scheduling, the instance
+        # thread's wake-up): measured by profiling.measure_platform_overhead; absent in older profiles.
+        over = profile.get("platform_overhead_ms") or []
+        self._overhead = np.sort(np.asarray(over, dtype=float)) / 1e3 if len(over) else None
         self._cold_phases = {p: np.asarray(cold[p], dtype=float) for p in COLD_PHASES
                              if p in cold and len(cold[p]) == len(total)}
 
     def service_s(self, batch: int, level: int) -> float:
+        """One batch's time on the instance as the platform sees it: a draw of the measured service time, plus a
+        draw of the platform's own overhead when the profile has it."""
+        s = self._service_s(batch, level)
+        if self._overhead is not None:
+            s += _at(self._overhead, self.rng.random())
+        return s
+
+    def _service_s(self, batch: int, level: int) -> float:
         lv = min(self.levels, key=lambda x: (abs(x - level), x))
         scale = 1.0
         if level > self.levels[-1]:
@@ -101,7 +113,8 @@ class ServiceModel:
     def mean_service_s(self) -> float:
         """Mean service time of a batch of 1 alone on the device (placement's measure of load)."""
         sizes, arrays = self._cells[self.levels[0]]
-        return float(arrays[0].mean()) / float(sizes[0])
+        over = float(self._overhead.mean()) if self._overhead is not None else 0.0
+        return (float(arrays[0].mean()) + over) / float(sizes[0])
 
     def cold_start(self) -> tuple[float, dict]:
         """(total seconds, phases in ms) of one measured cold start."""

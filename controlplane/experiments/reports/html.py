@@ -265,7 +265,12 @@ def _caveats(comparison: dict, records: dict[str, dict]) -> list[dict]:
     simulated = sorted({f"{r['label']}" for r in rows for rep in r["repeats"]
                         if (records.get(rep["trial"]) or {}).get("simulated")})
     if simulated:
-        out.append({"kind": "simulated", "text": f"Simulated, not measured: {', '.join(simulated)}."})
+        sims = [(records.get(rep["trial"]) or {}).get("simulation") or {} for r in rows for rep in r["repeats"]]
+        errs = [s["validation_max_rel_err"] for s in sims if s.get("validation_max_rel_err") is not None]
+        trust = (f" The latest validation of their profiles against real runs found p50/p99 within "
+                 f"{100 * max(errs):.0f} %." if errs else " Their profiles have not been validated against real runs.")
+        out.append({"kind": "simulated", "text": f"Simulated from measured profiles, not measured: "
+                                                 f"{', '.join(simulated)}.{trust}"})
     for n in comparison.get("notes") or []:
         out.append({"kind": "note", "text": n})
     for c in out:

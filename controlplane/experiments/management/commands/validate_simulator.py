@@ -1,0 +1,128 @@
+"""How far to trust the simulator here: run the same spec for real and simulated on this host, and compare.
+
+    manage.py validate_simulator examples/simulator-validation.json --json fidelity.json
+
+For each variant: one real trial (the engine on this host's device, as `run_experiment --inline` runs it, not
+stored) and one simulated trial of the same seed from the functions' profiles (profiled first when missing, as
+`simulate` does). Printed per variant: the relative error (simulated - real) / real of p50, p99, throughput and cold
+starts. The result is stored on every profile used (Profile.validation), and the pages and reports show it beside
+every result simulated from that profile.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from controlplane.experiments import spec_io
+from controlplane.experiments.management.commands.simulate import Command as SimulateCommand
+from controlplane.experiments.models import Profile
+from workers import devices
+from workers import spec as S
+
+METRICS = (("p50", "p50_rel_err"), ("p99", "p99_rel_err"), ("throughput", "throughput_rel_err"),
+           ("cold_starts", "cold_starts_rel_err"))
+
+
+def figures(summary: dict) -> dict:
+    lat = summary.get("latency_ms") or {}
+    return {"p50": lat.get("p50"), "p99": lat.get("p99"), "throughput": summary.get("throughput_rps"),
+            "cold_starts": summary.get("cold_starts")}
+
+
+def rel_err(sim, real) -> float | None:
+    """(sim - real) / real; None when either is missing. Zero real cold starts: 0 if the simulation has none too."""
+    if sim is None or real is None:
+        return None
+    if real == 0:
+        return 0.0 if sim == 0 else None
+    return (float(sim) - float(real)) / float(real)
+
+
+def compare(variant: str, real: dict, sim: dict) -> dict:
+    r, s = figures(real), figures(sim)
+    row = {"variant": variant}
+    for key, name in METRICS:
+        row[name] = rel_err(s[key], r[key])
+    row["real"], row["simulated"] = r, s
+    return row
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:+.1f}%"
+
+
+class Command(BaseCommand):
+    help = "Run a spec for real and simulated on this host and print the simulator's relative errors per variant."
+
+    def add_arguments(self, parser):
+        parser.add_argument("spec", help="experiment spec file (JSON or YAML); keep it short: it runs for real")
+        parser.add_argument("--json", dest="json_out", nargs="?", const="-", metavar="OUT",
+                            help="write the result as JSON to OUT (or stdout with no OUT)")
+        parser.add_argument("--short", action="store_true", help="profile missing models quickly (few samples)")
+
+    def handle(self, *args, spec, json_out, short, **options):
+        from workers.engine import TrialFailed, run_trial
+        from workers.tasks import simulation_profiles
+
+        try:
+            data = spec_io.load_spec_file(spec)
+            exp = S.parse_experiment(data)
+        except S.SpecError as exc:
+            raise CommandError(f"{spec}: invalid:\n" + "\n".join(f"  {e}" for e in exc.errors)) from None
+        too_big = S.real_run_errors(exp)
+        if too_big:
+            raise CommandError("the spec is too big to run for real:\n" + "\n".join(f"  {e}" for e in too_big))
+        out = self.stdout if json_out != "-" else io.StringIO()
+        helper = SimulateCommand(stdout=out, stderr=self.stderr)
+        helper._measure_missing(spec, exp, {}, measure=True, short=short)
+        device = devices.resolve_device(exp.device).name
+        profiles = simulation_profiles(S.TrialSpec(exp, exp.variants[0]), device)
+        rows = []
+        model_dir = Path(settings.MODEL_DIR)
+        for v in exp.variants:
+            ts = S.TrialSpec(exp, v)
+            out.write(f"{v.name}: real run…")
+            try:
+                real = run_trial(ts, model_dir=model_dir).summary
+                sim = run_trial(ts, model_dir=model_dir, profiles=profiles).summary
+            except TrialFailed as exc:
+                raise CommandError(f"variant {v.name}: {exc}") from None
+            row = compare(v.name, real, sim)
+            rows.append(row)
+            out.write("  " + "  ".join(f"{k} {_pct(row[name])}" for k, name in METRICS))
+        result = {"spec": exp.name, "device": device, "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                  "profiles": [p["id"] for p in profiles], "variants": rows}
+        self._table(out, rows)
+        self._store(result, profiles)
+        if json_out == "-":
+            self.stdout.write(json.dumps(result, allow_nan=False))
+        elif json_out:
+            Path(json_out).write_text(json.dumps(result, indent=2, allow_nan=False))
+
+    def _table(self, out, rows: list[dict]) -> None:
+        out.write(f"{'variant':20} {'p50 real':>9} {'sim':>9} {'err':>8} {'p99 real':>9} {'sim':>9} {'err':>8} "
+                  f"{'thr err':>8} {'cold real':>9} {'sim':>5} {'err':>8}")
+        for r in rows:
+            re, si = r["real"], r["simulated"]
+
+            def ms(v):
+                return "-" if v is None else f"{v:.3f}"
+
+            out.write(f"{r['variant']:20} {ms(re['p50']):>9} {ms(si['p50']):>9} {_pct(r['p50_rel_err']):>8} "
+                      f"{ms(re['p99']):>9} {ms(si['p99']):>9} {_pct(r['p99_rel_err']):>8} "
+                      f"{_pct(r['throughput_rel_err']):>8} {re['cold_starts']!s:>9} {si['cold_starts']!s:>5} "
+                      f"{_pct(r['cold_starts_rel_err']):>8}")
+
+    def _store(self, result: dict, profiles: list[dict]) -> None:
+        brief = {"date": result["date"], "spec": result["spec"], "device": result["device"],
+                 "variants": [{k: r[k] for k in ("variant", *(n for _, n in METRICS))} for r in result["variants"]]}
+        errs = [abs(r[n]) for r in result["variants"] for n in ("p50_rel_err", "p99_rel_err") if r[n] is not None]
+        brief["max_latency_rel_err"] = max(errs) if errs else None
+        Profile.objects.filter(code__in=result["profiles"]).update(validation=brief)
+
