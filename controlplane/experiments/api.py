@@ -131,9 +131,9 @@ class ExperimentRunView(SpecAPIView):
                    responses={202: ser.RunResponseSerializer, 400: ERRORS, 404: NOT_FOUND})
     def post(self, request: Request, code) -> Response:
         experiment = selectors.experiment_get_for(user=request.user, code=code)
-        body = _object_body(request, allowed=("repeats", "variants"))
+        body = _object_body(request, allowed=("repeats", "variants", "simulate"))
         trials = services.experiment_run(experiment=experiment, user=request.user, repeats=body.get("repeats"),
-                                         variant_names=body.get("variants"))
+                                         variant_names=body.get("variants"), simulate=body.get("simulate"))
         return Response({"run_number": trials[0].run_number if trials else None, "trials": _rows(trials, request)},
                         status=status.HTTP_202_ACCEPTED)
 

@@ -156,11 +156,22 @@ class SpecDocument(serializers.Serializer):
     variants = VariantDocument(many=True, help_text=f"1 to {S.MAX_VARIANTS} configurations to compare")
 
 
+class SimulateRequest(serializers.Serializer):
+    devices = serializers.IntegerField(required=False, min_value=1, help_text="Simulated devices (default 1).")
+    placement = serializers.ChoiceField(choices=["first_fit", "load_pack"], required=False,
+                                        help_text="How functions are placed on the devices (default first_fit).")
+    profiles = serializers.DictField(child=serializers.CharField(), required=False,
+                                     help_text="Function name -> profile code (default: the newest profile of its "
+                                               "model on the device).")
+
+
 class RunRequest(serializers.Serializer):
     repeats = serializers.IntegerField(required=False, min_value=1, max_value=S.MAX_REPEATS,
                                        help_text="Repeats of every variant (default: each variant's own).")
     variants = serializers.ListField(child=serializers.CharField(), required=False, min_length=1,
                                      help_text="Run only these variants (default: all).")
+    simulate = SimulateRequest(required=False, help_text="Simulate the run from measured profiles instead of running "
+                                                         "it on the device (queue `sim`); {} for the defaults.")
 
 
 class CloneRequest(serializers.Serializer):
@@ -333,7 +344,9 @@ class TrialRowSerializer(serializers.Serializer):
     isolation = serializers.CharField(allow_null=True)
     platform_delay_ms = serializers.FloatField(allow_null=True, help_text="MODELLED delay added to each cold "
                                                                           "start (0: none)")
-    simulated = serializers.BooleanField(allow_null=True)
+    simulated = serializers.BooleanField(allow_null=True, help_text="true: simulated from measured profiles, not run")
+    simulation = serializers.DictField(allow_null=True, help_text="simulated trials: devices, placement, and the "
+                                                                  "latest validation of their profiles")
     hardware = serializers.DictField(allow_null=True, help_text="device name, torch version, sharing mechanism, ...")
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)

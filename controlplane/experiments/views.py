@@ -283,14 +283,21 @@ def experiment_run(request: HttpRequest, code) -> HttpResponse:
         except ValueError:
             messages.error(request, f"Repeats: must be a whole number between 1 and {S.MAX_REPEATS}.")
             return redirect(experiment)
+    simulate = None
+    if request.POST.get("simulate"):
+        raw_devices = (request.POST.get("devices") or "1").strip()
+        simulate = {"devices": int(raw_devices) if raw_devices.isdigit() else raw_devices,
+                    "placement": request.POST.get("placement") or "first_fit"}
     try:
-        trials = services.experiment_run(experiment=experiment, user=request.user, repeats=repeats)
+        trials = services.experiment_run(experiment=experiment, user=request.user, repeats=repeats,
+                                         simulate=simulate)
     except S.SpecError as exc:
         for e in exc.errors:
-            messages.error(request, f"Cannot run: {e}")
+            messages.error(request, f"Cannot {'simulate' if simulate else 'run'}: {e}")
         return redirect(experiment)
     run = trials[0].run_number if trials else "?"
-    messages.success(request, f"Run {run} queued: {len(trials)} trial{'s' if len(trials) != 1 else ''}.")
+    what = "simulated trial" if simulate else "trial"
+    messages.success(request, f"Run {run} queued: {len(trials)} {what}{'s' if len(trials) != 1 else ''}.")
     return redirect(experiment)
 
 

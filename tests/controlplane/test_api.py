@@ -302,9 +302,21 @@ def test_run_can_pick_variants_and_repeats(owner, experiment, django_capture_on_
     assert len(callbacks) == 2
 
 
+def test_run_can_be_simulated(owner, experiment, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        body = post(owner, f"/api/experiments/{experiment.code}/run/",
+                    {"variants": ["batched"], "simulate": {"devices": 4, "placement": "load_pack"}}).json()
+    assert all(t["simulated"] is True and t["simulation"]["devices"] == 4 for t in body["trials"])
+    assert len(callbacks) == len(body["trials"])
+    assert Trial.objects.filter(queue="sim").count() == len(body["trials"])
+
+
 @pytest.mark.parametrize("data,path", [({"repeats": 0}, "repeats"), ({"repeats": "3"}, "repeats"),
                                        ({"variants": ["nope"]}, "variants"), ({"variants": "batched"}, "variants"),
-                                       ({"speed": "fast"}, "speed"), ([1, 2], "")])
+                                       ({"speed": "fast"}, "speed"), ([1, 2], ""),
+                                       ({"simulate": {"devices": 0}}, "simulate.devices"),
+                                       ({"simulate": {"placement": "x"}}, "simulate.placement"),
+                                       ({"simulate": "yes"}, "simulate")])
 def test_a_bad_run_request_is_refused_and_queues_nothing(owner, experiment, data, path,
                                                          django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:

@@ -451,6 +451,25 @@ def test_run_queues_one_trial_per_variant_and_repeat_once_committed(owner_client
     assert reverse("trial-detail", args=[trials[0].code]) in html
 
 
+def test_simulate_queues_simulated_trials_on_the_sim_queue_and_they_are_badged(owner_client, experiment,
+                                                                             django_capture_on_commit_callbacks):
+    html = owner_client.get(experiment.get_absolute_url()).content.decode()
+    assert 'id="simulate-experiment"' in html
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = owner_client.post(reverse("experiment-run", args=[experiment.code]),
+                                     {"simulate": "1", "devices": "3", "placement": "load_pack"}, follow=True)
+    assert "simulated trials" in response.content.decode()
+    trials = list(Trial.objects.filter(experiment=experiment))
+    assert trials and all(t.queue == "sim" and t.simulation == {"devices": 3, "placement": "load_pack",
+                                                                 "profiles": {}} for t in trials)
+    assert len(callbacks) == len(trials)
+    html = owner_client.get(experiment.get_absolute_url()).content.decode()
+    assert "badge-simulated" in html and "unvalidated" in html
+    response = owner_client.post(reverse("experiment-run", args=[experiment.code]),
+                                 {"simulate": "1", "devices": "0"}, follow=True)
+    assert "simulate.devices: must be a whole number between 1 and 256" in response.content.decode()
+
+
 def test_run_refuses_a_bad_repeat_count_and_queues_nothing(owner_client, experiment):
     response = owner_client.post(reverse("experiment-run", args=[experiment.code]), {"repeats": "50"}, follow=True)
     assert "repeats: must be a whole number between 1 and 20" in response.content.decode()

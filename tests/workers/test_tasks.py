@@ -286,3 +286,19 @@ def test_the_worker_reports_its_devices_in_redis_and_warms_up_its_pool_process(w
     assert hostname in selectors.worker_devices()["devices"]["cpu"]
     processes.wait_for(lambda: "worker warm-up: imports done" in processes.log_text(worker), 60,
                        "the pool process to warm up", worker)
+
+
+def test_a_simulated_trial_runs_on_a_worker_without_the_device_lease(worker, user, price_catalogue, on_worker_redis):
+    from tests.controlplane.test_profiles import stored
+
+    profile = stored(model="mlp-small", service_ms=2.0)
+    experiment = services.experiment_import(owner=user, data=spec("sim", duration_s=30, rate_rps=50))
+    trial = services.experiment_run(experiment=experiment, user=user, enqueue=False, simulate={})[0]
+    lease = redis.Redis.from_url(TEST_REDIS_URL)
+    send(trial)
+    trial = wait_status(trial, ("succeeded", "failed"), 60, worker)
+    assert trial.status == "succeeded", trial.error
+    assert trial.device == "simulated cpu" and trial.summary["simulated"] is True
+    assert trial.summary["simulation"]["profiles"][0]["id"] == str(profile.code)
+    assert trial.summary["requests"] == 1500 and trial.windows.count() >= 30
+    assert not list(lease.scan_iter(f"{PREFIX}:lease*"))  # a simulation takes no device

@@ -92,7 +92,9 @@ class Command(BaseCommand):
             bin_dir = Path(sys.executable).parent
             supervisor.start("web server (daphne)", [str(bin_dir / "daphne"), "-b", host, "-p", str(port),
                                                      "controlplane.asgi:application"], env=env)
-            supervisor.start("celery worker", celery_worker_argv(all_queues(), self.worker_name), env=env)
+            # One worker for everything in the demo: the device pools and simulated trials.
+            supervisor.start("celery worker", celery_worker_argv([*all_queues(), services.SIM_QUEUE], self.worker_name),
+                             env=env)
             supervisor.start("reports worker", reports_worker_argv(f"reports-{self.worker_name}"), env=env)
             if not wait_until(lambda: port_open(host, port) or bool(supervisor.dead()), START_TIMEOUT_S) \
                     or supervisor.dead():

@@ -4,6 +4,7 @@ the exports.
     manage.py worker              # every device: cpu, and cuda:N for each GPU; and the reports worker
     manage.py worker --device cpu
     manage.py worker --no-reports # device pools only
+    manage.py worker --sim-workers 4  # simulated trials (queue `sim`), four at a time
 
 Each worker consumes its device's queue (services.device_queue) with concurrency 1 and prefetch 1. The
 "auto" and "cuda" pools go to the device they resolve to on this host (cuda:0, else cpu). The reports worker
@@ -58,6 +59,13 @@ def all_queues(n_cuda: int | None = None) -> list[str]:
 def celery_worker_argv(queues: list[str], name: str, *, loglevel: str = "INFO") -> list[str]:
     return [str(Path(sys.executable).with_name("celery")), "-A", "controlplane", "worker", "-Q", ",".join(queues),
             "--concurrency", "1", "--prefetch-multiplier", "1", "-n", f"{name}@%h", "--loglevel", loglevel]
+
+
+def sim_worker_argv(name: str, concurrency: int, *, loglevel: str = "INFO") -> list[str]:
+    """A worker for simulated trials (queue `sim`): no device, so several run at once on one host."""
+    argv = celery_worker_argv([services.SIM_QUEUE], name, loglevel=loglevel)
+    argv[argv.index("--concurrency") + 1] = str(max(1, int(concurrency)))
+    return argv
 
 
 def reports_worker_argv(name: str, *, loglevel: str = "INFO") -> list[str]:
@@ -172,8 +180,10 @@ class Command(BaseCommand):
         parser.add_argument("--loglevel", default="INFO")
         parser.add_argument("--no-reports", action="store_true",
                             help="start no worker for the exports' queue (`reports`)")
+        parser.add_argument("--sim-workers", type=int, default=1, metavar="N",
+                            help="simulated trials (queue `sim`) run N at a time on this host (0: none; default 1)")
 
-    def handle(self, *args, device, loglevel, no_reports=False, **options):
+    def handle(self, *args, device, loglevel, no_reports=False, sim_workers=1, **options):
         plan = device_queues()
         chosen = device or list(plan)
         unknown = [d for d in chosen if d not in plan]
@@ -195,6 +205,11 @@ class Command(BaseCommand):
         if not no_reports:
             supervisor.start("reports worker [reports]", reports_worker_argv(f"reports-{os.getpid()}",
                                                                            loglevel=loglevel))
+        if sim_workers and sim_workers > 0:
+            name = f"sim-{os.getpid()}"
+            names.append(name)
+            supervisor.start(f"simulation worker x{sim_workers} [{services.SIM_QUEUE}]",
+                             sim_worker_argv(name, sim_workers, loglevel=loglevel))
         self.stdout.write(f"workers running (broker {settings.CELERY_BROKER_URL}); Ctrl-C stops them")
         self.stdout.flush()
         status = 1
