@@ -348,10 +348,11 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
                 r.kill()
     if stop():
         raise ProfileStopped("stopped before the platform overhead")
-    platform_ms = measure_platform_overhead(model_dir, null_service_ms=_percentile(overhead, 50),
-                                            seconds=1.0 if samples < DEFAULT_SAMPLES else 2.0)
-    say(f"platform overhead (dispatcher, scheduling, wake-ups): p50 {_percentile(platform_ms, 50) * 1e3:.1f} us, "
-        f"p99 {_percentile(platform_ms, 99) * 1e3:.1f} us")
+    platform = measure_platform_overhead(model_dir, null_service_ms=_percentile(overhead, 50),
+                                         seconds=1.0 if samples < DEFAULT_SAMPLES else 2.0)
+    for key, what in (("dispatch_lag_ms", "dispatcher lag"), ("platform_overhead_ms", "scheduling and wake-up")):
+        xs = platform[key]
+        say(f"platform {what}: p50 {_percentile(xs, 50) * 1e3:.1f} us, p99 {_percentile(xs, 99) * 1e3:.1f} us")
 
     profile = {
         "version": VERSION,
@@ -366,7 +367,8 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
         "sharing_levels": levels,
         "service_ms": service,
         "overhead_us": {"p50": _percentile(overhead, 50) * 1e3, "p99": _percentile(overhead, 99) * 1e3},
-        "platform_overhead_ms": platform_ms,
+        "platform_overhead_ms": platform["platform_overhead_ms"],
+        "dispatch_lag_ms": platform["dispatch_lag_ms"],
         "cold_start_ms": cold,
         "memory_bytes": int(memory_bytes),
         "samples": samples,
@@ -382,12 +384,17 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
 
 
 def measure_platform_overhead(model_dir: Path, *, null_service_ms: float, seconds: float = 2.0,
-                              rate_rps: float = 200.0) -> list[float]:
-    """What the platform adds to a request beyond its batch's round trip to the instance: the open-loop
-    dispatcher's lag, the scheduling core under its lock, the instance thread's wake-up on the answer. Measured
-    as the latency of the null model through the real platform (engine, one process instance, Poisson load)
-    minus the null model's median direct round trip; at most MAX_CELL_SAMPLES samples (ms, >= 0). The simulator
-    adds one draw of it to every batch."""
+                              rate_rps: float = 200.0) -> dict:
+    """What the platform adds to a request beyond its batch's round trip to the instance, measured through the real
+    platform (engine, one process instance of the null model, Poisson load), in two parts (ms, >= 0, at most
+    MAX_CELL_SAMPLES samples each):
+
+      dispatch_lag_ms       sent - intended: the open-loop dispatcher's lateness, before the request reaches the
+                            scheduler (the simulator delays each arrival by a draw of it);
+      platform_overhead_ms  completed - batch start - the null model's median direct round trip: the scheduling
+                            core under its lock and the instance thread's wake-up on the answer, during which the
+                            instance is not free (the simulator adds a draw of it to each batch).
+    """
     from workers.engine import run_trial
     from workers.records import OUTCOME_OK
     from workers.spec import TrialSpec, parse_experiment
@@ -400,12 +407,17 @@ def measure_platform_overhead(model_dir: Path, *, null_service_ms: float, second
         res = run_trial(TrialSpec(exp, exp.variants[0]), model_dir=model_dir, artifact_path=Path(tmp) / "o.parquet")
         import pyarrow.parquet as pq
 
-        t = pq.read_table(res.artifact_path, columns=["outcome", "completed_s", "intended_s"]).to_pydict()
-    lat = [(c - i) * 1e3 for o, c, i in zip(t["outcome"], t["completed_s"], t["intended_s"], strict=True)
-           if o == OUTCOME_OK]
-    extra = sorted(max(0.0, x - null_service_ms) for x in lat) or [0.0]
-    step = max(1, len(extra) // MAX_CELL_SAMPLES + (len(extra) % MAX_CELL_SAMPLES > 0))
-    return extra[::step][:MAX_CELL_SAMPLES]
+        t = pq.read_table(res.artifact_path, columns=["outcome", "completed_s", "intended_s", "sent_s",
+                                                       "batch_start_s"]).to_pydict()
+    ok = [i for i, o in enumerate(t["outcome"]) if o == OUTCOME_OK]
+    lag = sorted(max(0.0, (t["sent_s"][i] - t["intended_s"][i]) * 1e3) for i in ok) or [0.0]
+    post = sorted(max(0.0, (t["completed_s"][i] - t["batch_start_s"][i]) * 1e3 - null_service_ms) for i in ok) or [0.0]
+    return {"dispatch_lag_ms": _thin(lag), "platform_overhead_ms": _thin(post)}
+
+
+def _thin(xs: list[float]) -> list[float]:
+    step = max(1, -(-len(xs) // MAX_CELL_SAMPLES))
+    return xs[::step][:MAX_CELL_SAMPLES]
 
 
 # ---- validation and summaries -------------------------------------------------------------------------------
@@ -490,8 +502,9 @@ def validate_profile(d: Any) -> dict:
         _samples(cold[phase], f"cold_start_ms.{phase}", positive=phase == "total")
     if len({len(cold[p]) for p in PHASES}) != 1:
         raise ValueError("cold_start_ms: every phase must have one sample per cold start")
-    if d.get("platform_overhead_ms") is not None:  # optional: profiles measured before it was added lack it
-        _samples(d["platform_overhead_ms"], "platform_overhead_ms", positive=False)
+    for field in ("platform_overhead_ms", "dispatch_lag_ms"):  # optional: older profiles lack them
+        if d.get(field) is not None:
+            _samples(d[field], field, positive=False)
     if isinstance(d["memory_bytes"], bool) or not isinstance(d["memory_bytes"], int) or d["memory_bytes"] < 0:
         raise ValueError("memory_bytes: must be a whole number of bytes, 0 or more")
     if isinstance(d["samples"], bool) or not isinstance(d["samples"], int) or d["samples"] < 1:

@@ -44,7 +44,6 @@ class Recorder:
         self.n_batches = 0
         # Index arrays of requests whose outcome (ok / error / dropped) was just written, in finishing order.
         self._finished: list[np.ndarray | int] = []
-        self._cursor = 0
 
     # -- written by the platform ----------------------------------------------------------------------
     def finished(self, idx: np.ndarray | int) -> None:
@@ -60,8 +59,8 @@ class Recorder:
         dt = max(t1_s - t0_s, 1e-9)
         rows = self.rows
         end = len(self._finished)
-        new = self._finished[self._cursor:end]
-        self._cursor = end
+        new = self._finished[:end]
+        del self._finished[:end]  # consumed: a day of requests must not keep one object each (appends go on after end)
         if new:
             idx = np.concatenate([np.atleast_1d(np.asarray(x, dtype=np.int64)) for x in new])
         else:

@@ -11,8 +11,10 @@ What is modelled, and so labelled on every simulated result:
     batches running at once on the device; above the largest measured level, scaled by level / measured level,
     i.e. processor sharing);
   - cold start: one measured cold start (all its phases) drawn at random, plus the variant's modelled delay;
-  - dispatch: requests are sent exactly when intended (the real dispatcher's lag, tens of microseconds, is not
-    added) and an eviction frees its memory at once.
+  - the platform's own cost: each request reaches the scheduler a draw of the dispatcher's measured lag after it
+    was due, and each batch holds its instance a draw of the measured scheduling and wake-up overhead longer (both
+    measured through the real platform on the null model when the profile was taken); an eviction frees its memory
+    at once.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class ServiceModel:
         # thread's wake-up): measured by profiling.measure_platform_overhead; absent in older profiles.
         over = profile.get("platform_overhead_ms") or []
         self._overhead = np.sort(np.asarray(over, dtype=float)) / 1e3 if len(over) else None
+        lag = profile.get("dispatch_lag_ms") or []
+        self.dispatch_lag_s = np.sort(np.asarray(lag, dtype=float)) / 1e3 if len(lag) else None
         self._cold_phases = {p: np.asarray(cold[p], dtype=float) for p in COLD_PHASES
                              if p in cold and len(cold[p]) == len(total)}
 
@@ -255,6 +259,14 @@ class SimPlatform:
         rows = self.rec.rows
         intended = rows["intended_s"]
         sent = rows["sent_s"]
+        # The dispatcher's measured lateness: each request reaches the scheduler a draw of it after it was due, and
+        # never before the one ahead of it (one dispatcher thread sends them in order).
+        lag = next((m.dispatch_lag_s for m in self.models if m.dispatch_lag_s is not None), None)
+        if lag is not None and len(intended):
+            draws = lag[np.minimum(len(lag) - 1, (self.rng.random(len(intended)) * len(lag)).astype(np.int64))]
+            due = np.maximum.accumulate(intended + draws)
+        else:
+            due = intended
         fidx = self.core.fidx
         n = len(intended)
         route = self._route
@@ -290,7 +302,7 @@ class SimPlatform:
                 if should_stop():
                     self.stopped = True
                     break
-            t_arr = float(intended[i]) if i < n else math.inf
+            t_arr = float(due[i]) if i < n else math.inf
             t_ev = heap[0][0] if heap else math.inf
             t = min(t_arr, t_ev)
             if i >= n:
