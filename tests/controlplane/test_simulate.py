@@ -71,3 +71,33 @@ def test_simulation_options_are_checked_and_a_missing_profile_fails_with_what_to
     assert run_trial_by_id(run[0].id, worker="test", redis_conn=None, publish=False) == "failed"
     run[0].refresh_from_db()
     assert "no profile of mlp-small on cpu" in run[0].error and "Profile button" in run[0].error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_validate_simulator_compares_real_and_simulated_runs_and_stores_the_result(spec_data, tmp_path, test_redis,
+                                                                                 media_root, settings):
+    settings.MODEL_DIR = tmp_path / "models"
+    spec_data.pop("accelerator")
+    spec_data["workload"] = {"pattern": "poisson", "rate_rps": 50, "duration_s": 4, "seed": 3}
+    spec_data["variants"] = [{"name": "one", "sharing": "time_slice", "min_instances": 1, "max_instances": 1}]
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps(spec_data))
+    out = io.StringIO()
+    call_command("validate_simulator", str(path), "--short", "--json", str(tmp_path / "v-out.json"), stdout=out,
+                 stderr=io.StringIO())
+    print(out.getvalue())
+    result = json.loads((tmp_path / "v-out.json").read_text())
+    row = result["variants"][0]
+    assert row["variant"] == "one"
+    for key in ("p50_rel_err", "p99_rel_err", "throughput_rel_err", "cold_starts_rel_err"):
+        assert isinstance(row[key], float), key
+    # Loose bounds (a busy 2-core machine): the same arrivals all complete in both, and the median is the
+    # same order of magnitude; the note and docs/method.md give the figures measured on reference specs.
+    assert abs(row["throughput_rel_err"]) < 0.05
+    assert abs(row["p50_rel_err"]) < 1.0
+    profile = Profile.objects.get()
+    assert profile.validation["variants"][0]["variant"] == "one" and profile.validation["spec"] == spec_data["name"]
+    # A simulated trial from that profile carries the validation.
+    call_command("simulate", str(path), "--no-measure", stdout=io.StringIO(), stderr=io.StringIO())
+    sim = Trial.objects.get(simulation__isnull=False)
+    assert sim.summary["simulation"]["profiles"][0]["validation"]["spec"] == spec_data["name"]
