@@ -247,11 +247,12 @@ class SimPlatform:
     # ---- the run ----------------------------------------------------------------------------------------
     def run(self, *, drain_grace_s: float, run_end_s: float, cold_drain_extra_s: float = 120.0,
             on_window: Callable[[float, float], None] | None = None,
-            should_stop: Callable[[], bool] | None = None, stop_poll_s: float = 0.2) -> float:
+            should_stop: Callable[[], bool] | None = None, stop_poll_s: float = 0.2,
+            window_s: float = 1.0) -> float:
         """Replay every arrival (rows["intended_s"], sorted; sent when intended), prestart included, and drain
         like the real engine: until nothing is pending after the run's end, or the grace after the last arrival
         (extended while a cold start is still running) has passed. Returns end_s. on_window(a, b) is called for
-        each whole second of run time passed, in order, before the events after b. should_stop() is polled every
+        each window_s of run time passed, in order, before the events after b. should_stop() is polled every
         stop_poll_s of wall time; when it says stop, the run ends there (self.stopped) and what is unfinished is
         dropped."""
         self.stopped = False
@@ -291,7 +292,7 @@ class SimPlatform:
             heapq.heapify(heap)
             self._next_timer = [t - t_pre for t in self._next_timer]
         last = float(intended[-1]) if n else 0.0
-        next_win = 1.0
+        next_win = window_s
         i = 0
         now = 0.0
         steps = 0
@@ -318,8 +319,8 @@ class SimPlatform:
                     now = max(limit, run_end_s)
                     break
             while on_window is not None and t >= next_win:
-                on_window(next_win - 1.0, next_win)
-                next_win += 1.0
+                on_window(next_win - window_s, next_win)
+                next_win += window_s
             now = t
             if t_arr <= t_ev:
                 sent[i] = t_arr
@@ -354,8 +355,8 @@ class SimPlatform:
                 self.rec.finished(a[1])
         if on_window is not None:
             while end_s >= next_win:
-                on_window(next_win - 1.0, next_win)
-                next_win += 1.0
-            if end_s - (next_win - 1.0) > 0.05:
-                on_window(next_win - 1.0, end_s)
+                on_window(next_win - window_s, next_win)
+                next_win += window_s
+            if end_s - (next_win - window_s) > 0.05:
+                on_window(next_win - window_s, end_s)
         return end_s
