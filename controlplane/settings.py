@@ -57,6 +57,8 @@ VAR_DIR.mkdir(parents=True, exist_ok=True)  # SQLite cannot create its folder
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 MEDIA_URL = "/media/"
 MODEL_DIR = Path(env_str("MODEL_DIR", str(VAR_DIR / "models")))
+# Uploaded ONNX models (controlplane/registry) stream to MEDIA_ROOT/models; larger uploads are refused mid-stream.
+MODEL_UPLOAD_MAX_BYTES = env_int("MODEL_UPLOAD_MAX_BYTES", 2 * 2**30)
 
 INSTALLED_APPS = [
     "daphne",
@@ -72,6 +74,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "channels",
     "controlplane.experiments",
+    "controlplane.registry",
 ]
 
 MIDDLEWARE = [
@@ -188,8 +191,9 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
-# Users' own models: {"model-key": "dotted.path.to.factory"} (trusted code). The factory returns a
-# workers.zoo.ModelDef-compatible object; weights still load only via safetensors.
+# Users' own torch models: {"model-key": "dotted.path.to.factory"} (trusted code); the factory returns an
+# nn.Module. Installed packages can instead declare them as `slsbench.models` entry points (workers.zoo), found
+# at start-up. Either way weights load only via safetensors or torch.load(weights_only=True).
 USER_MODELS = {}
 
 LOGGING = {

@@ -7,6 +7,8 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/", include("controlplane.registry.api_urls")),
     path("api/", include("controlplane.experiments.api_urls")),
+    path("models/", include("controlplane.registry.urls")),
     path("", include("controlplane.experiments.urls")),
 ]

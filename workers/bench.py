@@ -19,7 +19,9 @@
 
 overhead and batching name the runtime their instances ran in (`runtime`: "process" or "thread", as
 the trial reported it; "thread" when the trial does not say) and take runtime= to ask for one; without
-it the variant gets the platform's default.
+it the variant gets the platform's default. overhead also takes a model runtime there ("torch" or
+"onnxruntime", `--runtime onnxruntime`): the null model exported to ONNX runs under ONNX Runtime in the
+trial's instances, and the baseline calls the same ONNX Runtime session directly.
 
 Every figure is printed even when it misses its goal; misses are marked. A full run enforces the goals
 (`missed_goals` lists the misses; the command exits 1 after printing). A short run (`short=True`, a
@@ -51,6 +53,7 @@ from workers.spec import SpecError, TrialSpec, parse_experiment
 
 NAMES = ("overhead", "batching", "loadgen", "simulate")
 RUNTIMES = ("process", "thread")
+MODEL_RUNTIMES = ("torch", "onnxruntime")  # what runs the model (workers.spec.MODEL_RUNTIMES); overhead only
 GOALS = {
     "added_p50_us": ("<=", 100.0),
     "added_p99_us": ("<=", 1000.0),
@@ -83,7 +86,10 @@ def _host() -> dict:
     return {"cores": cores, "load_avg_1m": load[0], "python": sys.version.split()[0]}
 
 
-def _trial(model: str, variant: dict, workload: dict, slo_ms: float = 100.0, runtime: str | None = None) -> TrialSpec:
+def _trial(model: str, variant: dict, workload: dict, slo_ms: float = 100.0, runtime: str | None = None,
+           model_runtime: str | None = None) -> TrialSpec:
+    if model_runtime is not None:
+        variant = {**variant, "model_runtime": model_runtime}
     if runtime is not None:  # only when asked: the platform's default otherwise
         if runtime not in RUNTIMES:
             raise BenchError(f"unknown runtime {runtime!r} (one of: {', '.join(RUNTIMES)})")
@@ -137,8 +143,10 @@ def missed_goals(result: dict) -> list[str]:
 
 # ---- overhead ---------------------------------------------------------------------------------------------
 def bench_overhead(duration_s: float = 10.0, rate_rps: float = 1000.0, *, model_dir: Path | None = None,
-                   runtime: str | None = None) -> dict:
+                   runtime: str | None = None, model_runtime: str | None = None) -> dict:
     import torch
+
+    from workers import onnx_models
 
     model_dir = _model_dir(model_dir)
     threads = choose_torch_threads("cpu", len(os.sched_getaffinity(0)), 1)
@@ -149,12 +157,25 @@ def bench_overhead(duration_s: float = 10.0, rate_rps: float = 1000.0, *, model_
         from workers.engine import SWITCH_INTERVAL_S
 
         sys.setswitchinterval(SWITCH_INTERVAL_S)  # the same GIL setting the trial runs with
-        loaded = zoo.load_model("null", model_dir=model_dir)
         times = constant_times(rate_rps, duration_s)
         done = np.full(len(times), np.nan)
-        module = loaded.module
-        make = zoo.make_batch
         clock = time.perf_counter
+        if model_runtime == "onnxruntime":  # the same ONNX Runtime session the instances create, called directly
+            session = onnx_models.load_session(onnx_models.export_zoo_model("null", model_dir=model_dir),
+                                               threads=threads)
+            feeds = onnx_models.make_feeds
+
+            def module(x):
+                return session.session.run(None, x)
+
+            def make(_loaded, k):
+                return feeds(session, k)
+
+            loaded = session
+        else:
+            loaded = zoo.load_model("null", model_dir=model_dir)
+            module = loaded.module
+            make = zoo.make_batch
 
         def direct(i: int, j: int, now: float) -> None:
             with torch.inference_mode():
@@ -173,7 +194,8 @@ def bench_overhead(duration_s: float = 10.0, rate_rps: float = 1000.0, *, model_
     with tempfile.TemporaryDirectory() as tmp:
         art = Path(tmp) / "overhead.parquet"
         spec = _trial("null", {"min_instances": 1, "max_instances": 1},
-                      {"pattern": "constant", "rate_rps": rate_rps, "duration_s": duration_s}, runtime=runtime)
+                      {"pattern": "constant", "rate_rps": rate_rps, "duration_s": duration_s}, runtime=runtime,
+                      model_runtime=model_runtime)
         res = run_trial(spec, model_dir=model_dir, artifact_path=art)
         rows = _rows(art)
     ok = rows["outcome"] == OUTCOME_OK
@@ -184,6 +206,7 @@ def bench_overhead(duration_s: float = 10.0, rate_rps: float = 1000.0, *, model_
         "benchmark": "overhead",
         "model": "null",
         "runtime": _runtime_of(res.summary),
+        "model_runtime": ((res.summary.get("hardware") or {}).get("model_runtimes") or {}).get("f", "torch"),
         "rate_rps": rate_rps,
         "duration_s": duration_s,
         "requests": int(len(times)),
@@ -467,17 +490,23 @@ def run(name: str, duration_s: float | None = None, *, model_dir: Path | None = 
     """Run one benchmark; a JSON-safe dict (NaN/inf as None) with its goals' verdicts under "goals".
 
     short: a second or two of measurement (one batching round), goals computed but not enforced.
-    runtime: "process" or "thread" for the overhead and batching trials' variant (None: the default).
+    runtime: "process" or "thread" for the overhead and batching trials' variant (None: the default); overhead
+    also takes "torch" or "onnxruntime", the model runtime.
     """
     if name not in NAMES:
         raise BenchError(f"unknown benchmark {name!r} (one of: {', '.join(NAMES)})")
+    model_runtime = None
+    if runtime in MODEL_RUNTIMES:
+        if name != "overhead":
+            raise BenchError(f"a model runtime ({runtime}) applies to the overhead benchmark only")
+        model_runtime, runtime = runtime, None
     if runtime is not None and name in ("loadgen", "simulate"):
         raise BenchError(f"{name} runs no instances of its own: runtime does not apply to it")
     duration = duration_s or (SHORT_DURATIONS if short else DURATIONS)[name]
     if name == "loadgen" and duration < 1.0:
         raise BenchError("loadgen checks the rate in each whole second: it needs a duration of 1 s or more")
     if name == "overhead":
-        out = bench_overhead(duration, model_dir=model_dir, runtime=runtime)
+        out = bench_overhead(duration, model_dir=model_dir, runtime=runtime, model_runtime=model_runtime)
     elif name == "batching":
         out = bench_batching(duration, 1 if short else 3, model_dir=model_dir, runtime=runtime,
                              probe_s=0.2 if short else 0.5)
@@ -505,7 +534,8 @@ def format_table(result: dict) -> str:
     goals = result.get("goals", {})
     head = f"benchmark: {result['benchmark']}"
     if result.get("runtime"):
-        head += f" (runtime {result['runtime']})"
+        head += f" (runtime {result['runtime']}"
+        head += f", model runtime {result['model_runtime']})" if result.get("model_runtime") else ")"
     if result.get("short"):
         head += "  [short run: goals computed, not enforced]"
     lines = [head]
@@ -547,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--duration", type=float, default=None)
     p.add_argument("--short", action="store_true")
-    p.add_argument("--runtime", choices=RUNTIMES, default=None)
+    p.add_argument("--runtime", choices=RUNTIMES + MODEL_RUNTIMES, default=None)
     a = p.parse_args(argv)
     result = run(a.name, a.duration, short=a.short, runtime=a.runtime)
     print(json.dumps(result, indent=2, allow_nan=False) if a.json else format_table(result))

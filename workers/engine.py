@@ -10,6 +10,8 @@ should_stop at least every 0.25 s, drain (bounded), close, summarize.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from workers import cost as cost_mod
-from workers import devices, statistics, workload, zoo
+from workers import devices, onnx_models, statistics, workload, zoo
 from workers import spec as S
 from workers.dispatcher import Dispatcher, behind_threshold_us
 from workers.platform import (
@@ -34,7 +36,7 @@ from workers.platform import (
 )
 from workers.recorder import Recorder
 from workers.records import COLD_START_PHASES, OUTCOME_OK, json_safe
-from workers.spec import TrialSpec, isolation_label, isolation_level
+from workers.spec import TrialSpec, effective_model_runtime, isolation_label, isolation_level
 
 STOP_POLL_S = 0.2  # should_stop is polled at least this often (the contract says 0.25 s)
 LEAD_S = 0.1  # between fixing t0 and the first arrival: the dispatcher thread is up and sleeping
@@ -91,8 +93,12 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
 
     # ---- everything that can fail, before any load -------------------------------------------------
     known = set(zoo.model_keys())
-    for f in exp.functions:
-        if f.model not in known:
+    # Each function with the model runtime this variant gives it (the platform's runners read it from here).
+    functions = tuple(dataclasses.replace(f, model_runtime=effective_model_runtime(f, var)) for f in exp.functions)
+    for f in functions:
+        if f.model_sha256:  # an uploaded ONNX model, resolved to its stored file by the worker
+            _check_uploaded_file(f)
+        elif f.model not in known:
             raise TrialFailed(f"function {f.name!r}: unknown model {f.model!r} (known: {', '.join(sorted(known))})")
     try:
         device = devices.resolve_device(exp.device)
@@ -117,11 +123,15 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
     budget = int(device.total_memory_bytes * MEMORY_HEADROOM)
     overhead = PROCESS_OVERHEAD_BYTES if (runtime == "process" and device.kind == "cpu") else 0
     mem: list[int] = []
-    for f in exp.functions:
+    for f in functions:
         try:
-            mem.append(int(zoo.estimate_memory_bytes(f.model, input_shape=f.input_shape, options=f.options,
-                                                     batch_size=max_batch)) + overhead)
-        except zoo.ModelError as exc:
+            if f.model_sha256:
+                est = onnx_models.estimate_memory_bytes(Path(f.model_file), batch_size=max_batch)
+            else:
+                est = zoo.estimate_memory_bytes(f.model, input_shape=f.input_shape, options=f.options,
+                                                batch_size=max_batch)
+            mem.append(int(est) + overhead)
+        except (zoo.ModelError, onnx_models.OnnxModelError) as exc:
             raise TrialFailed(f"function {f.name!r}: {exc}") from exc
     # A MIG slice or an MPS client gets its share of the GPU's memory; CPU core sets share the host's RAM.
     limit = int(budget * share) if (var.sharing == "spatial" and device.kind == "cuda") else budget
@@ -154,14 +164,26 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
         raise TrialFailed("the workload produces no arrivals in its window")
 
     # ---- set up -----------------------------------------------------------------------------------------
-    # Weights are generated now, before the trial's clock starts: generating a file is a one-time preparation,
-    # never part of a timed cold start.
+    # Weights are generated, and zoo models that run under ONNX Runtime exported, now, before the trial's clock
+    # starts: making a file is a one-time preparation, never part of a timed cold start.
     if profiles is None:
-        for f in exp.functions:
+        prepared = []
+        for f in functions:
             try:
-                zoo.weights_file(f.model, input_shape=f.input_shape, options=f.options, model_dir=model_dir)
-            except zoo.ModelError as exc:
+                if f.model_sha256:
+                    pass  # an upload: its file was checked above
+                elif f.model_runtime == "onnxruntime":
+                    f = dataclasses.replace(f, model_file=str(onnx_models.export_zoo_model(
+                        f.model, input_shape=f.input_shape, options=f.options, model_dir=model_dir)))
+                else:
+                    zoo.weights_file(f.model, input_shape=f.input_shape, options=f.options, model_dir=model_dir)
+            except (zoo.ModelError, onnx_models.OnnxModelError) as exc:
                 raise TrialFailed(f"function {f.name!r}: {exc}") from exc
+            prepared.append(f)
+        functions = tuple(prepared)
+        notes += [f"function {f.name!r}: {f.model} under ONNX Runtime"
+                  + (f" (uploaded file, SHA-256 {f.model_sha256[:12]}…)" if f.model_sha256 else " (exported from torch)")
+                  for f in functions if f.model_runtime == "onnxruntime"]
     elif len(profiles) != n_fn:
         raise TrialFailed(f"a simulated trial needs one profile per function ({n_fn}), got {len(profiles)}")
     _preload_end_of_trial_modules(artifact_path is not None)
@@ -194,7 +216,7 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
     switch_before = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     torch_device = "cpu" if device.kind == "cpu" else f"cuda:{device.index or 0}"
-    platform = Platform(exp.functions, var, recorder=rec, function_idx=arrivals.function_idx, model_dir=model_dir,
+    platform = Platform(functions, var, recorder=rec, function_idx=arrivals.function_idx, model_dir=model_dir,
                         slo_latency_ms=exp.slo.latency_ms, device_kind=device.kind, torch_device=torch_device,
                         plan=plan, memory_budget_bytes=budget, mem_per_instance=mem, share=share,
                         child_threads=threads, trace=trace)
@@ -287,6 +309,7 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
             notes.append(f"the dispatcher fell behind: worst lag {ds['lag_max_us'] / 1000:.1f} ms (threshold "
                          f"{ds['behind_threshold_us'] / 1000:.0f} ms); latencies include it (open loop)")
         hardware = _hardware(ctx)
+        hardware["model_runtimes"] = {f.name: f.model_runtime for f in functions}
         hardware["torch_threads"] = threads if in_process else None
         hardware["instance_torch_threads"] = threads if not in_process and var.sharing != "spatial" else None
         hardware["gil_switch_interval_s"] = SWITCH_INTERVAL_S
@@ -473,6 +496,22 @@ def _run_simulated(ctx: _Context, profiles: list[dict], function_idx: np.ndarray
     return _finish(ctx, sim, status=status, k=k, end_s=end_s, windows=windows,
                    hardware=hardware, dispatch=None, telemetry=None, simulated=True, devices=n_devices,
                    extra={"simulation": simulation})
+
+
+def _check_uploaded_file(f) -> None:
+    """The stored file of an uploaded model must still be the one registered (same SHA-256); checked before the
+    clock starts."""
+    path = Path(f.model_file)
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        raise TrialFailed(f"function {f.name!r}: the file of uploaded model {f.model!r} cannot be read: {exc}") from exc
+    if digest.hexdigest() != f.model_sha256:
+        raise TrialFailed(f"function {f.name!r}: the file of uploaded model {f.model!r} changed since it was "
+                          "uploaded (SHA-256 differs); upload it again")
 
 
 def _preload_end_of_trial_modules(parquet: bool) -> None:

@@ -14,6 +14,15 @@ warm-up pass. `ProcessRunner` does exactly that and times each phase:
   warmup          one warm-up forward pass
   total           Popen until the child reported ready (measured by the parent)
 
+A function whose model runs under ONNX Runtime (`FunctionSpec.model_runtime == "onnxruntime"`, the model's
+file in `FunctionSpec.model_file`) has the same process start, then:
+
+  import          `import onnxruntime` (and numpy) in the child; torch is not imported
+  device_context  nothing on the CPU; on CUDA the provider creates its context inside the session (untested)
+  load            reading the .onnx file (its page cache dropped first)
+  session         creating the InferenceSession from those bytes (graph optimisation, weights placed)
+  warmup          one run at batch 1
+
 The child's timestamps are `time.perf_counter()` readings: CLOCK_MONOTONIC on Linux, one clock for every
 process of the host, so the parent can subtract them from its own.
 
@@ -135,6 +144,13 @@ class ThreadRunner:
     def start(self, should_abort=None) -> dict:
         from workers import zoo
 
+        if self.spec.model_runtime == "onnxruntime":
+            from workers import onnx_models
+
+            resident = drop_page_cache(Path(self.spec.model_file))
+            self.loaded = onnx_models.load_session(Path(self.spec.model_file), device=self.torch_device)
+            return {"timings_ms": dict(self.loaded.timings_ms), "weights_bytes": int(self.loaded.weights_bytes),
+                    "page_cache_resident": resident}
         path = zoo.weights_file(self.spec.model, input_shape=self.spec.input_shape, options=self.spec.options,
                                 model_dir=self.model_dir)
         resident = drop_page_cache(path)
@@ -148,6 +164,14 @@ class ThreadRunner:
                 "page_cache_resident": resident}
 
     def run(self, batch_size: int) -> None:
+        if self.spec.model_runtime == "onnxruntime":
+            from workers.onnx_models import make_feeds
+
+            try:
+                self.loaded.session.run(None, make_feeds(self.loaded, batch_size))
+            except Exception as exc:
+                raise ModelRaised(f"{type(exc).__name__}: {exc}") from exc
+            return
         import torch
 
         from workers import zoo
@@ -227,7 +251,8 @@ class ProcessRunner:
         spec = self.spec
         self.conn.send({"key": spec.model, "input_shape": spec.input_shape, "options": dict(spec.options),
                         "model_dir": str(self.model_dir), "device": self.torch_device, "cores": self.cores,
-                        "threads": self.threads, "user_models": self.user_models})
+                        "threads": self.threads, "user_models": self.user_models,
+                        "model_runtime": spec.model_runtime, "model_file": spec.model_file})
         msg = self._recv(timeout_s=600.0, should_abort=should_abort)
         t_ready = time.perf_counter()
         if msg[0] != "ready":
@@ -325,6 +350,8 @@ def _child(fd: int, t_main: float) -> int:
     cores = cfg["cores"]
     if cores:
         os.sched_setaffinity(0, cores)  # before torch starts its thread pool
+    if cfg.get("model_runtime") == "onnxruntime":
+        return _child_onnx(conn, cfg, t_main)
     try:
         import torch
 
@@ -377,6 +404,46 @@ def _child(fd: int, t_main: float) -> int:
             except Exception as exc:  # noqa: BLE001 - a model error fails its batch, not the instance
                 text = f"{type(exc).__name__}: {exc}".encode()[:4000]
                 os.write(fd, _ERR + _SIZE.pack(len(text)) + text)
+
+
+def _child_onnx(conn, cfg: dict, t_main: float) -> int:
+    """The instance process of a model under ONNX Runtime: no torch import, the same wire protocol."""
+    try:
+        import onnxruntime  # noqa: F401 - the import is a timed phase of the cold start
+
+        from workers import onnx_models
+
+        t_imported = time.perf_counter()
+        # On the CPU there is no device context to create; on CUDA the execution provider creates it inside the
+        # session (counted in "session"): untested here (no GPU on CI).
+        t_context = time.perf_counter()
+        path = Path(cfg["model_file"])
+        resident = drop_page_cache(path)
+        loaded = onnx_models.load_session(path, device=cfg["device"], threads=cfg["threads"])
+        affinity = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        conn.send(("ready", {"timings_ms": loaded.timings_ms, "weights_bytes": loaded.weights_bytes,
+                             "marks": {"main": t_main, "imported": t_imported, "context": t_context},
+                             "page_cache_resident": resident, "affinity": affinity,
+                             "torch_threads": int(cfg["threads"]), "provider": loaded.provider}))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the cold start
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return 1
+    run = loaded.session.run
+    make_feeds = onnx_models.make_feeds
+    fd = conn.fileno()
+    while True:
+        try:
+            k = _SIZE.unpack(_read_exactly(fd, 4))[0]
+        except (EOFError, OSError):
+            return 0
+        if k <= 0:
+            return 0
+        try:
+            run(None, make_feeds(loaded, k))
+            os.write(fd, _OK)
+        except Exception as exc:  # noqa: BLE001 - a model error fails its batch, not the instance
+            text = f"{type(exc).__name__}: {exc}".encode()[:4000]
+            os.write(fd, _ERR + _SIZE.pack(len(text)) + text)
 
 
 if __name__ == "__main__" and len(sys.argv) == 2:

@@ -29,8 +29,10 @@ ROW_COLUMNS: dict[str, np.dtype] = {
     "outcome": np.dtype(np.int8),  # OUTCOME_*
 }
 # Phases of a cold start (workers.instance), in the order they happen; platform_delay_modelled is MODELLED.
+# "session" (creating an ONNX Runtime InferenceSession) happens only under model_runtime onnxruntime, "build" and
+# "to_device" only under torch.
 COLD_START_PHASES = ("platform_delay_modelled", "process_start", "import", "device_context", "build", "load",
-                     "to_device", "warmup", "total")
+                     "session", "to_device", "warmup", "total")
 OUTCOME_PENDING = 0
 OUTCOME_OK = 1
 OUTCOME_DROPPED = 2  # shed by the adaptive batcher or never served before the run ended

@@ -45,6 +45,8 @@ SHARING_MODES = ("exclusive", "time_slice", "spatial")
 BATCHING_MODES = ("none", "fixed", "adaptive")
 KEEP_ALIVE_POLICIES = ("fixed", "histogram")
 RUNTIMES = ("process", "thread")
+# What runs a function's model inside its instance (not to be confused with RUNTIMES, the instance's isolation).
+MODEL_RUNTIMES = ("torch", "onnxruntime")
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,2})$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -220,6 +222,8 @@ FIELD_RULES: dict[str, FieldRule] = {
     "slo.max_violation_rate": FieldRule(0.01, 0.0, 1.0),
     "slo.min_throughput_rps": FieldRule(None, 0.0, MAX_RATE_RPS * 10, low_open=True),
     "function.weight": FieldRule(1.0, 0.0, 1e6, low_open=True),
+    "function.model_runtime": FieldRule("torch", choices=MODEL_RUNTIMES),  # an uploaded ONNX model: onnxruntime
+    "variant.model_runtime": FieldRule(None, choices=MODEL_RUNTIMES),  # None: each function's own
     "workload.duration_s": FieldRule(REQUIRED, 0.0, MAX_DURATION_S, low_open=True),
     "workload.time_compression": FieldRule(1.0, 1.0, MAX_COMPRESSION),
     "workload.seed": FieldRule(0, 0, 2**32 - 1, integer=True),
@@ -346,12 +350,27 @@ class SLOSpec:
 
 
 @dataclass(frozen=True)
+class UploadedModel:
+    """An ONNX model from the owner's registry, as the validator needs it (controlplane/registry supplies these)."""
+
+    name: str
+    dynamic_batch: bool
+    input_shape: tuple = ()  # the first input's per-sample shape, for messages
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     name: str
     model: str
     input_shape: tuple[int, ...] | None = None  # None: the zoo model's default
     options: dict = field(default_factory=dict)
     weight: float = DEFAULTS["function.weight"]  # share of a split workload
+    # "torch", or "onnxruntime": a zoo model exported to ONNX, or an uploaded ONNX model (always onnxruntime)
+    model_runtime: str = DEFAULTS["function.model_runtime"]
+    # Filled in when a trial runs, never part of a document: the .onnx file an instance loads (an uploaded model's
+    # stored file, or a zoo model's export) and, for an upload, its SHA-256 as registered.
+    model_file: str = ""
+    model_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -423,6 +442,9 @@ class VariantSpec:
     runtime: str = DEFAULTS["variant.runtime"]
     # MODELLED, not measured: added to each real cold start for provisioning and image pull (0: none)
     platform_delay_ms: float = DEFAULTS["variant.platform_delay_ms"]
+    # Overrides the functions' model_runtime for zoo and installed torch models (uploaded ONNX models always run
+    # under onnxruntime); None: each function's own.
+    model_runtime: str | None = DEFAULTS["variant.model_runtime"]
 
     @property
     def effective_share(self) -> float:
@@ -519,17 +541,33 @@ def parse_slo(data: Any, path: str = "slo", ctx: _Ctx | None = None) -> SLOSpec:
     return spec
 
 
-def parse_function(data: Any, path: str, ctx: _Ctx | None = None, known_models: Iterable[str] | None = None
-                   ) -> FunctionSpec:
+def parse_function(data: Any, path: str, ctx: _Ctx | None = None, known_models: Iterable[str] | None = None,
+                   uploaded_models: Mapping[str, UploadedModel] | None = None) -> FunctionSpec:
+    """`uploaded_models`: the ONNX models of the experiment's owner, by name; nobody else's can be named."""
     own = ctx is None
     ctx = ctx or _Ctx()
-    d = ctx.mapping(data, path, ("name", "model", "input_shape", "options", "weight"), required=("name", "model"))
+    uploaded = dict(uploaded_models or {})
+    d = ctx.mapping(data, path, ("name", "model", "input_shape", "options", "weight", "model_runtime"),
+                    required=("name", "model"))
     name = ctx.string(d, "name", path, pattern=NAME_RE,
                       rule="must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     model = ctx.string(d, "model", path, max_len=100)
-    models = tuple(known_models) if known_models is not None else _zoo_keys()
-    if model and model not in models:
-        ctx.err(_join(path, "model"), f"unknown model {model!r} (known: {', '.join(sorted(models))})")
+    builtin = tuple(known_models) if known_models is not None else _zoo_keys()
+    is_upload = bool(model) and model not in builtin and model in uploaded
+    if model and model not in builtin and not is_upload:
+        known = sorted(builtin) + sorted(uploaded)
+        ctx.err(_join(path, "model"), f"unknown model {model!r} (known: {', '.join(known)}; your uploaded "
+                                      "models are listed on the Models page)")
+    models = builtin
+    runtime = ctx.ruled(d, "function.model_runtime", path)
+    if is_upload:
+        if d.get("model_runtime") not in (None, "onnxruntime"):
+            ctx.err(_join(path, "model_runtime"), f"{model!r} is an uploaded ONNX model: it runs under onnxruntime")
+        runtime = "onnxruntime"
+        for key in ("input_shape", "options"):
+            if d.get(key):
+                ctx.err(_join(path, key), f"{model!r} is an uploaded ONNX model: its signature fixes its inputs "
+                                          "(leave this out)")
     shape = d.get("input_shape")
     if shape is not None:
         if (not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= 4
@@ -553,7 +591,8 @@ def parse_function(data: Any, path: str, ctx: _Ctx | None = None, known_models: 
         except ModelError as exc:
             ctx.err(_join(path, "options" if options else "input_shape"), str(exc))
     spec = FunctionSpec(name=name, model=model, input_shape=shape, options=dict(options),
-                        weight=ctx.ruled(d, "function.weight", path))
+                        weight=ctx.ruled(d, "function.weight", path),
+                        model_runtime=runtime or DEFAULTS["function.model_runtime"])
     if own:
         ctx.raise_if_any()
     return spec
@@ -764,7 +803,8 @@ def parse_variant(data: Any, path: str, ctx: _Ctx | None = None) -> VariantSpec:
     own = ctx is None
     ctx = ctx or _Ctx()
     d = ctx.mapping(data, path, ("name", "sharing", "share", "runtime", "batching", "min_instances",
-                                 "max_instances", "target_concurrency", "keep_alive", "platform_delay_ms", "repeats"),
+                                 "max_instances", "target_concurrency", "keep_alive", "platform_delay_ms", "repeats",
+                                 "model_runtime"),
                     required=("name",))
     name = ctx.string(d, "name", path, pattern=NAME_RE,
                       rule="must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
@@ -793,6 +833,8 @@ def parse_variant(data: Any, path: str, ctx: _Ctx | None = None) -> VariantSpec:
         keep_alive=parse_keep_alive(d.get("keep_alive"), _join(path, "keep_alive"), ctx),
         platform_delay_ms=delay if delay is not None else DEFAULTS["variant.platform_delay_ms"],
         repeats=ctx.ruled(d, "variant.repeats", path) or DEFAULTS["variant.repeats"],
+        model_runtime=(ctx.ruled(d, "variant.model_runtime", path)
+                       if d.get("model_runtime") is not None else DEFAULTS["variant.model_runtime"]),
     )
     if own:
         ctx.raise_if_any()
@@ -803,8 +845,12 @@ EXPERIMENT_KEYS = ("name", "description", "notes", "device", "accelerator", "slo
                    "workloads", "variants", "spec_version")
 
 
-def parse_experiment(data: Any, *, known_models: Iterable[str] | None = None) -> ExperimentSpec:
-    """Validate a whole experiment spec (a dict from JSON or YAML). Raises SpecError listing every problem."""
+def parse_experiment(data: Any, *, known_models: Iterable[str] | None = None,
+                     uploaded_models: Mapping[str, UploadedModel] | None = None) -> ExperimentSpec:
+    """Validate a whole experiment spec (a dict from JSON or YAML). Raises SpecError listing every problem.
+
+    `uploaded_models`: the ONNX models the experiment's owner may name (controlplane.registry.uploaded_models_for);
+    without it only zoo and installed models can be named."""
     ctx = _Ctx()
     d = ctx.mapping(data, "", EXPERIMENT_KEYS, required=("name", "functions", "variants"))
     if not isinstance(data, Mapping):
@@ -827,7 +873,7 @@ def parse_experiment(data: Any, *, known_models: Iterable[str] | None = None) ->
             ctx.err("functions", f"must be a list of 1-{MAX_FUNCTIONS} functions")
     else:
         for i, f in enumerate(raw_functions):
-            functions.append(parse_function(f, _join("functions", i), ctx, known_models))
+            functions.append(parse_function(f, _join("functions", i), ctx, known_models, uploaded_models))
         _unique(ctx, [f.name for f in functions], "functions", "function")
     names = [f.name for f in functions]
 
@@ -858,11 +904,37 @@ def parse_experiment(data: Any, *, known_models: Iterable[str] | None = None) ->
         for i, v in enumerate(raw_v):
             variants.append(parse_variant(v, _join("variants", i), ctx))
         _unique(ctx, [v.name for v in variants], "variants", "variant")
+        _check_uploaded_models(ctx, functions, variants, dict(uploaded_models or {}))
     ctx.raise_if_any()
     return ExperimentSpec(name=name.strip(), functions=tuple(functions), workloads=tuple(workloads),
                           variants=tuple(variants), slo=slo, device=device, accelerator=accelerator,
                           description=ctx.string(d, "description", "", max_len=5_000),
                           notes=ctx.string(d, "notes", "", max_len=20_000))
+
+
+def _check_uploaded_models(ctx: _Ctx, functions: list[FunctionSpec], variants: list[VariantSpec],
+                           uploaded: dict[str, UploadedModel]) -> None:
+    """An uploaded ONNX model runs only under onnxruntime, and one without a dynamic batch dimension at batch 1."""
+    for f in functions:
+        m = uploaded.get(f.model)
+        if m is None or f.model_runtime != "onnxruntime":
+            continue
+        for i, v in enumerate(variants):
+            if v.model_runtime == "torch":
+                ctx.err(_join(_join("variants", i), "model_runtime"),
+                        f"function {f.name!r} runs the uploaded ONNX model {f.model!r}, which only onnxruntime runs")
+            if not m.dynamic_batch and v.batching.max_batch_size > 1:
+                ctx.err(_join(_join(_join("variants", i), "batching"), "max_batch_size"),
+                        f"function {f.name!r}: model {f.model!r} has no dynamic batch dimension, so it runs at "
+                        "batch 1 (set batching mode none or max_batch_size 1)")
+
+
+def effective_model_runtime(f: FunctionSpec, v: VariantSpec) -> str:
+    """What runs this function's model in this variant: an uploaded ONNX model always onnxruntime; otherwise the
+    variant's model_runtime when it sets one, else the function's."""
+    if f.model_file and f.model_sha256:  # an upload resolved by the worker
+        return "onnxruntime"
+    return v.model_runtime or f.model_runtime
 
 
 def _unique(ctx: _Ctx, names: list[str], path: str, what: str) -> None:
@@ -915,6 +987,8 @@ def variant_to_dict(v: VariantSpec) -> dict:
     out.update(runtime=v.runtime, batching=batching, min_instances=v.min_instances, max_instances=v.max_instances,
                target_concurrency=v.target_concurrency, keep_alive=keep_alive, platform_delay_ms=v.platform_delay_ms,
                repeats=v.repeats)
+    if v.model_runtime is not None:
+        out["model_runtime"] = v.model_runtime
     return out
 
 
@@ -937,6 +1011,8 @@ def experiment_to_dict(e: ExperimentSpec) -> dict:
             fd["options"] = dict(f.options)
         if f.weight != 1.0:
             fd["weight"] = f.weight
+        if f.model_runtime != DEFAULTS["function.model_runtime"]:
+            fd["model_runtime"] = f.model_runtime
         out["functions"].append(fd)
     if len(e.workloads) == 1 and e.workloads[0].function is None:
         out["workload"] = workload_to_dict(e.workloads[0])

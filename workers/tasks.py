@@ -17,6 +17,7 @@ profile` calls `run_profile_by_id` directly.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import random
@@ -42,6 +43,7 @@ from controlplane.experiments.trials import (
     trial_heartbeat,
     trial_store_windows,
 )
+from controlplane.registry.selectors import resolve_uploaded_functions, uploaded_models_for
 from workers import profiling
 from workers import spec as S
 from workers.devices import DeviceError, resolve_device
@@ -174,7 +176,10 @@ class TrialMonitor(threading.Thread):
 
 def trial_spec(trial: Trial) -> S.TrialSpec:
     """The plain spec the engine runs, from the trial's frozen experiment spec. Raises SpecError/LookupError."""
-    experiment = S.parse_experiment(trial.spec)
+    owner = trial.experiment.owner
+    experiment = S.parse_experiment(trial.spec, uploaded_models=uploaded_models_for(owner))
+    # An uploaded model is named in the spec; the trial runs the owner's stored file, checked by its SHA-256.
+    experiment = dataclasses.replace(experiment, functions=resolve_uploaded_functions(owner, experiment.functions))
     variant = next((v for v in experiment.variants if v.name == trial.variant_name), None)
     if variant is None:
         raise LookupError(f"the frozen spec has no variant named {trial.variant_name!r}")

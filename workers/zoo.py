@@ -7,6 +7,16 @@ a fixed seed and written to `model_dir`, so every cold start after the first rea
 
 `model_keys` and `default_input_shape` for built-ins must stay cheap and must not import torch: the
 web process calls them while validating specs. Torch is imported inside the functions that need it.
+
+Trusted torch models of one's own come in two ways, both registered under a key by `register_user_models`:
+
+- an installed package's entry point in the group `slsbench.models` (`discover_entry_points`, called at
+  start-up): the entry point names an object with `factory(input_shape, options) -> nn.Module` and
+  `weights_path` (the file its cold starts read), optionally `DEFAULT_INPUT_SHAPE`;
+- settings.USER_MODELS, {"key": "package.module.factory"} (or a "package.module:object" like an entry point's).
+
+Weights load only through safetensors or `torch.load(weights_only=True)` (tensors, no code). torch.export
+archives (.pt2) and pickled modules are refused: loading them can run code.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import importlib.metadata
 import json
 import math
 import os
@@ -53,9 +64,13 @@ BUILTIN_OPTIONS: dict[str, dict[str, int]] = {
     "transformer-base": {"layers": 12, "heads": 12, "ff": 3072, "classes": 30522},
 }
 USER_WEIGHTS_OPTION = "weights_path"  # user models may point at their own weights file
+ENTRY_POINT_GROUP = "slsbench.models"
+# Files whose loader can run code: never read, whoever names them.
+REFUSED_WEIGHT_SUFFIXES = {".pt2": "a torch.export archive", ".pkl": "a pickle", ".pickle": "a pickle"}
 
 _user_models: dict[str, Callable[..., Any]] = {}
 _user_paths: dict[str, str] = {}
+_user_weights: dict[str, str] = {}  # key -> weights file of an entry-point model (its `weights_path`)
 _registry_lock = threading.Lock()
 
 
@@ -77,7 +92,7 @@ def register_user_models(mapping: dict[str, str]) -> None:
     imported here. A factory may carry `DEFAULT_INPUT_SHAPE`. Raises ModelError if a path does not
     import or a key clashes with a built-in; nothing is registered unless every entry is valid.
     """
-    resolved: dict[str, Callable[..., Any]] = {}
+    resolved: dict[str, tuple[Callable[..., Any], str | None]] = {}
     for key, path in mapping.items():
         if not isinstance(key, str) or not key or len(key) > 100:
             raise ModelError(f"user model key {key!r} must be a non-empty string of at most 100 characters")
@@ -85,8 +100,22 @@ def register_user_models(mapping: dict[str, str]) -> None:
             raise ModelError(f"user model {key!r} clashes with a built-in model of that name")
         resolved[key] = _import_factory(key, path)
     with _registry_lock:
-        _user_models.update(resolved)
+        _user_models.update({k: f for k, (f, _w) in resolved.items()})
         _user_paths.update({k: mapping[k] for k in resolved})
+        for k, (_f, weights) in resolved.items():
+            if weights:
+                _user_weights[k] = weights
+            else:
+                _user_weights.pop(k, None)
+
+
+def discover_entry_points() -> dict[str, str]:
+    """Register the models installed packages declare in the `slsbench.models` entry-point group; return them as
+    key -> "module:object" (what a child process registers again). A broken entry point raises ModelError."""
+    found = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    if found:
+        register_user_models(found)
+    return found
 
 
 def user_model_paths() -> dict[str, str]:
@@ -101,9 +130,12 @@ def unregister_user_models(*keys: str) -> None:
         for key in keys or list(_user_models):
             _user_models.pop(key, None)
             _user_paths.pop(key, None)
+            _user_weights.pop(key, None)
 
 
-def _import_factory(key: str, path: str) -> Callable[..., Any]:
+def _import_factory(key: str, path: str) -> tuple[Callable[..., Any], str | None]:
+    """The factory a dotted path names, and the weights file when the path names a model object (an entry point's
+    kind: `factory` + `weights_path`) rather than a bare factory."""
     if not isinstance(path, str) or not path.strip():
         raise ModelError(f"user model {key!r}: factory path must be a dotted path such as 'mypkg.models.build'")
     module_name, sep, attr = path.partition(":")
@@ -120,9 +152,33 @@ def _import_factory(key: str, path: str) -> Callable[..., Any]:
     factory = getattr(module, attr, None)
     if factory is None:
         raise ModelError(f"user model {key!r}: module {module_name!r} has no attribute {attr!r}")
+    weights = None
+    if hasattr(factory, "factory"):  # a model object: factory + weights_path (+ DEFAULT_INPUT_SHAPE)
+        obj = factory
+        weights = getattr(obj, "weights_path", None)
+        if not weights:
+            raise ModelError(f"user model {key!r}: {path!r} has a factory but no weights_path")
+        weights = str(weights)
+        _refuse_unsafe_weights(key, Path(weights))
+        factory = obj.factory
+        if getattr(obj, "DEFAULT_INPUT_SHAPE", None) is not None and not hasattr(factory, "DEFAULT_INPUT_SHAPE"):
+            shape = obj.DEFAULT_INPUT_SHAPE
+            inner = factory
+
+            def factory(input_shape, options, _inner=inner):  # carries the object's default shape
+                return _inner(input_shape, options)
+
+            factory.DEFAULT_INPUT_SHAPE = shape
     if not callable(factory):
         raise ModelError(f"user model {key!r}: {path!r} is not callable")
-    return factory
+    return factory, weights
+
+
+def _refuse_unsafe_weights(key: str, path: Path) -> None:
+    kind = REFUSED_WEIGHT_SUFFIXES.get(path.suffix.lower())
+    if kind:
+        raise ModelError(f"user model {key!r}: weights file {path.name} is {kind}, whose loader can run code; "
+                         "save a state_dict with safetensors (or torch.save of tensors only)")
 
 
 def _user_factory(key: str) -> Callable[..., Any] | None:
@@ -345,8 +401,12 @@ def weights_file(key: str, *, input_shape=None, options: dict | None = None, mod
     weights (written first if missing, see ensure_weights)."""
     _shape, opts = _resolve(key, input_shape, options)
     user_weights = opts.get(USER_WEIGHTS_OPTION) if key not in BUILTIN_SHAPES else None
+    if not user_weights and key not in BUILTIN_SHAPES:
+        with _registry_lock:
+            user_weights = _user_weights.get(key)
     if user_weights:
         path = Path(user_weights)
+        _refuse_unsafe_weights(key, path)
         if not path.exists():
             raise ModelError(f"user model {key!r}: weights file {path} does not exist")
         return path
@@ -365,7 +425,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path), device="cpu")
-        # User-supplied non-safetensors files: tensors only, no arbitrary pickled objects.
+        # User-supplied non-safetensors files: tensors only, no arbitrary pickled objects (weights_only refuses a
+        # pickled module, whose unpickling could run code).
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise ModelError(f"weights file {path} does not exist") from exc

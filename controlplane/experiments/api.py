@@ -255,14 +255,6 @@ class PriceListView(APIView):
         return Response(ser.PriceEntrySerializer(selectors.price_list(), many=True).data)
 
 
-class ModelListView(APIView):
-    """Model zoo keys a function's `model` may name, with their default input shapes."""
-
-    @extend_schema(summary="Model zoo keys a function may use", responses=ser.ModelEntrySerializer(many=True))
-    def get(self, request: Request) -> Response:
-        return Response(ser.ModelEntrySerializer(selectors.model_list(), many=True).data)
-
-
 # ---- the compare basket -------------------------------------------------------------------------------------
 def _pins_body(request: Request) -> dict:
     pins = list(selectors.pins_for(user=request.user))

@@ -31,5 +31,4 @@ urlpatterns = [
     path("profiles/<uuid:code>/", profiles_api.ProfileDetailView.as_view(), name="api-profile-detail"),
     path("prices/", api.PriceListView.as_view(), name="api-prices"),
     path("pins/", api.PinListView.as_view(), name="api-pins"),
-    path("models/", api.ModelListView.as_view(), name="api-models"),
 ]

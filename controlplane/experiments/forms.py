@@ -207,12 +207,19 @@ class FunctionForm(LayoutMixin, forms.Form):
     # Model options come from spec files or the API; the editor shows them and keeps them as they are.
     options = forms.JSONField(required=False, widget=forms.HiddenInput)
 
-    GROUPS = (("", ("name", "model", "input_shape", "weight")),)
+    model_runtime = forms.ChoiceField(label="Model runtime", required=False, initial=D["function.model_runtime"],
+                                      choices=[(r, r) for r in S.MODEL_RUNTIMES],
+                                      help_text="torch, or ONNX Runtime (a zoo model is exported to ONNX once; your "
+                                                "uploaded ONNX models always run under ONNX Runtime).")
 
-    def __init__(self, *args: Any, shapes: dict | None = None, **kwargs: Any):
+    GROUPS = (("", ("name", "model", "input_shape", "weight", "model_runtime")),)
+
+    def __init__(self, *args: Any, shapes: dict | None = None, uploads: dict | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         shapes = shapes if shapes is not None else model_shapes()
-        choices = [(k, f"{k} (input {shape_text(s)})" if s else k) for k, s in shapes.items()]
+        uploads = uploads or {}  # name -> what the list says of it (your uploaded ONNX models)
+        choices = [(k, f"{k} ({uploads[k]})" if k in uploads else f"{k} (input {shape_text(s)})" if s else k)
+                   for k, s in shapes.items()]
         current = self.data.get(self.add_prefix("model")) if self.is_bound else self.initial.get("model")
         if current and current not in shapes:
             choices.append((current, f"{current} (not installed)"))
@@ -313,6 +320,10 @@ class VariantForm(LayoutMixin, forms.Form):
                                 help_text="Process: each instance is its own worker process, as on serverless "
                                           "platforms. Thread: instances share one process, with no isolation. "
                                           "Spatial sharing needs processes.")
+    model_runtime = forms.ChoiceField(
+        label="Model runtime", required=False,
+        choices=[("", "each function's own")] + [(r, r) for r in S.MODEL_RUNTIMES],
+        help_text="Run the zoo models of this variant under torch or ONNX Runtime, to compare the two.")
     platform_delay_preset = forms.ChoiceField(
         label="Platform delay preset", required=False, choices=PLATFORM_DELAY_CHOICES,
         widget=forms.Select(attrs={"data-delay-preset": "1"}),
@@ -342,8 +353,8 @@ class VariantForm(LayoutMixin, forms.Form):
 
     GROUPS = (
         ("", ("name",)),
-        ("Placement", ("sharing", "share", "runtime", "min_instances", "max_instances", "target_concurrency",
-                       "repeats")),
+        ("Placement", ("sharing", "share", "runtime", "model_runtime", "min_instances", "max_instances",
+                       "target_concurrency", "repeats")),
         ("Batching", ("batching_mode", "max_batch_size", "max_queue_delay_ms", "shed")),
         ("Keep-alive and cold starts", ("keep_alive_policy", "ttl_s", "bin_s", "range_s", "head_percentile",
                                         "tail_percentile", "min_samples", "platform_delay_preset", "platform_delay_ms")),
@@ -373,6 +384,7 @@ class VariantForm(LayoutMixin, forms.Form):
         "sharing": "variant.sharing", "share": "variant.share", "min_instances": "variant.min_instances",
         "max_instances": "variant.max_instances", "target_concurrency": "variant.target_concurrency",
         "repeats": "variant.repeats", "runtime": "variant.runtime", "platform_delay_ms": "variant.platform_delay_ms",
+        "model_runtime": "variant.model_runtime",
         **{field: f"variant.{path}" for path, field in SPEC_FIELDS.items() if "." in path},
     }
 
@@ -444,12 +456,21 @@ class ExperimentEditor:
 
     def __init__(self, *, data: Any = None, files: Any = None, initial: dict | None = None,
                  price_entries: list | None = None, kept_workloads: list[dict] | None = None,
-                 stored_trace: dict | None = None, worker_devices: dict | None = None):
+                 stored_trace: dict | None = None, worker_devices: dict | None = None,
+                 uploaded_models: list[dict] | None = None):
         spec = initial or NEW_EXPERIMENT
         self.is_bound = data is not None
         self.kept_workloads = kept_workloads or []  # per-function workloads (spec files / API): read-only
         self.stored_trace = stored_trace  # {"content", "filename", "format"} of the saved split workload
         shapes = model_shapes()
+        # The owner's uploaded ONNX models (registry.selectors.catalogue_for), listed beside the zoo.
+        uploads = [m for m in uploaded_models or [] if m.get("source") == "upload"]
+        self.uploaded_models = {m["key"]: S.UploadedModel(name=m["key"], dynamic_batch=m["dynamic_batch"],
+                                                          input_shape=tuple(m["input_shape"])) for m in uploads}
+        upload_labels = {m["key"]: f"your ONNX model, input {shape_text(m['input_shape'])}, "
+                                   f"{m['size_bytes'] / 1e6:.1f} MB"
+                                   + ("" if m["dynamic_batch"] else ", batch 1 only") for m in uploads}
+        shapes = {**shapes, **{m["key"]: None for m in uploads}}
         self.model_shapes = shapes
         basics = self._basics_initial(spec)
         if initial is None:  # a new experiment starts with the price entry that fits its device
@@ -463,7 +484,8 @@ class ExperimentEditor:
         self.steps = StepFormSet(data, prefix="steps", form_kwargs={"empty_permitted": False},
                                  initial=[{"start_s": _num(float(s)), "rate_rps": _num(float(r))} for s, r in steps])
         self.functions = FunctionFormSet(
-            data, prefix="functions", form_kwargs={"empty_permitted": False, "shapes": shapes},
+            data, prefix="functions", form_kwargs={"empty_permitted": False, "shapes": shapes,
+                                                   "uploads": upload_labels},
             initial=[self._function_initial(f) for f in spec.get("functions") or []])
         self.variants = VariantFormSet(
             data, prefix="variants", form_kwargs={"empty_permitted": False},
@@ -493,7 +515,8 @@ class ExperimentEditor:
         return {"name": f.get("name", ""), "model": f.get("model", ""),
                 "input_shape": ", ".join(str(x) for x in shape) if shape else "",
                 "weight": _num(f.get("weight", D["function.weight"])),
-                "options": f.get("options") or None}
+                "options": f.get("options") or None,
+                "model_runtime": f.get("model_runtime", D["function.model_runtime"])}
 
     @staticmethod
     def _workload_initial(w: dict) -> dict:
@@ -507,7 +530,8 @@ class ExperimentEditor:
     def _variant_initial(v: dict) -> dict:
         out = dict(VARIANT_DEFAULTS)
         out.update({k: _num(v[k]) for k in ("name", "sharing", "share", "runtime", "min_instances", "max_instances",
-                                            "target_concurrency", "platform_delay_ms", "repeats") if k in v})
+                                            "target_concurrency", "platform_delay_ms", "repeats", "model_runtime")
+                    if k in v})
         out["platform_delay_preset"] = delay_preset_value(out.get("platform_delay_ms"))
         b = v.get("batching") or {}
         out["batching_mode"] = b.get("mode", D["variant.batching.mode"])
@@ -538,7 +562,7 @@ class ExperimentEditor:
                 self._section(name, "the form was incomplete (rows missing); reload the page and try again")
         data = self.to_spec_dict()
         try:
-            spec = S.parse_experiment(data)
+            spec = S.parse_experiment(data, uploaded_models=self.uploaded_models)
         except S.SpecError as exc:
             self.add_spec_errors(exc)
             return None
@@ -575,6 +599,8 @@ class ExperimentEditor:
         _put(out, "weight", c.get("weight"))
         if c.get("options"):
             out["options"] = c["options"]
+        if c.get("model_runtime") and c["model_runtime"] != D["function.model_runtime"]:
+            out["model_runtime"] = c["model_runtime"]
         return out
 
     def workload_dict(self) -> dict:
@@ -637,6 +663,8 @@ class ExperimentEditor:
         if c.get("sharing") == "spatial":
             _put(out, "share", c.get("share"))
         _put(out, "runtime", c.get("runtime"))
+        if c.get("model_runtime"):
+            out["model_runtime"] = c["model_runtime"]
         mode = c.get("batching_mode") or "none"
         batching: dict[str, Any] = {"mode": mode}
         if mode != "none":

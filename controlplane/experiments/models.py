@@ -127,6 +127,9 @@ class Function(models.Model):
     input_shape = models.JSONField(null=True, blank=True)
     options = models.JSONField(default=dict, blank=True)
     weight = models.FloatField(default=D["function.weight"], help_text="share of a workload split across functions")
+    model_runtime = models.CharField(max_length=16, choices=[(r, r) for r in S.MODEL_RUNTIMES],
+                                     default=D["function.model_runtime"],
+                                     help_text="what runs the model: torch, or onnxruntime (uploaded ONNX models)")
 
     class Meta:
         ordering = ["position", "id"]
@@ -141,7 +144,8 @@ class Function(models.Model):
     def to_spec(self) -> S.FunctionSpec:
         return S.FunctionSpec(name=self.name, model=self.model_key,
                               input_shape=tuple(self.input_shape) if self.input_shape else None,
-                              options=dict(self.options or {}), weight=self.weight)
+                              options=dict(self.options or {}), weight=self.weight,
+                              model_runtime=self.model_runtime)
 
 
 def trace_upload_to(instance: Workload, filename: str) -> str:
@@ -221,6 +225,9 @@ class Variant(models.Model):
                                           help_text="MODELLED delay added to each real cold start (provisioning, "
                                                     "image pull); 0: only what really ran")
     repeats = models.PositiveSmallIntegerField(default=D["variant.repeats"])
+    model_runtime = models.CharField(max_length=16, null=True, blank=True, default=D["variant.model_runtime"],
+                                     choices=[(r, r) for r in S.MODEL_RUNTIMES],
+                                     help_text="overrides the functions' model runtime for zoo models (null: theirs)")
 
     class Meta:
         ordering = ["position", "id"]
@@ -256,7 +263,7 @@ class Variant(models.Model):
             keep_alive_params=(dict(bin_s=ka.bin_s, range_s=ka.range_s, head_percentile=ka.head_percentile,
                                     tail_percentile=ka.tail_percentile, min_samples=ka.min_samples)
                                if ka.policy == "histogram" else {}),
-            platform_delay_ms=v.platform_delay_ms, repeats=v.repeats,
+            platform_delay_ms=v.platform_delay_ms, repeats=v.repeats, model_runtime=v.model_runtime,
         )
 
     def to_spec(self) -> S.VariantSpec:
@@ -269,7 +276,7 @@ class Variant(models.Model):
             min_instances=self.min_instances, max_instances=self.max_instances,
             target_concurrency=self.target_concurrency,
             keep_alive=S.KeepAliveSpec(policy=self.keep_alive_policy, ttl_s=self.keep_alive_ttl_s, **ka),
-            repeats=self.repeats,
+            repeats=self.repeats, model_runtime=self.model_runtime,
         )
 
 

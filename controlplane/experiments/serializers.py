@@ -59,13 +59,16 @@ class SLODocument(serializers.Serializer):
 
 class FunctionDocument(serializers.Serializer):
     name = serializers.RegexField(S.NAME_RE.pattern, max_length=64)
-    model = serializers.CharField(max_length=100, help_text="A model zoo key (GET /api/models/).")
+    model = serializers.CharField(max_length=100, help_text="A zoo or installed model key, or one of your uploaded "
+                                                            "ONNX models (GET /api/models/).")
     input_shape = serializers.ListField(child=serializers.IntegerField(min_value=1, max_value=4096), min_length=1,
                                         max_length=4, required=False, allow_null=True,
                                         help_text="Per-request input shape, no batch dimension; default: "
                                                   "the model's.")
     options = serializers.DictField(required=False, help_text="Model options (see docs/spec.md).")
     weight = ruled("function.weight", help_text="Share of a workload split across functions (above 0).")
+    model_runtime = ruled("function.model_runtime", help_text="torch, or onnxruntime (a zoo model exported to ONNX; "
+                                                              "an uploaded ONNX model is always onnxruntime).")
 
 
 class WorkloadDocument(serializers.Serializer):
@@ -124,6 +127,8 @@ class VariantDocument(serializers.Serializer):
     runtime = ruled("variant.runtime", help_text='process: each instance its own worker process; thread: instances '
                                                  'share one process ("shared process, no isolation"). Spatial '
                                                  "sharing needs process.")
+    model_runtime = ruled("variant.model_runtime", help_text="torch or onnxruntime for this variant's zoo and installed "
+                                                             "models (default: each function's own).")
     batching = BatchingDocument(required=False)
     min_instances = ruled("variant.min_instances")
     max_instances = ruled("variant.max_instances", help_text="Default: 1, or min_instances when larger.")

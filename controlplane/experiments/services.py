@@ -20,6 +20,7 @@ from django.db.models import Max
 from django.http import Http404
 from django.utils import timezone
 
+from controlplane.registry.selectors import uploaded_models_for
 from workers import spec as S
 
 from . import spec_io
@@ -33,7 +34,7 @@ VARIANT_NAME_MAX_LEN = 64  # workers.spec.NAME_RE
 # ---- experiments ------------------------------------------------------------------------------------
 def experiment_create(*, owner, spec: S.ExperimentSpec) -> Experiment:
     """Store a new experiment. The spec is validated again, so no caller can store what the engine rejects."""
-    return _experiment_save(owner=owner, spec=_revalidated(spec))
+    return _experiment_save(owner=owner, spec=_revalidated(spec, owner))
 
 
 def experiment_update(*, experiment: Experiment, spec: S.ExperimentSpec) -> Experiment:
@@ -42,13 +43,13 @@ def experiment_update(*, experiment: Experiment, spec: S.ExperimentSpec) -> Expe
     The code and the trials stay. Variants are matched by name, so a variant that keeps its name keeps
     its row and its trials' link to it; a removed variant's trials keep their `variant_name`.
     """
-    return _experiment_save(experiment=experiment, spec=_revalidated(spec))
+    return _experiment_save(experiment=experiment, spec=_revalidated(spec, experiment.owner))
 
 
 def experiment_import(*, owner, data: dict, experiment: Experiment | None = None) -> Experiment:
     """Validate a spec dict (from a file, the API or a form) and create or replace an experiment from it."""
     _refuse_trace_paths(data)
-    spec = S.parse_experiment(data)
+    spec = S.parse_experiment(data, uploaded_models=uploaded_models_for(experiment.owner if experiment else owner))
     if experiment is None:
         return _experiment_save(owner=owner, spec=spec)
     return _experiment_save(experiment=experiment, spec=spec)
@@ -71,10 +72,10 @@ def experiment_delete(*, experiment: Experiment) -> None:
         transaction.on_commit(functools.partial(_delete_files, files))
 
 
-def _revalidated(spec: S.ExperimentSpec) -> S.ExperimentSpec:
+def _revalidated(spec: S.ExperimentSpec, owner) -> S.ExperimentSpec:
     # Forms build specs from the per-section parsers; the whole-experiment rules (unique names, workloads
-    # naming known functions, request bounds) are only checked by parse_experiment.
-    return S.parse_experiment(S.experiment_to_dict(spec))
+    # naming known functions, request bounds, uploaded models the owner has) are only checked by parse_experiment.
+    return S.parse_experiment(S.experiment_to_dict(spec), uploaded_models=uploaded_models_for(owner))
 
 
 def _refuse_trace_paths(data: object) -> None:
@@ -126,7 +127,7 @@ def _experiment_save(*, spec: S.ExperimentSpec, owner=None, experiment: Experime
                 functions[f.name] = Function.objects.create(
                     experiment=experiment, position=i, name=f.name, model_key=f.model,
                     input_shape=list(f.input_shape) if f.input_shape is not None else None,
-                    options=dict(f.options), weight=f.weight)
+                    options=dict(f.options), weight=f.weight, model_runtime=f.model_runtime)
             for w in spec.workloads:
                 saved_files.extend(_workload_create(experiment, w, functions))
             _variants_replace(experiment, spec.variants)
@@ -293,7 +294,8 @@ def experiment_run(*, experiment: Experiment, user, repeats: int | None = None,
         # Row lock: two presses of Run at once must get different run numbers.
         experiment = Experiment.objects.select_for_update().get(pk=experiment.pk)
         data = spec_io.experiment_to_dict(experiment)
-        spec = S.parse_experiment(data)  # the stored rows may predate a stricter validator
+        # The stored rows may predate a stricter validator, or name an uploaded model deleted since.
+        spec = S.parse_experiment(data, uploaded_models=uploaded_models_for(experiment.owner))
         rows = {v.name: v for v in experiment.variants.all()}
         if variant_names is not None:
             unknown = [n for n in variant_names if n not in rows]
@@ -329,10 +331,10 @@ def experiment_run(*, experiment: Experiment, user, repeats: int | None = None,
 TRIAL_TIME_MARGIN_S = 900.0
 
 
-def trial_time_limits_s(spec_data: dict) -> tuple[float, float]:
+def trial_time_limits_s(spec_data: dict, owner=None) -> tuple[float, float]:
     """(soft, hard) Celery time limits for a trial of this frozen spec: its run time plus a margin, so a
     long trial is not cut off by a global limit and a stuck short one is not left running for an hour."""
-    spec = S.parse_experiment(spec_data)
+    spec = S.parse_experiment(spec_data, uploaded_models=uploaded_models_for(owner))
     soft = max(w.run_s for w in spec.workloads) + TRIAL_TIME_MARGIN_S
     return soft, soft + 120.0
 
@@ -340,7 +342,8 @@ def trial_time_limits_s(spec_data: dict) -> tuple[float, float]:
 def _enqueue_trial(trial_id: int, queue: str) -> None:
     from workers.tasks import execute_trial  # imported late: workers.tasks pulls in the Celery app
 
-    soft_s, hard_s = trial_time_limits_s(Trial.objects.values_list("spec", flat=True).get(id=trial_id))
+    trial = Trial.objects.select_related("experiment__owner").only("spec", "experiment__owner").get(id=trial_id)
+    soft_s, hard_s = trial_time_limits_s(trial.spec, trial.experiment.owner)
     execute_trial.apply_async(args=[trial_id], queue=queue, soft_time_limit=soft_s, time_limit=hard_s)
 
 

@@ -16,6 +16,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from controlplane.registry import selectors as registry_selectors
 from workers import spec as S
 
 from . import selectors, services, spec_io
@@ -103,6 +104,7 @@ def _editor(request: HttpRequest, experiment: Experiment | None) -> HttpResponse
     ctx = _editor_context(experiment)
     prices = list(selectors.price_list())
     ctx["worker_devices"] = selectors.worker_devices()
+    ctx["uploaded_models"] = registry_selectors.catalogue_for(request.user)
     if request.method == "POST":
         editor = ExperimentEditor(data=request.POST, files=request.FILES, price_entries=prices, **ctx)
         spec = editor.validate()

@@ -140,3 +140,12 @@ def test_each_one_second_window_is_checked_not_just_the_average():
     unsent[:100] = np.nan
     assert bench.window_rates_of(times, unsent, 3.0)[1] == pytest.approx([2.0, 0.0, 0.0])
     assert len(bench.window_rates_of(times, on_time, 2.5)[0]) == 2
+
+
+def test_overhead_runs_the_null_model_under_onnx_runtime_when_asked(model_dir):
+    r = bench_json("overhead", "--short", "--runtime", "onnxruntime")
+    assert r["model_runtime"] == "onnxruntime" and r["platform_completed"] == r["requests"]
+    assert all(is_number(r[k]) for k in FIGURES["overhead"])
+    assert bench_json("overhead", "--short")["model_runtime"] == "torch"
+    with pytest.raises(CommandError, match="overhead benchmark only"):
+        bench_json("batching", "--short", "--runtime", "onnxruntime")

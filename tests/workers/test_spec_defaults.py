@@ -36,7 +36,7 @@ def same(a, b) -> bool:
 def test_the_table_is_consistent_with_itself():
     for key, r in RULES.items():
         if r.choices:
-            assert r.required or r.default in r.choices, key
+            assert r.required or r.default is None or r.default in r.choices, key  # None: not set
         elif r.low is not None and r.default not in (None, S.REQUIRED):
             low_ok = r.default > r.low if r.low_open else r.default >= r.low
             assert low_ok and r.default <= r.high, key

@@ -287,7 +287,9 @@ def workloads_of(experiment: Experiment | None, run: int | None) -> list:
         trial = experiment.trials.filter(run_number=run).only("spec").order_by("id").first()
     if trial is not None and trial.spec:
         try:
-            return list(S.parse_experiment(trial.spec).workloads)
+            from controlplane.registry.selectors import uploaded_models_for
+
+            return list(S.parse_experiment(trial.spec, uploaded_models=uploaded_models_for(experiment.owner)).workloads)
         except S.SpecError:
             pass
     from .. import spec_io
