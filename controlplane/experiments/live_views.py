@@ -20,9 +20,10 @@ BREAKDOWN_LABELS = (("dispatch_lag", "dispatch lag"), ("cold_start", "waiting fo
                     ("batch_wait", "waiting for the batch to fill"), ("queue_wait", "queued for an instance"),
                     ("compute", "compute"))
 PHASE_LABELS = (("platform_delay_modelled", "platform delay (modelled, not measured)"),
-                ("process_start", "process start"), ("import", "import torch and the model code"),
+                ("process_start", "process start"), ("import", "import the runtime (torch or onnxruntime)"),
                 ("device_context", "device context"), ("build", "build the module"),
-                ("load", "read the weights from disk"), ("to_device", "move to the device"),
+                ("load", "read the weights from disk"), ("session", "create the ONNX Runtime session"),
+                ("to_device", "move to the device"),
                 ("warmup", "warm-up pass"), ("total", "total"))
 
 

@@ -271,6 +271,8 @@ class ColdStartPhasesSerializer(serializers.Serializer):
     device_context = serializers.FloatField(allow_null=True)
     build = serializers.FloatField(allow_null=True)
     load = serializers.FloatField(allow_null=True)
+    session = serializers.FloatField(allow_null=True, help_text="model_runtime onnxruntime: creating the "
+                                                                 "InferenceSession")
     to_device = serializers.FloatField(allow_null=True)
     warmup = serializers.FloatField(allow_null=True)
     total = serializers.FloatField(allow_null=True)

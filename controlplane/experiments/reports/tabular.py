@@ -170,7 +170,8 @@ COLUMN_MEANINGS = {
 PHASE_MEANINGS = {"platform_delay_modelled": "the MODELLED platform delay (not measured)",
                   "process_start": "starting the instance's process", "import": "importing the runtime",
                   "device_context": "creating the device context", "build": "building the model",
-                  "load": "reading the weights file", "to_device": "moving the weights to the device",
+                  "load": "reading the weights file", "session": "creating the ONNX Runtime session",
+                  "to_device": "moving the weights to the device",
                   "warmup": "warm-up inference", "total": "the whole cold start"}
 
 
