@@ -167,7 +167,7 @@ def test_the_row_has_exactly_the_documented_keys(user, experiment):
         "slo_verdict", "violation_rate", "throughput_rps", "goodput_rps", "drain_s", "completed_in_drain",
         "cold_starts", "cold_start_ms", "mean_batch_size", "cost", "cold_start_phases_ms", "prewarms",
         "requests_paid_cold_start", "dispatch", "notes", "time_compression", "runtime", "isolation",
-        "platform_delay_ms", "simulated", "hardware", "started_at", "finished_at"]
+        "platform_delay_ms", "simulated", "simulation", "hardware", "started_at", "finished_at"]
 
 
 def test_the_row_says_how_the_run_was_made_and_what_it_noticed(user, experiment):
