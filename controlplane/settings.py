@@ -192,9 +192,19 @@ CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 120
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
 CELERY_TASK_ALWAYS_EAGER = False
 
+# Failed logins (the login form) and token requests (/api/token/) per client address: "10/min", "100/h".
+LOGIN_RATE = env_str("LOGIN_RATE", "10/min")
+API_TOKEN_TTL_S = env_int("API_TOKEN_TTL_S", 30 * 86400)
+# Throttle counters live in the cache: Redis in production, so every web process counts the same attempts.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"} if DEBUG else {
+    "BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env_str("CACHE_URL", REDIS_URL),
+    "KEY_PREFIX": "slsbench"}}
+
 REST_FRAMEWORK = {
+    # Behind N proxies the client address is the Nth-from-last X-Forwarded-For entry (0: REMOTE_ADDR).
+    "NUM_PROXIES": env_int("NUM_PROXIES", 0),
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "controlplane.experiments.tokens.ExpiringTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -207,6 +217,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Experiments, functions, SLOs, workloads, variants, trials and their results.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     # Swagger UI from the sidecar package, not a CDN: the product must work with no internet.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
