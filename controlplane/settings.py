@@ -162,9 +162,19 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static", ("vendor", BASE_DIR / "node_modules" / "chart.js" / "dist")]
 WHITENOISE_USE_FINDERS = True
 
-# Upper bound on uploaded trace files (bytes); the spec validator enforces its own row bounds.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 32 * 1024 * 1024
-FILE_UPLOAD_MAX_MEMORY_SIZE = 32 * 1024 * 1024
+# Request bounds (controlplane/experiments/limits.py). A whole request: an API spec may carry several traces.
+REQUEST_MAX_BYTES = 32 * 1024 * 1024
+# One uploaded file: the largest a form accepts (a trace, workers.spec.MAX_TRACE_BYTES); beyond it nothing is
+# stored while the rest streams in, and the form refuses the file by its size.
+UPLOAD_MAX_BYTES = 8 * 1024 * 1024
+# A body other than files (Django reads API JSON bodies through it too): the whole request's bound.
+DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2621440  # Django's default: larger uploads go to a temporary file
+FILE_UPLOAD_HANDLERS = [
+    "controlplane.experiments.limits.CappedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -209,6 +219,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PARSER_CLASSES": ["controlplane.experiments.limits.LimitedJSONParser",
+                               "rest_framework.parsers.FormParser", "rest_framework.parsers.MultiPartParser"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
 }

@@ -15,3 +15,7 @@ class ExperimentsConfig(AppConfig):
 
         if settings.USER_MODELS:
             zoo.register_user_models(settings.USER_MODELS)
+
+        from . import signals
+
+        signals.connect()
