@@ -551,7 +551,8 @@ def parse_function(data: Any, path: str, ctx: _Ctx | None = None, known_models: 
         try:
             check_model(model, input_shape=shape, options=dict(options))
         except ModelError as exc:
-            ctx.err(_join(path, "options" if options else "input_shape"), str(exc))
+            field = f"options.{exc.option}" if exc.option else "options" if options else "input_shape"
+            ctx.err(_join(path, field), str(exc))
     spec = FunctionSpec(name=name, model=model, input_shape=shape, options=dict(options),
                         weight=ctx.ruled(d, "function.weight", path))
     if own:

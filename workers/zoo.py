@@ -53,6 +53,9 @@ BUILTIN_OPTIONS: dict[str, dict[str, int]] = {
     "transformer-base": {"layers": 12, "heads": 12, "ff": 3072, "classes": 30522},
 }
 USER_WEIGHTS_OPTION = "weights_path"  # user models may point at their own weights file
+# The only folder a user model's weights_path may name (relative paths are taken from it). From the
+# environment, so the instance processes a worker starts see the same folder; unset: no weights_path at all.
+USER_WEIGHTS_DIR_ENV = "USER_WEIGHTS_DIR"
 
 _user_models: dict[str, Callable[..., Any]] = {}
 _user_paths: dict[str, str] = {}
@@ -60,7 +63,12 @@ _registry_lock = threading.Lock()
 
 
 class ModelError(Exception):
-    """Unknown model key, input shape the model cannot take, bad options, unreadable weights."""
+    """Unknown model key, input shape the model cannot take, bad options, unreadable weights. `option` names
+    the option at fault when there is one, so a spec error can name its field."""
+
+    def __init__(self, message: str, *, option: str | None = None):
+        super().__init__(message)
+        self.option = option
 
 
 # ---- keys and shapes (no torch) ----------------------------------------------------------------------
@@ -172,7 +180,27 @@ def _resolve(key: str, input_shape: Any, options: dict | None) -> tuple[tuple[in
                 raise ModelError(f"model {key!r}: option {name} must be a whole number between 1 and 65536")
         opts = {**allowed, **opts}
         _check_builtin_shape(key, shape, opts)
+    elif USER_WEIGHTS_OPTION in opts:
+        user_weights_file(key, opts[USER_WEIGHTS_OPTION])
     return shape, opts
+
+
+def user_weights_file(key: str, value: Any) -> Path:
+    """A user model's own weights file, which must lie under USER_WEIGHTS_DIR once symlinks and `..` are
+    resolved: the spec is user input, and the worker would read whatever file it names."""
+    if not isinstance(value, str) or not value.strip():
+        raise ModelError(f"model {key!r}: option {USER_WEIGHTS_OPTION} must be a file path",
+                         option=USER_WEIGHTS_OPTION)
+    root = os.environ.get(USER_WEIGHTS_DIR_ENV)
+    if not root:
+        raise ModelError(f"model {key!r}: option {USER_WEIGHTS_OPTION} is refused: no {USER_WEIGHTS_DIR_ENV} is "
+                         "configured for user weights", option=USER_WEIGHTS_OPTION)
+    base = Path(root).resolve()
+    path = (base / value).resolve()  # an absolute value replaces base
+    if not path.is_relative_to(base):
+        raise ModelError(f"model {key!r}: option {USER_WEIGHTS_OPTION} must name a file under {base}",
+                         option=USER_WEIGHTS_OPTION)
+    return path
 
 
 def check_model(key: str, *, input_shape: Any = None, options: dict | None = None) -> None:
@@ -346,7 +374,7 @@ def weights_file(key: str, *, input_shape=None, options: dict | None = None, mod
     _shape, opts = _resolve(key, input_shape, options)
     user_weights = opts.get(USER_WEIGHTS_OPTION) if key not in BUILTIN_SHAPES else None
     if user_weights:
-        path = Path(user_weights)
+        path = user_weights_file(key, user_weights)  # checked again where it is read
         if not path.exists():
             raise ModelError(f"user model {key!r}: weights file {path} does not exist")
         return path
