@@ -567,6 +567,8 @@ def parse_workload(data: Any, path: str = "workload", ctx: _Ctx | None = None,
     ctx = ctx or _Ctx()
     raw = data if isinstance(data, Mapping) else {}
     pattern = raw.get("pattern")
+    if not isinstance(pattern, str):
+        pattern = None  # a list or an object: refused below, and never used as a dict key
     allowed = _WORKLOAD_COMMON + PATTERN_PARAMS.get(pattern, ())
     d = ctx.mapping(data, path, allowed, required=("pattern", "duration_s"))
     if pattern not in PATTERNS:
