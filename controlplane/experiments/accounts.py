@@ -73,7 +73,8 @@ class TokenView(APIView):
         return Response({"token": token.key, "expires_at": token_expires_at(token)})
 
     @extend_schema(summary="Revoke your API token (it stops working at once)", request=None,
-                   responses={204: None, 429: OpenApiResponse(description="Too many attempts from this address.")})
+                   responses={204: None, 401: OpenApiResponse(description="No token or session given."),
+                              429: OpenApiResponse(description="Too many attempts from this address.")})
     def delete(self, request: Request) -> Response:
         token_revoke(user=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
