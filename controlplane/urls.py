@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from controlplane.experiments import accounts
 
 urlpatterns = [
+    path("admin/login/", accounts.admin_login),  # before the admin's own: the same limit on failed logins
     path("admin/", admin.site.urls),
     # Before Django's own auth URLs: the same login page, with a limit on failed attempts.
     path("accounts/login/", accounts.LoginView.as_view(), name="login"),

@@ -96,33 +96,54 @@ def token_page(request: HttpRequest) -> HttpResponse:
         "expired": token is not None and token_is_expired(token), "ttl_days": settings.API_TOKEN_TTL_S / 86400})
 
 
-# ---- the login form -------------------------------------------------------------------------------------------
-def _client_ident(request: HttpRequest) -> str:
-    return BaseThrottle().get_ident(request)  # REMOTE_ADDR, or X-Forwarded-For behind NUM_PROXIES proxies
+# ---- the login forms ------------------------------------------------------------------------------------------
+def _failures_key(request) -> str:
+    # REMOTE_ADDR, or X-Forwarded-For behind NUM_PROXIES proxies; works on Django's and DRF's requests alike.
+    return f"login-failures:{BaseThrottle().get_ident(request)}"
+
+
+def login_failure_count(request) -> int:
+    return cache.get(_failures_key(request), 0)
+
+
+def login_held_back(request) -> str | None:
+    """The message to show when this address has used up its failed attempts for the window, else None."""
+    limit, window_s = parse_rate(settings.LOGIN_RATE)
+    if login_failure_count(request) >= limit:
+        return f"Too many failed attempts from your address: try again in {window_s} s."
+    return None
+
+
+def on_login_failed(sender, credentials, request=None, **kwargs) -> None:
+    """user_login_failed: every failed password check with a request (login form, admin, /api/token/) counts."""
+    if request is None:
+        return
+    _, window_s = parse_rate(settings.LOGIN_RATE)
+    key = _failures_key(request)
+    if not cache.add(key, 1, timeout=window_s):  # the window starts at the first failure
+        try:
+            cache.incr(key)
+        except ValueError:  # expired between add and incr
+            cache.add(key, 1, timeout=window_s)
 
 
 class LoginView(auth_views.LoginView):
     """Django's login view; after LOGIN_RATE failed attempts from one address it answers 429 for the window."""
 
-    def _key(self) -> str:
-        return f"login-failures:{_client_ident(self.request)}"
-
     def post(self, request, *args, **kwargs):
-        limit, window_s = parse_rate(settings.LOGIN_RATE)
-        if cache.get(self._key(), 0) >= limit:
+        held = login_held_back(request)
+        if held:
             # An unbound form: the password is not even checked while the address is held back.
-            context = self.get_context_data(form=self.form_class(request),
-                                            throttled=f"Too many failed attempts from your address: "
-                                                      f"try again in {window_s} s.")
+            context = self.get_context_data(form=self.form_class(request), throttled=held)
             return self.render_to_response(context, status=429)
         return super().post(request, *args, **kwargs)
 
-    def form_invalid(self, form):
-        _, window_s = parse_rate(settings.LOGIN_RATE)
-        key = self._key()
-        if cache.add(key, 1, timeout=window_s) is False:  # the window starts at the first failure
-            try:
-                cache.incr(key)
-            except ValueError:  # expired between add and incr
-                cache.add(key, 1, timeout=window_s)
-        return super().form_invalid(form)
+
+def admin_login(request: HttpRequest, **kwargs) -> HttpResponse:
+    """The admin's login page under the same limit (mounted before the admin's URLs)."""
+    from django.contrib import admin
+
+    held = login_held_back(request) if request.method == "POST" else None
+    if held:
+        return HttpResponse(held, status=429, content_type="text/plain; charset=utf-8")
+    return admin.site.login(request, **kwargs)

@@ -1,4 +1,5 @@
 """Live sockets end when what allowed them ends: the login session (logout), the user, or the trial watched.
+Failed logins (any form, the admin, /api/token/) are counted per address for the login limit (accounts.py).
 
 Connected in ExperimentsConfig.ready. Each sends "socket.close" to a group (events.py) after the change
 commits, so a rolled-back delete closes nothing.
@@ -9,11 +10,11 @@ from __future__ import annotations
 import functools
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.signals import user_logged_out
+from django.contrib.auth.signals import user_logged_out, user_login_failed
 from django.db import transaction
 from django.db.models.signals import post_delete
 
-from . import events
+from . import accounts, events
 from .consumers import CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
 from .models import Trial
 
@@ -36,5 +37,6 @@ def _on_trial_deleted(sender, instance, **kwargs) -> None:
 
 def connect() -> None:
     user_logged_out.connect(_on_logout, dispatch_uid="slsbench-close-sockets-on-logout")
+    user_login_failed.connect(accounts.on_login_failed, dispatch_uid="slsbench-count-failed-logins")
     post_delete.connect(_on_user_deleted, sender=get_user_model(), dispatch_uid="slsbench-close-sockets-user")
     post_delete.connect(_on_trial_deleted, sender=Trial, dispatch_uid="slsbench-close-sockets-trial")

@@ -46,6 +46,25 @@ def test_the_failure_count_is_per_client_address(settings, user):
         "/accounts/login/", {"username": "owner", "password": "owner-pass-123"}).status_code == 302
 
 
+def test_the_admin_login_has_the_same_limit(settings, user):
+    settings.LOGIN_RATE = "2/min"
+    user.is_staff = True
+    user.save()
+    client = Client()
+    for _ in range(2):
+        assert client.post("/admin/login/", {"username": "owner", "password": "wrong"}).status_code == 200
+    held = client.post("/admin/login/", {"username": "owner", "password": "owner-pass-123"})
+    assert held.status_code == 429 and "_auth_user_id" not in client.session
+    assert Client().get("/admin/login/").status_code == 200  # the page itself still shows
+
+
+def test_failed_token_requests_count_against_the_login_form_too(settings, user):
+    settings.LOGIN_RATE = "2/min"
+    for _ in range(2):
+        APIClient().post("/api/token/", {"username": "owner", "password": "wrong"})
+    assert Client().post("/accounts/login/", {"username": "owner", "password": "owner-pass-123"}).status_code == 429
+
+
 # ---- /api/token/ ---------------------------------------------------------------------------------------------
 def test_token_requests_beyond_the_rate_get_429(settings, user):
     settings.LOGIN_RATE = "3/min"
