@@ -1,7 +1,8 @@
 """Getting in: the login form with a limit on failed attempts, API tokens that expire and can be revoked.
 
-- Login: after `LOGIN_RATE` failed attempts from one client address within the window, the form answers 429
-  until the window has passed (a cache counter: no table, no lockout a stranger can impose for ever).
+- Login: after `LOGIN_RATE` failed attempts from one client address within the window (counted from Django's
+  `user_login_failed`, so the login form, the admin login and /api/token/ share one count), the login forms
+  answer 429 until the window has passed (a cache counter: no table, no lockout anyone can make permanent).
 - `/api/token/`: POST username + password -> the user's token and its expiry (a token past its expiry is
   replaced); DELETE (authenticated by the token itself or a session) revokes it. Throttled per client address
   with DRF's throttle at the same rate as the login form.
