@@ -25,7 +25,7 @@ CHECKS = [st_checks.not_a_server_error, st_checks.status_code_conformance, st_ch
 
 @pytest.mark.django_db(transaction=True)
 def test_every_operation_answers_within_its_schema_and_never_500(live_server, django_user_model, spec_data,
-                                                                 capsys):
+                                                                 price_catalogue, capsys):
     user = django_user_model.objects.create_user(username="fuzz", password="fuzz-pass-123")
     experiment = services.experiment_import(owner=user, data=spec_data)  # lists have a row to serialize
     token = Token.objects.create(user=user).key

@@ -23,6 +23,7 @@ from controlplane.experiments.routing import websocket_urlpatterns
 
 from . import test_consumers
 from .test_comparison import finish, run, summary, variant
+from .test_profiles import stored
 
 pytestmark = pytest.mark.django_db
 
@@ -79,6 +80,10 @@ MATRIX: dict[str, Entry] = {
     "price-create": Entry(STAFF, ("POST",)),
     "price-edit": Entry(STAFF, ("GET", "POST"), obj="price"),
     "account-token": Entry(LOGIN, ("GET", "POST")),
+    "experiment-profile": Entry(OWNED, ("POST",), obj=E),
+    "profile-list": Entry(LIST),
+    "profile-detail": Entry(OWNED, obj="profile"),
+    "profile-json": Entry(OWNED, obj="profile"),  # download: the measured profile
     # API
     "api-schema": Entry(LIST, api=True),
     "api-docs": Entry(LIST),  # a page: login redirect
@@ -101,6 +106,9 @@ MATRIX: dict[str, Entry] = {
     "api-prices": Entry(LIST, api=True),
     "api-pins": Entry(LIST, ("GET", "POST", "DELETE"), api=True),
     "api-models": Entry(LIST, api=True),
+    "api-experiment-profile": Entry(OWNED, ("POST",), obj=E, api=True),
+    "api-profile-list": Entry(LIST, api=True),
+    "api-profile-detail": Entry(OWNED, obj="profile", api=True),
     # Django's own account pages
     "login": Entry(PUBLIC, ("GET", "POST")),
     "logout": Entry(PUBLIC, ("POST",)),
@@ -162,9 +170,11 @@ def world(user, other_user, price_catalogue, media_root):
     export = exports.export_create(owner=user, fmt="csv", experiment=experiment, inline=True)
     link = exports.share_link_create(owner=user, experiment=experiment)
     Pin.objects.create(user=user, trial=trial)
+    profile = stored(owner=user)
     theirs = services.experiment_import(owner=other_user, data={**_spec(), "name": "outsiders-own"})
     return {"experiment": experiment, "trial": trial, "export": export, "share-link": link, "owner": user,
-            "variant": experiment.variants.first(), "outsider": other_user, "theirs": theirs}
+            "variant": experiment.variants.first(), "outsider": other_user, "theirs": theirs,
+            "profile": profile}
 
 
 def _spec() -> dict:
@@ -175,7 +185,7 @@ def _spec() -> dict:
 
 def url_for(name: str, entry: Entry, world: dict) -> str:
     obj = entry.obj
-    if obj in (E, T, X):
+    if obj in (E, T, X, "profile"):
         return reverse(name, kwargs={"code": world[obj].code})
     if obj == "variant":
         return reverse(name, kwargs={"code": world["experiment"].code, "variant_id": world["variant"].pk})
@@ -248,7 +258,7 @@ def test_lists_show_another_user_nothing_of_the_owners(name, world):
     entry = MATRIX[name]
     url = url_for(name, entry, world)
     secrets = [world["experiment"].name, str(world["experiment"].code), str(world["trial"].code),
-               str(world["export"].code), world["share-link"].token]
+               str(world["export"].code), world["share-link"].token, str(world["profile"].code)]
     for method in entry.methods:
         response = call(as_user(world["outsider"]), method, url)
         assert response.status_code < 500, (method, url, response.status_code)
