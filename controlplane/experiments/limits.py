@@ -35,7 +35,7 @@ _DELTA[[ord("["), ord("{")]] = 1
 _DELTA[[ord("]"), ord("}")]] = -1
 
 
-def _too_deep() -> S.SpecError:
+def too_deep() -> S.SpecError:
     return S.SpecError([S.FieldError("", f"the document is nested more than {MAX_DEPTH} levels deep")])
 
 
@@ -45,7 +45,7 @@ def check_json_depth(raw: bytes | str) -> None:
         raw = raw.encode("utf-8", "surrogatepass")
     brackets = np.frombuffer(_JSON_STRING.sub(b"", raw), dtype=np.uint8)
     if brackets.size and int(np.cumsum(_DELTA[brackets], dtype=np.int64).max(initial=0)) > MAX_DEPTH:
-        raise _too_deep()
+        raise too_deep()
 
 
 def check_yaml_shape(text: str) -> None:
@@ -56,7 +56,7 @@ def check_yaml_shape(text: str) -> None:
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:
-                raise _too_deep()
+                raise too_deep()
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
         elif isinstance(event, yaml.AliasEvent):
@@ -82,7 +82,7 @@ def check_document(data: Any) -> None:
         else:
             continue
         if depth >= MAX_DEPTH and children:
-            raise _too_deep()
+            raise too_deep()
         stack.extend((child, depth + 1) for child in children)
 
 
@@ -112,6 +112,8 @@ class LimitedJSONParser(JSONParser):
             data = json.loads(raw.decode(encoding))
         except ValueError as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
+        except RecursionError:  # the scan above should have refused it; never a 500 if it did not
+            raise ParseError(too_deep().errors[0].message) from None
         try:
             check_document(data)
         except S.SpecError as exc:

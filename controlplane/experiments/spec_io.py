@@ -93,6 +93,8 @@ def _decode(text: str, *, yaml_first: bool) -> Any:
         limits.check_json_depth(text)  # YAML's flow style nests with the same brackets: refused either way
         try:
             return json.loads(text)
+        except RecursionError:  # the scan above should have refused it; never a 500 if it did not
+            raise limits.too_deep() from None
         except json.JSONDecodeError as exc:
             # A file that looks like JSON gets the JSON error: it is almost certainly a JSON typo.
             if text.lstrip().startswith(("{", "[")):
