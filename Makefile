@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# make is the development entry point (demo, tests, checks): DEBUG on unless set. Everything else
+# (manage.py, daphne, celery) runs with DEBUG off unless DEBUG=1 is set: see docs/deploy.md.
+export DEBUG ?= 1
 
 .PHONY: setup demo test lint check bench gpu-check chromium report-deps clean
 

@@ -1,7 +1,8 @@
-"""One settings module, driven by environment variables with safe local defaults.
+"""One settings module, driven by environment variables.
 
-Local (DEBUG on, the default): SQLite in var/, Redis on localhost, a throwaway secret key.
-Production (DEBUG=0): SECRET_KEY and ALLOWED_HOSTS must be set, or start-up fails loudly.
+Production is the default (DEBUG off): SECRET_KEY and ALLOWED_HOSTS must be set, or start-up fails loudly,
+and the HTTPS settings default to their secure values (docs/deploy.md has a production environment file).
+Development (DEBUG=1, which `make` and the tests set): SQLite in var/, Redis on localhost, a throwaway key.
 """
 
 import os
@@ -39,17 +40,41 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from exc
 
 
-DEBUG = env_bool("DEBUG", True)
+def env_list(name: str) -> list[str]:
+    return [item.strip() for item in (env_str(name, "") or "").split(",") if item.strip()]
+
+
+# Off unless asked for: a forgotten variable must never serve tracebacks and a known key to the internet.
+DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY")
-ALLOWED_HOSTS = [h.strip() for h in (env_str("ALLOWED_HOSTS", "") or "").split(",") if h.strip()]
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS")
 if not DEBUG:
     if not SECRET_KEY:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is off (DEBUG is off unless DEBUG=1). For local development "
+            "set DEBUG=1; in production generate a key: python -c 'import secrets; print(secrets.token_urlsafe(50))'")
     if not ALLOWED_HOSTS:
         raise ImproperlyConfigured("ALLOWED_HOSTS must be set (comma-separated) when DEBUG is off")
 else:
     SECRET_KEY = SECRET_KEY or "dev-only-insecure-key-do-not-use-in-production"
     ALLOWED_HOSTS = ALLOWED_HOSTS or ["localhost", "127.0.0.1", "[::1]", "testserver"]
+
+# HTTPS. Secure by default in production, plain HTTP in development; each one can be set from the environment.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+# An hour until the deployment is known to work on HTTPS only; docs/deploy.md then raises it to a year.
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+# Behind a TLS-terminating proxy: "HTTP_X_FORWARDED_PROTO,https" (the header the proxy sets, and its value).
+# Only set it when the proxy always sets or strips that header, or clients could claim HTTPS themselves.
+_proxy_header = env_list("SECURE_PROXY_SSL_HEADER")
+if _proxy_header and len(_proxy_header) != 2:
+    raise ImproperlyConfigured("SECURE_PROXY_SSL_HEADER must be 'HEADER,value', e.g. HTTP_X_FORWARDED_PROTO,https")
+SECURE_PROXY_SSL_HEADER = tuple(_proxy_header) or None
+# Origins (scheme + host) a form may be posted from when it differs from the Host header, e.g. behind a proxy.
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 
 # Where generated files live: SQLite db, model weights, raw-result artifacts. Never committed.
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
@@ -140,9 +165,19 @@ STATIC_ROOT = VAR_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static", ("vendor", BASE_DIR / "node_modules" / "chart.js" / "dist")]
 WHITENOISE_USE_FINDERS = True
 
-# Upper bound on uploaded trace files (bytes); the spec validator enforces its own row bounds.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 32 * 1024 * 1024
-FILE_UPLOAD_MAX_MEMORY_SIZE = 32 * 1024 * 1024
+# Request bounds (controlplane/experiments/limits.py). A whole request: an API spec may carry several traces.
+REQUEST_MAX_BYTES = 32 * 1024 * 1024
+# One uploaded file: the largest a form accepts (a trace, workers.spec.MAX_TRACE_BYTES); beyond it nothing is
+# stored while the rest streams in, and the form refuses the file by its size.
+UPLOAD_MAX_BYTES = 8 * 1024 * 1024
+# A body other than files (Django reads API JSON bodies through it too): the whole request's bound.
+DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2621440  # Django's default: larger uploads go to a temporary file
+FILE_UPLOAD_HANDLERS = [
+    "controlplane.experiments.limits.CappedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -170,13 +205,25 @@ CELERY_TASK_TIME_LIMIT = CELERY_TASK_SOFT_TIME_LIMIT + 120
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 600}
 CELERY_TASK_ALWAYS_EAGER = False
 
+# Failed logins (the login form) and token requests (/api/token/) per client address: "10/min", "100/h".
+LOGIN_RATE = env_str("LOGIN_RATE", "10/min")
+API_TOKEN_TTL_S = env_int("API_TOKEN_TTL_S", 30 * 86400)
+# Throttle counters live in the cache: Redis in production, so every web process counts the same attempts.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"} if DEBUG else {
+    "BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env_str("CACHE_URL", REDIS_URL),
+    "KEY_PREFIX": "slsbench"}}
+
 REST_FRAMEWORK = {
+    # Behind N proxies the client address is the Nth-from-last X-Forwarded-For entry (0: REMOTE_ADDR).
+    "NUM_PROXIES": env_int("NUM_PROXIES", 0),
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "controlplane.experiments.tokens.ExpiringTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PARSER_CLASSES": ["controlplane.experiments.limits.LimitedJSONParser",
+                               "rest_framework.parsers.FormParser", "rest_framework.parsers.MultiPartParser"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
 }
@@ -185,6 +232,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Experiments, functions, SLOs, workloads, variants, trials and their results.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     # Swagger UI from the sidecar package, not a CDN: the product must work with no internet.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

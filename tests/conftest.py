@@ -46,6 +46,14 @@ def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    # Login and token throttles count attempts in the cache: each test starts with none counted.
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 # ---- execution tests (helper-5): Redis, channel layer, trials ------------------------------------------
 # A Redis DB of their own (not the default 0 that a running demo or dev worker uses), and a key prefix per
 # test, so channel groups, queues and device leases never collide with anything else.

@@ -589,7 +589,8 @@ def parse_function(data: Any, path: str, ctx: _Ctx | None = None, known_models: 
         try:
             check_model(model, input_shape=shape, options=dict(options))
         except ModelError as exc:
-            ctx.err(_join(path, "options" if options else "input_shape"), str(exc))
+            field = f"options.{exc.option}" if exc.option else "options" if options else "input_shape"
+            ctx.err(_join(path, field), str(exc))
     spec = FunctionSpec(name=name, model=model, input_shape=shape, options=dict(options),
                         weight=ctx.ruled(d, "function.weight", path),
                         model_runtime=runtime or DEFAULTS["function.model_runtime"])
@@ -605,6 +606,8 @@ def parse_workload(data: Any, path: str = "workload", ctx: _Ctx | None = None,
     ctx = ctx or _Ctx()
     raw = data if isinstance(data, Mapping) else {}
     pattern = raw.get("pattern")
+    if not isinstance(pattern, str):
+        pattern = None  # a list or an object: refused below, and never used as a dict key
     allowed = _WORKLOAD_COMMON + PATTERN_PARAMS.get(pattern, ())
     d = ctx.mapping(data, path, allowed, required=("pattern", "duration_s"))
     if pattern not in PATTERNS:

@@ -67,6 +67,9 @@ USER_WEIGHTS_OPTION = "weights_path"  # user models may point at their own weigh
 ENTRY_POINT_GROUP = "slsbench.models"
 # Files whose loader can run code: never read, whoever names them.
 REFUSED_WEIGHT_SUFFIXES = {".pt2": "a torch.export archive", ".pkl": "a pickle", ".pickle": "a pickle"}
+# The only folder a user model's weights_path may name (relative paths are taken from it). From the
+# environment, so the instance processes a worker starts see the same folder; unset: no weights_path at all.
+USER_WEIGHTS_DIR_ENV = "USER_WEIGHTS_DIR"
 
 _user_models: dict[str, Callable[..., Any]] = {}
 _user_paths: dict[str, str] = {}
@@ -75,7 +78,12 @@ _registry_lock = threading.Lock()
 
 
 class ModelError(Exception):
-    """Unknown model key, input shape the model cannot take, bad options, unreadable weights."""
+    """Unknown model key, input shape the model cannot take, bad options, unreadable weights. `option` names
+    the option at fault when there is one, so a spec error can name its field."""
+
+    def __init__(self, message: str, *, option: str | None = None):
+        super().__init__(message)
+        self.option = option
 
 
 # ---- keys and shapes (no torch) ----------------------------------------------------------------------
@@ -228,7 +236,27 @@ def _resolve(key: str, input_shape: Any, options: dict | None) -> tuple[tuple[in
                 raise ModelError(f"model {key!r}: option {name} must be a whole number between 1 and 65536")
         opts = {**allowed, **opts}
         _check_builtin_shape(key, shape, opts)
+    elif USER_WEIGHTS_OPTION in opts:
+        user_weights_file(key, opts[USER_WEIGHTS_OPTION])
     return shape, opts
+
+
+def user_weights_file(key: str, value: Any) -> Path:
+    """A user model's own weights file, which must lie under USER_WEIGHTS_DIR once symlinks and `..` are
+    resolved: the spec is user input, and the worker would read whatever file it names."""
+    if not isinstance(value, str) or not value.strip():
+        raise ModelError(f"model {key!r}: option {USER_WEIGHTS_OPTION} must be a file path",
+                         option=USER_WEIGHTS_OPTION)
+    root = os.environ.get(USER_WEIGHTS_DIR_ENV)
+    if not root:
+        raise ModelError(f"model {key!r}: option {USER_WEIGHTS_OPTION} is refused: no {USER_WEIGHTS_DIR_ENV} is "
+                         "configured for user weights", option=USER_WEIGHTS_OPTION)
+    base = Path(root).resolve()
+    path = (base / value).resolve()  # an absolute value replaces base
+    if not path.is_relative_to(base):
+        raise ModelError(f"model {key!r}: option {USER_WEIGHTS_OPTION} must name a file under {base}",
+                         option=USER_WEIGHTS_OPTION)
+    return path
 
 
 def check_model(key: str, *, input_shape: Any = None, options: dict | None = None) -> None:
@@ -401,11 +429,14 @@ def weights_file(key: str, *, input_shape=None, options: dict | None = None, mod
     weights (written first if missing, see ensure_weights)."""
     _shape, opts = _resolve(key, input_shape, options)
     user_weights = opts.get(USER_WEIGHTS_OPTION) if key not in BUILTIN_SHAPES else None
+    installed = None
     if not user_weights and key not in BUILTIN_SHAPES:
         with _registry_lock:
-            user_weights = _user_weights.get(key)
-    if user_weights:
-        path = Path(user_weights)
+            installed = _user_weights.get(key)  # an installed package's own file (operator-trusted)
+    if user_weights or installed:
+        # A spec's weights_path must lie under USER_WEIGHTS_DIR (checked again where it is read); an installed
+        # model's file is the package's. Neither may be a format whose loader runs code.
+        path = user_weights_file(key, user_weights) if user_weights else Path(installed)
         _refuse_unsafe_weights(key, path)
         if not path.exists():
             raise ModelError(f"user model {key!r}: weights file {path} does not exist")

@@ -13,7 +13,6 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import status
 from rest_framework.exceptions import ParseError
 from rest_framework.generics import GenericAPIView
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -22,6 +21,7 @@ from workers import spec as S
 
 from . import comparison, selectors, services, spec_io
 from . import serializers as ser
+from .limits import BodyTooLarge, LimitedJSONParser
 
 ERRORS = OpenApiResponse(ser.ErrorResponseSerializer, description="Invalid input: every problem with its field path.")
 NOT_FOUND = OpenApiResponse(description="No such object, or it is not yours.")
@@ -42,6 +42,8 @@ class SpecAPIView(APIView):
             return error_response(exc.errors)
         if isinstance(exc, ParseError):
             return error_response([S.FieldError("", str(exc.detail))])
+        if isinstance(exc, BodyTooLarge):
+            return error_response([S.FieldError("", str(exc.detail))], status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
         return super().handle_exception(exc)
 
 
@@ -73,7 +75,7 @@ def _rows(trials, request: Request) -> list[dict]:
 class ExperimentListView(SpecAPIView, GenericAPIView):
     """Your experiments, most recently changed first; POST a spec document to create one."""
 
-    parser_classes = [JSONParser]
+    parser_classes = [LimitedJSONParser]
     serializer_class = ser.ExperimentSerializer
 
     @extend_schema(summary="Your experiments", responses=ser.ExperimentSerializer(many=True))
@@ -91,7 +93,7 @@ class ExperimentListView(SpecAPIView, GenericAPIView):
 class ExperimentDetailView(SpecAPIView):
     """One experiment. PUT replaces its whole spec; its code and trials stay."""
 
-    parser_classes = [JSONParser]
+    parser_classes = [LimitedJSONParser]
 
     @extend_schema(summary="One experiment, with its spec", responses={200: ser.ExperimentDetailSerializer,
                                                                       404: NOT_FOUND})
@@ -125,7 +127,7 @@ def _object_body(request: Request, *, allowed: tuple[str, ...]) -> dict:
 class ExperimentRunView(SpecAPIView):
     """Queue a run: one trial per variant x repeat, each sent to its device pool's queue."""
 
-    parser_classes = [JSONParser]
+    parser_classes = [LimitedJSONParser]
 
     @extend_schema(summary="Queue a run: one trial per variant x repeat", request=ser.RunRequest,
                    responses={202: ser.RunResponseSerializer, 400: ERRORS, 404: NOT_FOUND})
@@ -161,7 +163,7 @@ class ExperimentSpecView(SpecAPIView):
 class ExperimentCloneView(SpecAPIView):
     """A copy of the experiment's settings under a new code (trials are not copied)."""
 
-    parser_classes = [JSONParser]
+    parser_classes = [LimitedJSONParser]
 
     @extend_schema(summary="Copy the experiment (settings, not trials)", request=ser.CloneRequest,
                    responses={201: ser.ExperimentDetailSerializer, 400: ERRORS, 404: NOT_FOUND})
@@ -265,7 +267,7 @@ def _pins_body(request: Request) -> dict:
 class PinListView(SpecAPIView):
     """Your compare basket: trials pinned from any run or experiment, to open on one comparison page."""
 
-    parser_classes = [JSONParser]
+    parser_classes = [LimitedJSONParser]
 
     @extend_schema(summary="Your pinned trials", responses={200: ser.PinListSerializer})
     def get(self, request: Request) -> Response:

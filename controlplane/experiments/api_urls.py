@@ -1,14 +1,13 @@
 """REST API routes (mounted at /api/ by controlplane/urls.py). Objects are addressed by their UUID code."""
 
 from django.urls import path
-from rest_framework.authtoken.views import obtain_auth_token
 
-from . import api
+from . import accounts, api
 from .profiles import api as profiles_api
 from .reports import api as reports_api
 
 urlpatterns = [
-    path("token/", obtain_auth_token, name="api-token"),
+    path("token/", accounts.TokenView.as_view(), name="api-token"),
     path("experiments/", api.ExperimentListView.as_view(), name="api-experiment-list"),
     path("experiments/<uuid:code>/", api.ExperimentDetailView.as_view(), name="api-experiment-detail"),
     path("experiments/<uuid:code>/run/", api.ExperimentRunView.as_view(), name="api-experiment-run"),

@@ -16,3 +16,7 @@ class ExperimentsConfig(AppConfig):
         zoo.discover_entry_points()
         if settings.USER_MODELS:
             zoo.register_user_models(settings.USER_MODELS)
+
+        from . import signals
+
+        signals.connect()

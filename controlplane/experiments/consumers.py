@@ -5,6 +5,7 @@ Messages to the browser (JSON):
   {"kind": "window", "index": i, "window": {...}}                                         each second
   {"kind": "status", "status": {...}}                                                     on each change
 The browser de-duplicates windows by index (see below why it may see one twice).
+The socket is closed (4401) when its session logs out or its user is deleted, and (4404) when its trial is.
 """
 
 from __future__ import annotations
@@ -56,9 +57,13 @@ class TrialConsumer(AsyncJsonWebsocketConsumer):
         # Join the group BEFORE reading the stored windows: the worker stores a window before it publishes
         # it, so every window is either in the snapshot or arrives as an event (possibly both: the page
         # de-duplicates by index). Reading first would lose the windows published in between.
-        group = events.group_name(trial.code)
-        await self.channel_layer.group_add(group, self.channel_name)
-        self.groups.append(group)  # the base class leaves the group on disconnect
+        groups = [events.group_name(trial.code), events.user_group(user.pk)]
+        session_key = getattr(self.scope.get("session"), "session_key", None)
+        if session_key:
+            groups.append(events.session_group(session_key))  # closed when this session logs out
+        for group in groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.groups.append(group)  # the base class leaves the groups on disconnect
         await self.accept()
         await self.send_json(await _snapshot(trial.id))
 
@@ -70,3 +75,7 @@ class TrialConsumer(AsyncJsonWebsocketConsumer):
 
     async def trial_status(self, event: events.TrialStatusEvent):
         await self.send_json({"kind": "status", "status": _status_dict(event)})
+
+    async def socket_close(self, event: events.SocketCloseEvent):
+        """Its session logged out, its user or its trial was deleted (signals.py): nothing more to show."""
+        await self.close(code=event["code"])

@@ -16,6 +16,7 @@ import yaml
 
 from workers import spec as S
 
+from . import limits
 from .models import Experiment, SLOTarget
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -77,18 +78,32 @@ def load_spec_file(path: str | Path) -> dict:
 
 
 def parse_spec_text(text: str, *, yaml_first: bool = False) -> Any:
-    """Decode a spec document (JSON, or YAML when `yaml_first` or when it is not JSON)."""
+    """Decode a spec document (JSON, or YAML when `yaml_first` or when it is not JSON), within the bounds of
+    `limits`: at most MAX_SPEC_FILE_BYTES, nesting and YAML aliases checked before the document is built."""
+    if len(text) > MAX_SPEC_FILE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_FILE_BYTES:
+        raise S.SpecError([S.FieldError("", f"the document is larger than {MAX_SPEC_FILE_BYTES // (1024 * 1024)} MiB "
+                                            "(put traces in their own file and name it in trace_path)")])
+    data = _decode(text, yaml_first=yaml_first)
+    limits.check_document(data)
+    return data
+
+
+def _decode(text: str, *, yaml_first: bool) -> Any:
     if not yaml_first:
+        limits.check_json_depth(text)  # YAML's flow style nests with the same brackets: refused either way
         try:
             return json.loads(text)
+        except RecursionError:  # the scan above should have refused it; never a 500 if it did not
+            raise limits.too_deep() from None
         except json.JSONDecodeError as exc:
             # A file that looks like JSON gets the JSON error: it is almost certainly a JSON typo.
             if text.lstrip().startswith(("{", "[")):
                 raise S.SpecError([S.FieldError("", f"not valid JSON: {exc.msg} (line {exc.lineno}, "
                                                     f"column {exc.colno})")]) from exc
     try:
-        # safe_load: a spec file never constructs Python objects.
-        return yaml.safe_load(text)
+        # Safe constructors: a spec file never constructs Python objects.
+        limits.check_yaml_shape(text)
+        return yaml.load(text, Loader=limits.SafeLoader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

@@ -394,6 +394,9 @@ def _import_document(upload, pasted: str) -> dict:
             raise S.SpecError([S.FieldError("", f"the file is not UTF-8 text (byte {exc.start})")]) from None
         yaml_first = upload.name.lower().endswith(spec_io.YAML_SUFFIXES)
     elif pasted.strip():
+        if len(pasted.encode("utf-8", "surrogatepass")) > spec_io.MAX_SPEC_FILE_BYTES:
+            raise S.SpecError([S.FieldError("spec_text", f"the pasted text is larger than "
+                                                         f"{spec_io.MAX_SPEC_FILE_BYTES // (1024 * 1024)} MiB")])
         text, yaml_first = pasted, False
     else:
         raise S.SpecError([S.FieldError("", "choose a spec file (JSON or YAML) or paste one")])

@@ -420,14 +420,16 @@ def test_the_openapi_schema_generates_without_warnings(tmp_path):
         assert path in text
 
 
-def test_the_schema_and_swagger_ui_are_served(owner):
+def test_the_schema_and_swagger_ui_are_served(owner, client, user):
     assert owner.get("/api/schema/").status_code == 200
-    docs = owner.get("/api/docs/")
+    client.force_login(user)  # the docs are a page: a session, like the other pages (tests/.../test_accounts.py)
+    docs = client.get("/api/docs/")
     assert docs.status_code == 200
 
 
-def test_swagger_ui_loads_its_assets_locally_not_from_a_cdn(owner):
-    html = owner.get("/api/docs/").content.decode()
+def test_swagger_ui_loads_its_assets_locally_not_from_a_cdn(owner, client, user):
+    client.force_login(user)
+    html = client.get("/api/docs/").content.decode()
     assets = re.findall(r'(?:src|href)="([^"]+)"', html)
     assert any(a.endswith("swagger-ui-bundle.js") for a in assets)
     assert all(a.startswith("/") for a in assets), assets  # no external host: works offline

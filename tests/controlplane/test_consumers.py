@@ -155,3 +155,72 @@ def test_windows_of_another_trial_do_not_reach_the_socket(client, running, user,
         return nothing
 
     assert run(go) is True
+
+
+# ---- sockets end when what allowed them ends ---------------------------------------------------------------
+def test_logging_out_closes_that_sessions_sockets(client, running, user, test_redis):
+    headers = headers_for(client, user)
+
+    async def go():
+        communicator, connected, _ = await connect(f"/ws/trials/{running.code}/", headers)
+        assert connected
+        await communicator.receive_json_from(timeout=5)
+        from asgiref.sync import sync_to_async
+        await sync_to_async(client.post)("/accounts/logout/")
+        return await communicator.receive_output(timeout=5)
+
+    assert run(go) == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
+
+
+def test_another_session_of_the_same_user_stays_connected_after_one_logs_out(client, running, user, test_redis):
+    from django.test import Client
+
+    headers = headers_for(client, user)
+    other_browser = Client()
+    other_browser.force_login(user)
+
+    async def go():
+        communicator, connected, _ = await connect(f"/ws/trials/{running.code}/", headers)
+        await communicator.receive_json_from(timeout=5)
+        from asgiref.sync import sync_to_async
+        await sync_to_async(other_browser.post)("/accounts/logout/")
+        nothing = await communicator.receive_nothing(timeout=0.5)
+        await communicator.disconnect()
+        return connected, nothing
+
+    assert run(go) == (True, True)
+
+
+def test_deleting_the_experiment_closes_the_sockets_on_its_trials(client, running, user, test_redis):
+    from controlplane.experiments import services
+
+    headers = headers_for(client, user)
+
+    async def go():
+        communicator, connected, _ = await connect(f"/ws/trials/{running.code}/", headers)
+        assert connected
+        await communicator.receive_json_from(timeout=5)
+        from asgiref.sync import sync_to_async
+
+        from controlplane.experiments.models import Experiment
+        experiment = await sync_to_async(Experiment.objects.get)(pk=running.experiment_id)
+        await sync_to_async(services.experiment_delete)(experiment=experiment)
+        return await communicator.receive_output(timeout=5)
+
+    assert run(go) == {"type": "websocket.close", "code": CLOSE_NOT_FOUND}
+
+
+def test_deleting_the_user_closes_their_sockets(client, running, user, test_redis):
+    headers = headers_for(client, user)
+
+    async def go():
+        communicator, connected, _ = await connect(f"/ws/trials/{running.code}/", headers)
+        assert connected
+        await communicator.receive_json_from(timeout=5)
+        from asgiref.sync import sync_to_async
+        await sync_to_async(user.delete)()
+        return await communicator.receive_output(timeout=5)
+
+    # Its trials go with it, so the trial's group may close the socket first (4404): closed either way.
+    assert run(go) in ({"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED},
+                       {"type": "websocket.close", "code": CLOSE_NOT_FOUND})

@@ -174,8 +174,9 @@ def test_user_model_registration(model_dir, user_model):
     assert zoo.estimate_memory_bytes(user_model, options={"out": 7}) > 0
 
 
-def test_user_model_with_its_own_weights_file(tmp_path, user_model):
+def test_user_model_with_its_own_weights_file(tmp_path, user_model, monkeypatch):
     # A user's own file may be a plain torch state_dict; it is read with weights_only=True.
+    monkeypatch.setenv("USER_WEIGHTS_DIR", str(tmp_path))
     own = tmp_path / "mine.pt"
     state = {"0.weight": torch.full((3, 5), 0.5), "0.bias": torch.zeros(3)}
     torch.save(state, own)
@@ -219,3 +220,41 @@ def test_concurrent_ensure_weights_leaves_one_complete_file(model_dir):
     assert len(set(paths)) == 1
     assert [p.name for p in model_dir.iterdir()] == [paths[0].name]
     zoo.load_model("transformer-small", model_dir=model_dir)
+
+
+# ---- a user model's weights_path: only under USER_WEIGHTS_DIR -------------------------------------------------
+def test_weights_path_is_refused_when_no_folder_is_configured(user_model, monkeypatch):
+    monkeypatch.delenv("USER_WEIGHTS_DIR", raising=False)
+    with pytest.raises(zoo.ModelError, match="no USER_WEIGHTS_DIR is configured") as exc:
+        zoo.check_model(user_model, options={"weights_path": "/etc/passwd"})
+    assert exc.value.option == "weights_path"
+
+
+@pytest.mark.parametrize("value", ["/etc/passwd", "../outside.pt", "sub/../../outside.pt"])
+def test_weights_path_outside_the_folder_is_refused(tmp_path, user_model, monkeypatch, value):
+    monkeypatch.setenv("USER_WEIGHTS_DIR", str(tmp_path / "weights"))
+    with pytest.raises(zoo.ModelError, match="must name a file under"):
+        zoo.check_model(user_model, options={"weights_path": value})
+
+
+def test_a_symlink_inside_the_folder_pointing_out_is_refused(tmp_path, user_model, monkeypatch):
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "escape.pt").symlink_to(tmp_path / "secret.pt")
+    monkeypatch.setenv("USER_WEIGHTS_DIR", str(tmp_path / "weights"))
+    with pytest.raises(zoo.ModelError, match="must name a file under"):
+        zoo.check_model(user_model, options={"weights_path": "escape.pt"})
+
+
+def test_a_relative_weights_path_is_read_from_the_folder(tmp_path, user_model, monkeypatch):
+    monkeypatch.setenv("USER_WEIGHTS_DIR", str(tmp_path))
+    torch.save({"0.weight": torch.full((3, 5), 0.25), "0.bias": torch.zeros(3)}, tmp_path / "mine.pt")
+    m = zoo.load_model(user_model, options={"weights_path": "mine.pt"}, model_dir=tmp_path / "models")
+    assert m.weights_path == (tmp_path / "mine.pt").resolve()
+    assert float(m.module[0].weight[0, 0]) == 0.25
+
+
+def test_the_worker_checks_again_where_it_reads(tmp_path, user_model, monkeypatch):
+    # A spec validated while the folder was wider (or run from a file) is still refused at the cold start.
+    monkeypatch.setenv("USER_WEIGHTS_DIR", str(tmp_path / "weights"))
+    with pytest.raises(zoo.ModelError, match="must name a file under"):
+        zoo.weights_file(user_model, options={"weights_path": str(tmp_path / "other.pt")}, model_dir=tmp_path)

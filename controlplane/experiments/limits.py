@@ -1,0 +1,192 @@
+"""Bounds on what a request may make the server do before anything is validated.
+
+Every body is bounded in bytes while it arrives (`RequestSizeLimit` for the whole request under ASGI,
+`CappedUploadHandler` for each uploaded file), then in nesting depth before it is parsed (JSON: a scan of
+the brackets; YAML: its event stream), then in nodes after it is parsed (a YAML alias counts its target
+again, so a "billion laughs" document is refused before anything walks it). Each refusal is a SpecError
+naming the problem, which the API and the pages show as a 400 like any other invalid input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import numpy as np
+import yaml
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadhandler import FileUploadHandler
+from rest_framework.exceptions import APIException
+from rest_framework.parsers import JSONParser
+
+from workers import spec as S
+
+MAX_DEPTH = 32  # a spec is about 5 levels deep; 32 leaves room and stays far below Python's recursion limit
+MAX_NODES = 200_000  # values in one document, aliases expanded; a 64-variant spec has a few thousand
+MAX_YAML_ALIASES = 100
+# The C parser when PyYAML was built with libyaml: the same safe constructors, about 10x faster.
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_DELTA = np.zeros(256, dtype=np.int8)
+_DELTA[[ord("["), ord("{")]] = 1
+_DELTA[[ord("]"), ord("}")]] = -1
+
+
+def too_deep() -> S.SpecError:
+    return S.SpecError([S.FieldError("", f"the document is nested more than {MAX_DEPTH} levels deep")])
+
+
+def check_json_depth(raw: bytes | str) -> None:
+    """Refuse JSON nested deeper than MAX_DEPTH, without parsing it (brackets inside strings do not count)."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    brackets = np.frombuffer(_JSON_STRING.sub(b"", raw), dtype=np.uint8)
+    if brackets.size and int(np.cumsum(_DELTA[brackets], dtype=np.int64).max(initial=0)) > MAX_DEPTH:
+        raise too_deep()
+
+
+def check_yaml_shape(text: str) -> None:
+    """Refuse YAML nested deeper than MAX_DEPTH or with more than MAX_YAML_ALIASES aliases, from its event
+    stream (the parser keeps no Python stack per level; the composer that builds objects does)."""
+    depth = aliases = 0
+    for event in yaml.parse(text, Loader=SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise too_deep()
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise S.SpecError([S.FieldError("", f"the document uses more than {MAX_YAML_ALIASES} YAML aliases")])
+
+
+def check_document(data: Any) -> None:
+    """Refuse a parsed document deeper than MAX_DEPTH or with more than MAX_NODES values, counting a value
+    reached twice (a YAML alias) twice. Iterative, and stops at the bound: never walks a huge expansion."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise S.SpecError([S.FieldError("", f"the document has more than {MAX_NODES:,} values")])
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth >= MAX_DEPTH and children:
+            raise too_deep()
+        stack.extend((child, depth + 1) for child in children)
+
+
+# ---- the API's JSON bodies --------------------------------------------------------------------------------
+class BodyTooLarge(APIException):
+    status_code = 413
+    default_detail = "request body too large"
+    default_code = "body_too_large"
+
+
+class LimitedJSONParser(JSONParser):
+    """DRF's JSON parser, reading at most REQUEST_MAX_BYTES and refusing deep nesting before json.loads."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        from rest_framework.exceptions import ParseError
+
+        limit = settings.REQUEST_MAX_BYTES
+        raw = stream.read(limit + 1) if stream is not None else b""
+        if len(raw) > limit:
+            raise BodyTooLarge(f"the request body is larger than {limit // (1024 * 1024)} MiB")
+        try:
+            check_json_depth(raw)
+        except S.SpecError as exc:
+            raise ParseError(exc.errors[0].message) from None
+        encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        try:
+            data = json.loads(raw.decode(encoding))
+        except ValueError as exc:
+            raise ParseError(f"JSON parse error - {exc}") from None
+        except RecursionError:  # the scan above should have refused it; never a 500 if it did not
+            raise ParseError(too_deep().errors[0].message) from None
+        try:
+            check_document(data)
+        except S.SpecError as exc:
+            raise ParseError(exc.errors[0].message) from None
+        return data
+
+
+# ---- uploads ------------------------------------------------------------------------------------------------
+class TooLargeUpload(UploadedFile):
+    """Stands for a file that went past UPLOAD_MAX_BYTES: its real size, and no content kept. The forms
+    refuse it by its size; reading it is an error, so no code can mistake the kept prefix for the file."""
+
+    def __init__(self, *, name: str, size: int, content_type: str | None, charset: str | None):
+        super().__init__(file=None, name=name, content_type=content_type, size=size, charset=charset)
+
+    def open(self, mode=None):
+        raise ValueError(f"{self.name!r} exceeded the upload limit and was not stored")
+
+    def read(self, *args, **kwargs):
+        return self.open()
+
+    def chunks(self, chunk_size=None):
+        return self.open()
+
+
+class CappedUploadHandler(FileUploadHandler):
+    """First upload handler: passes a file's chunks on to Django's memory / temporary-file handlers until the
+    file passes UPLOAD_MAX_BYTES, then swallows the rest (counting it) so at most the cap is ever stored."""
+
+    def new_file(self, *args, **kwargs):
+        super().new_file(*args, **kwargs)
+        self.received = 0
+
+    def receive_data_chunk(self, raw_data, start):
+        self.received += len(raw_data)
+        return None if self.received > settings.UPLOAD_MAX_BYTES else raw_data
+
+    def file_complete(self, file_size):
+        if self.received > settings.UPLOAD_MAX_BYTES:
+            return TooLargeUpload(name=self.file_name, size=self.received, content_type=self.content_type,
+                                  charset=self.charset)
+        return None  # the next handler completes it
+
+
+# ---- the whole request, under ASGI ------------------------------------------------------------------------
+class RequestSizeLimit:
+    """ASGI middleware: 413 for a declared Content-Length over REQUEST_MAX_BYTES before reading any of it; a
+    body that turns out longer while it streams is cut off (the app sees a disconnect). Django's ASGI handler
+    would otherwise spool any body, however large, to disk before a view or a limit sees it."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = settings.REQUEST_MAX_BYTES
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            body = json.dumps({"detail": f"the request body is larger than {limit // (1024 * 1024)} MiB"}).encode()
+            await send({"type": "http.response.start", "status": 413,
+                        "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})
+            return None
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    return {"type": "http.disconnect"}
+            return message
+
+        return await self.app(scope, limited_receive, send)
