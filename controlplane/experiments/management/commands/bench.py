@@ -46,7 +46,7 @@ class Command(BaseCommand):
 
             return run_command(self, {"variants": 10, "repeats": 1, "load_duration": opts["duration"] or 1.5,
                                       "formats": None, "keep": False, "json": opts["json"], "experiment": None,
-                                      "run": None})
+                                      "run": None, "short": opts["short"]})
         if opts["name"] == "upload":  # Django-side: a fresh server process takes the upload (registry.bench_upload)
             from controlplane.registry.bench_upload import run as run_upload
 

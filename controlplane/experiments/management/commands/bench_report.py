@@ -138,6 +138,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--format", action="append", dest="formats", help="only this format (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the throwaway experiment")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--short", action="store_true",
+                        help="the goal is printed, not enforced (exit 0 even when a format missed it)")
 
 
 def run_command(command: BaseCommand, opts: dict) -> None:
@@ -152,5 +154,5 @@ def run_command(command: BaseCommand, opts: dict) -> None:
                           formats=opts.get("formats"), stdout=None if opts["json"] else command.stdout)
     command.stdout.write(json.dumps(result) if opts["json"] else format_table(result))
     missed = [r["format"] for r in result["formats"] if not r["met"]]
-    if missed:
+    if missed and not opts.get("short"):
         raise CommandError(f"missed the {GOAL_S:g} s goal: {', '.join(missed)}")
