@@ -42,7 +42,8 @@ def drawn_pixels(page, canvas: str) -> int:
                          " for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; }", canvas)
 
 
-def test_the_profile_button_measures_on_the_worker_and_the_page_charts_the_result(authed_page, stack, user, spec_data):
+def test_the_profile_button_measures_on_the_worker_and_the_page_charts_the_result(authed_page, stack, user, spec_data,
+                                                                                   price_catalogue):
     experiment = services.experiment_import(owner=user, data=spec_data)
     page = authed_page(stack, user)
     errors: list[str] = []
