@@ -232,6 +232,24 @@ def gpu_process_counts(device: DeviceInfo) -> dict | None:
         _nvml_shutdown(nv)
 
 
+def gpu_uuid(device: DeviceInfo) -> str | None:
+    """The GPU's UUID ("GPU-..."), which names the physical device whatever index CUDA gives it (a MIG device's
+    parent GPU: the trial's sharing plan may use all of it); None on CPU or when NVML cannot be read. Only on a
+    CUDA host (untested where there is none)."""
+    if device.kind != "cuda":
+        return None
+    nv = _nvml()
+    if nv is None:
+        return None
+    try:
+        handle = _physical_handle(nv, _nvml_handle(nv, device))
+        return _text(nv.nvmlDeviceGetUUID(handle)) if handle is not None else None
+    except Exception:  # NVMLError: a device NVML cannot describe is named by host and index instead
+        return None
+    finally:
+        _nvml_shutdown(nv)
+
+
 # ---- hardware description --------------------------------------------------------------------------
 def hardware_info(device: DeviceInfo, sharing_mechanism: str) -> dict:
     """What the trial ran on, for the record (rule 7 of the design)."""

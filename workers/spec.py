@@ -37,6 +37,9 @@ MAX_TRACE_BYTES = 8 * 1024 * 1024
 MAX_REQUESTS = 5_000_000  # expected arrivals in one REAL trial (rate x run time; real_run_errors)
 MAX_SIM_REQUESTS = 50_000_000  # expected arrivals in one simulated trial (what a spec may ask for at all)
 MAX_PLATFORM_DELAY_MS = 600_000.0  # a modelled platform delay of at most ten minutes per cold start
+MAX_SWEEP_VARIANTS = 256  # variants one experiment may have with its sweep expanded (explicit ones included)
+MAX_SWEEP_AXES = 8
+MAX_SWEEP_VALUES = 64  # values on one axis of a sweep grid
 
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
 PATTERNS = ("constant", "poisson", "gamma", "steps", "diurnal", "burst", "trace")
@@ -476,6 +479,7 @@ class ExperimentSpec:
     accelerator: str | None = None
     description: str = ""
     notes: str = ""
+    sweep: SweepSpec | None = None  # its variants are in `variants` too, after the explicit ones
 
     def to_dict(self) -> dict:
         return experiment_to_dict(self)
@@ -845,7 +849,7 @@ def parse_variant(data: Any, path: str, ctx: _Ctx | None = None) -> VariantSpec:
 
 
 EXPERIMENT_KEYS = ("name", "description", "notes", "device", "accelerator", "slo", "functions", "workload",
-                   "workloads", "variants", "spec_version")
+                   "workloads", "variants", "sweep", "spec_version")
 
 
 def parse_experiment(data: Any, *, known_models: Iterable[str] | None = None,
@@ -855,7 +859,8 @@ def parse_experiment(data: Any, *, known_models: Iterable[str] | None = None,
     `uploaded_models`: the ONNX models the experiment's owner may name (controlplane.registry.uploaded_models_for);
     without it only zoo and installed models can be named."""
     ctx = _Ctx()
-    d = ctx.mapping(data, "", EXPERIMENT_KEYS, required=("name", "functions", "variants"))
+    has_sweep = isinstance(data, Mapping) and data.get("sweep") is not None
+    d = ctx.mapping(data, "", EXPERIMENT_KEYS, required=("name", "functions") + (() if has_sweep else ("variants",)))
     if not isinstance(data, Mapping):
         ctx.raise_if_any()
     name = ctx.string(d, "name", "", max_len=200)
@@ -899,35 +904,44 @@ def parse_experiment(data: Any, *, known_models: Iterable[str] | None = None,
         ctx.err("workload", "is required")
 
     variants: list[VariantSpec] = []
-    raw_v = d.get("variants")
-    if not isinstance(raw_v, list) or not 1 <= len(raw_v) <= MAX_VARIANTS:
+    raw_v = d.get("variants", [])
+    fewest = 0 if has_sweep else 1  # a sweep may make every variant
+    if not isinstance(raw_v, list) or not fewest <= len(raw_v) <= MAX_VARIANTS:
         if "variants" in d:
-            ctx.err("variants", f"must be a list of 1-{MAX_VARIANTS} variants")
+            ctx.err("variants", f"must be a list of {fewest}-{MAX_VARIANTS} variants")
     else:
         for i, v in enumerate(raw_v):
             variants.append(parse_variant(v, _join("variants", i), ctx))
         _unique(ctx, [v.name for v in variants], "variants", "variant")
         _check_uploaded_models(ctx, functions, variants, dict(uploaded_models or {}))
+    sweep = None
+    if has_sweep and not ctx.errors:  # a sweep starts from valid variants
+        sweep, generated = parse_sweep(d["sweep"], variants, ctx=ctx)
+        _check_uploaded_models(ctx, functions, generated, dict(uploaded_models or {}),
+                               paths=[f"sweep[{v.name}]" for v in generated])
+        variants.extend(generated)
     ctx.raise_if_any()
     return ExperimentSpec(name=name.strip(), functions=tuple(functions), workloads=tuple(workloads),
-                          variants=tuple(variants), slo=slo, device=device, accelerator=accelerator,
+                          variants=tuple(variants), slo=slo, device=device, accelerator=accelerator, sweep=sweep,
                           description=ctx.string(d, "description", "", max_len=5_000),
                           notes=ctx.string(d, "notes", "", max_len=20_000))
 
 
 def _check_uploaded_models(ctx: _Ctx, functions: list[FunctionSpec], variants: list[VariantSpec],
-                           uploaded: dict[str, UploadedModel]) -> None:
-    """An uploaded ONNX model runs only under onnxruntime, and one without a dynamic batch dimension at batch 1."""
+                           uploaded: dict[str, UploadedModel], paths: list[str] | None = None) -> None:
+    """An uploaded ONNX model runs only under onnxruntime, and one without a dynamic batch dimension at batch 1.
+    `paths`: each variant's field path (default variants[i]; a sweep's variants are sweep[name])."""
+    paths = paths if paths is not None else [_join("variants", i) for i in range(len(variants))]
     for f in functions:
         m = uploaded.get(f.model)
         if m is None or f.model_runtime != "onnxruntime":
             continue
-        for i, v in enumerate(variants):
+        for v, path in zip(variants, paths, strict=True):
             if v.model_runtime == "torch":
-                ctx.err(_join(_join("variants", i), "model_runtime"),
+                ctx.err(_join(path, "model_runtime"),
                         f"function {f.name!r} runs the uploaded ONNX model {f.model!r}, which only onnxruntime runs")
             if not m.dynamic_batch and v.batching.max_batch_size > 1:
-                ctx.err(_join(_join(_join("variants", i), "batching"), "max_batch_size"),
+                ctx.err(_join(_join(path, "batching"), "max_batch_size"),
                         f"function {f.name!r}: model {f.model!r} has no dynamic batch dimension, so it runs at "
                         "batch 1 (set batching mode none or max_batch_size 1)")
 
@@ -952,6 +966,246 @@ def _zoo_keys() -> tuple[str, ...]:
     from workers.zoo import model_keys
 
     return tuple(model_keys())
+
+
+# ---- sweeps ------------------------------------------------------------------------------------------
+# A sweep expands a grid of variant fields into ordinary variants, one per combination, each checked by
+# the same rules (`parse_variant`, FIELD_RULES) as a variant written out by hand. The stored spec keeps the
+# grid, not the expansion, so an exported spec says what the user asked for.
+SWEEP_KEYS = ("base", "prefix", "grid")
+# Grid axes: every variant field with a FIELD_RULES entry, by its path inside a variant. A variant's name is
+# made by the sweep, and its repeats are how often it runs, not a configuration: neither is an axis.
+SWEEP_FIELDS: tuple[str, ...] = tuple(k.removeprefix("variant.") for k in FIELD_RULES
+                                      if k.startswith("variant.") and k != "variant.repeats")
+# Short labels for the generated names ("b4-ttl2-i2"); other numeric axes use their field name, and axes
+# with named choices (sharing, batching.mode, ...) the chosen value alone.
+SWEEP_LABELS = {"batching.max_batch_size": "b", "batching.max_queue_delay_ms": "d", "keep_alive.ttl_s": "ttl",
+                "max_instances": "i", "min_instances": "min", "target_concurrency": "c", "share": "s",
+                "platform_delay_ms": "pd", "batching.shed": "shed"}
+# A grid over one of these on a base whose batching mode is none (or keep-alive policy fixed) switches that
+# base to the mode the field needs, instead of refusing every combination.
+_NEEDS_BATCHING = {"batching.max_batch_size": "fixed", "batching.max_queue_delay_ms": "fixed",
+                   "batching.shed": "adaptive"}
+_NEEDS_HISTOGRAM = ("keep_alive.bin_s", "keep_alive.range_s", "keep_alive.head_percentile",
+                    "keep_alive.tail_percentile", "keep_alive.min_samples")
+_SWEEP_ERRORS_SHOWN = 10  # combinations reported when many fail the same way
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A grid of variant fields. `grid`: (field path, values) in the order given; `variant_names`: the
+    variants it made, in expansion order (the last axis varies fastest)."""
+
+    grid: tuple[tuple[str, tuple], ...]
+    base: str | None = None  # an explicit variant to start from; None: the table defaults
+    prefix: str = ""
+    variant_names: tuple[str, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return math.prod(len(values) for _, values in self.grid)
+
+
+def sweep_variant_name(prefix: str, assignment: Iterable[tuple[str, Any]]) -> str:
+    """"b4-ttl2-i2" for {batching.max_batch_size: 4, keep_alive.ttl_s: 2, max_instances: 2}."""
+    parts = []
+    for path, value in assignment:
+        rule = FIELD_RULES[f"variant.{path}"]
+        if rule.choices:
+            parts.append(str(value))
+        elif isinstance(value, bool):
+            parts.append(f"{SWEEP_LABELS.get(path, path)}{int(value)}")
+        else:
+            parts.append(f"{SWEEP_LABELS.get(path, path.rsplit('.', 1)[-1])}{_fmt(value)}")
+    body = "-".join(parts)
+    return f"{prefix}-{body}" if prefix else body
+
+
+def _sweep_value_error(path: str, value: Any) -> str | None:
+    """Why one grid value breaks its field's rule, or None."""
+    rule = FIELD_RULES[f"variant.{path}"]
+    if isinstance(rule.default, bool):
+        return None if isinstance(value, bool) else "must be true or false"
+    ctx = _Ctx()
+    key = path.rsplit(".", 1)[-1]
+    if rule.choices:
+        ctx.choice({key: value}, key, "", rule.choices)
+    else:
+        ctx.number({key: value}, key, "", low=rule.low, high=rule.high, low_open=rule.low_open,
+                   integer=rule.integer)
+    return ctx.errors[0].message if ctx.errors else None
+
+
+def _set_path(d: dict, path: str, value: Any) -> None:
+    head, _, rest = path.partition(".")
+    if rest:
+        d[head] = dict(d.get(head) or {})
+        _set_path(d[head], rest, value)
+    else:
+        d[head] = value
+
+
+def parse_sweep(data: Any, variants: Iterable[VariantSpec], *, ctx: _Ctx | None = None, path: str = "sweep"
+                ) -> tuple[SweepSpec | None, list[VariantSpec]]:
+    """Validate a sweep and expand it: (the sweep, its variants). `variants` are the explicit ones (the base
+    is looked up among them, and generated names must not clash with theirs). The number of variants is
+    computed from the grid before anything is expanded, so an oversized grid costs nothing."""
+    own = ctx is None
+    ctx = ctx or _Ctx()
+    explicit = list(variants)
+    d = ctx.mapping(data, path, SWEEP_KEYS, required=("grid",))
+    base_name = d.get("base")
+    base: VariantSpec | None = None
+    if base_name is not None:
+        base = next((v for v in explicit if v.name == base_name), None)
+        if base is None:
+            ctx.err(_join(path, "base"), f"no variant named {base_name!r} (known: "
+                    f"{', '.join(v.name for v in explicit) or 'none'}); omit base to start from the defaults")
+    prefix = ctx.string(d, "prefix", path, pattern=re.compile(r"^$|^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$"),
+                        rule="must be 0-40 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    grid_path = _join(path, "grid")
+    raw_grid = d.get("grid")
+    grid: list[tuple[str, tuple]] = []
+    if not isinstance(raw_grid, Mapping) or not 1 <= len(raw_grid) <= MAX_SWEEP_AXES:
+        if "grid" in d:
+            ctx.err(grid_path, f"must be an object of 1-{MAX_SWEEP_AXES} fields, each with a list of values, "
+                    'e.g. {"batching.max_batch_size": [1, 4, 8]}')
+        raw_grid = {}
+    for field_path, values in raw_grid.items():
+        p = _join(grid_path, field_path)
+        if field_path not in SWEEP_FIELDS:
+            ctx.err(p, f"not a variant field a sweep can vary (fields: {', '.join(SWEEP_FIELDS)})")
+            continue
+        if not isinstance(values, list) or not 1 <= len(values) <= MAX_SWEEP_VALUES:
+            ctx.err(p, f"must be a list of 1-{MAX_SWEEP_VALUES} values")
+            continue
+        ok = True
+        for i, value in enumerate(values):
+            problem = _sweep_value_error(field_path, value)
+            if problem:
+                ctx.err(_join(p, i), f"{value!r} is not allowed: {problem}")
+                ok = False
+        rule = FIELD_RULES[f"variant.{field_path}"]
+        if ok and not rule.choices and not isinstance(rule.default, bool):
+            values = [int(v) if rule.integer else float(v) for v in values]
+        if ok and len(set(values)) != len(values):
+            ctx.err(p, "lists a value twice")
+            ok = False
+        if ok:
+            grid.append((field_path, tuple(values)))
+    size = math.prod(len(v) for _, v in grid) if grid else 0
+    total = size + len(explicit)
+    if grid and total > MAX_SWEEP_VARIANTS:
+        counts = " x ".join(str(len(v)) for _, v in grid)
+        more = f" plus {len(explicit)} listed in variants" if explicit else ""
+        ctx.err(grid_path, f"makes {size:,} variants ({counts}){more}; at most {MAX_SWEEP_VARIANTS} in one "
+                "experiment")
+    if len(ctx.errors) or not grid:
+        if own:
+            ctx.raise_if_any()
+        return None, []
+
+    base_dict = variant_to_dict(base) if base is not None else {}
+    axes = [p for p, _ in grid]
+    batching = base_dict.setdefault("batching", {"mode": DEFAULTS["variant.batching.mode"]})
+    if batching.get("mode", "none") == "none" and "batching.mode" not in axes:
+        needed = [_NEEDS_BATCHING[a] for a in axes if a in _NEEDS_BATCHING]
+        if needed:
+            batching["mode"] = "adaptive" if "adaptive" in needed else "fixed"
+    keep_alive = base_dict.setdefault("keep_alive", {"policy": DEFAULTS["variant.keep_alive.policy"]})
+    if keep_alive.get("policy") == "fixed" and "keep_alive.policy" not in axes and set(axes) & set(_NEEDS_HISTOGRAM):
+        keep_alive["policy"] = "histogram"
+
+    taken = {v.name for v in explicit}
+    generated: list[VariantSpec] = []
+    failures: list[FieldError] = []
+    for combo in _product([values for _, values in grid]):
+        assignment = list(zip(axes, combo, strict=True))
+        name = sweep_variant_name(prefix, assignment)
+        vctx = _Ctx()
+        if not NAME_RE.match(name):
+            vctx.err(f"{path}[{name}]", "the generated name is longer than 64 characters; use a shorter prefix "
+                                        "or fewer axes")
+        elif name in taken:
+            vctx.err(f"{path}[{name}]", "a variant listed in variants already has this name; rename it or set "
+                                        "a prefix")
+        v = dict(base_dict, name=name)
+        for field_path, value in assignment:
+            _set_path(v, field_path, value)
+        if not vctx.errors:
+            generated.append(parse_variant(v, f"{path}[{name}]", vctx))
+        failures.extend(vctx.errors)
+    for err in failures[:_SWEEP_ERRORS_SHOWN]:
+        ctx.errors.append(err)
+    if len(failures) > _SWEEP_ERRORS_SHOWN:
+        ctx.err(path, f"and {len(failures) - _SWEEP_ERRORS_SHOWN} more problems in other combinations")
+    if failures:
+        if own:
+            ctx.raise_if_any()
+        return None, []
+    sweep = SweepSpec(grid=tuple(grid), base=base.name if base else None, prefix=prefix,
+                      variant_names=tuple(v.name for v in generated))
+    return sweep, generated
+
+
+def _product(axes: list[tuple]) -> Iterable[tuple]:
+    import itertools
+
+    return itertools.product(*axes)
+
+
+def sweep_to_dict(sweep: SweepSpec) -> dict:
+    out: dict[str, Any] = {}
+    if sweep.base is not None:
+        out["base"] = sweep.base
+    if sweep.prefix:
+        out["prefix"] = sweep.prefix
+    out["grid"] = {path: list(values) for path, values in sweep.grid}
+    return out
+
+
+# ---- what a run costs in time ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunPlan:
+    """What pressing Run queues, shown before it is pressed: variants, trials (variants x repeats) and the
+    workload's wall-clock time they add up to. Cold starts, the drain and storing come on top of it."""
+
+    variants: int
+    trials: int
+    trial_run_s: float  # wall-clock seconds of workload in one trial
+    repeats: int | None  # the run's repeats override, or None: each variant's own
+
+    @property
+    def total_run_s(self) -> float:
+        """Workload time of every trial one after the other: one device does it in this long."""
+        return self.trials * self.trial_run_s
+
+    def run_s_on(self, devices: int) -> float:
+        """Workload time with `devices` workers taking one trial each at a time (whole rounds of trials)."""
+        devices = max(1, devices)
+        return math.ceil(self.trials / devices) * self.trial_run_s
+
+    def to_dict(self, devices: int | None = None) -> dict:
+        out = {"variants": self.variants, "trials": self.trials, "trial_run_s": self.trial_run_s,
+               "total_run_s": self.total_run_s, "repeats": self.repeats}
+        if devices:
+            out.update(devices=devices, run_s_on_devices=self.run_s_on(devices))
+        return out
+
+
+def run_plan(spec: ExperimentSpec, *, repeats: int | None = None) -> RunPlan:
+    trials = sum(repeats if repeats is not None else v.repeats for v in spec.variants)
+    return RunPlan(variants=len(spec.variants), trials=trials,
+                   trial_run_s=max((w.run_s for w in spec.workloads), default=0.0), repeats=repeats)
+
+
+def duration_text(seconds: float) -> str:
+    """"45 s", "12 min", "3.5 h": how the pages say a run time."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 # ---- canonical dicts (export) --------------------------------------------------------------------
@@ -1021,5 +1275,8 @@ def experiment_to_dict(e: ExperimentSpec) -> dict:
         out["workload"] = workload_to_dict(e.workloads[0])
     else:
         out["workloads"] = [workload_to_dict(w) for w in e.workloads]
-    out["variants"] = [variant_to_dict(v) for v in e.variants]
+    generated = set(e.sweep.variant_names) if e.sweep else set()
+    out["variants"] = [variant_to_dict(v) for v in e.variants if v.name not in generated]
+    if e.sweep:
+        out["sweep"] = sweep_to_dict(e.sweep)
     return out

@@ -33,7 +33,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 
 from controlplane.experiments import events
-from controlplane.experiments.lease import DeviceLease, LeaseBusy
+from controlplane.experiments.lease import DeviceLease, LeaseBusy, physical_device_id
 from controlplane.experiments.models import PriceEntry, Profile, Trial
 from controlplane.experiments.profiles import services as profile_services
 from controlplane.experiments.trials import (
@@ -46,7 +46,7 @@ from controlplane.experiments.trials import (
 from controlplane.registry.selectors import resolve_uploaded_functions, uploaded_models_for
 from workers import profiling
 from workers import spec as S
-from workers.devices import DeviceError, resolve_device
+from workers.devices import DeviceError, gpu_uuid, resolve_device
 from workers.engine import TrialFailed, run_trial
 from workers.records import json_safe
 
@@ -203,6 +203,12 @@ def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
 
 
+def device_lease_id(info) -> str:
+    """The physical device this worker runs `info` on, as leases name it: DEVICE_ID when set (several workers
+    of one host standing for several devices), else the GPU's UUID, else host:device."""
+    return physical_device_id(info.name, configured=settings.DEVICE_ID, gpu_uuid=gpu_uuid(info))
+
+
 def run_trial_by_id(trial_id: int, *, worker: str, redis_conn: redis.Redis | None, publish: bool = True,
                     lease_ttl_s: float = LEASE_TTL_S, heartbeat_s: float = HEARTBEAT_S,
                     stop: threading.Event | None = None) -> str:
@@ -222,7 +228,8 @@ def run_trial_by_id(trial_id: int, *, worker: str, redis_conn: redis.Redis | Non
     requested = str((trial.spec or {}).get("device") or "auto")
     try:
         spec = trial_spec(trial)
-        device = resolve_device(spec.experiment.device).name
+        info = resolve_device(spec.experiment.device)
+        device = info.name
     except (S.SpecError, LookupError, DeviceError) as exc:
         # Nothing to run: record why on the trial (claimed first, so a duplicate message cannot race us).
         if trial_claim(trial_id=trial_id, worker=worker, device=requested) is None:
@@ -231,11 +238,13 @@ def run_trial_by_id(trial_id: int, *, worker: str, redis_conn: redis.Redis | Non
         log.info("trial %s: failed before start: %s", trial_id, exc)
         return "failed"
 
-    lease = DeviceLease(redis_conn, device, owner=worker, ttl_s=lease_ttl_s) if redis_conn is not None else None
+    device_id = device_lease_id(info)
+    lease = (DeviceLease(redis_conn, device, owner=worker, ttl_s=lease_ttl_s, device_id=device_id)
+             if redis_conn is not None else None)
     if lease is not None:
         lease.acquire_or_raise()
     try:
-        claimed = trial_claim(trial_id=trial_id, worker=worker, device=device)
+        claimed = trial_claim(trial_id=trial_id, worker=worker, device=device, device_id=device_id)
         if claimed is None:
             log.info("trial %s: claimed by someone else meanwhile: nothing to do", trial_id)
             return "skipped"
@@ -399,13 +408,15 @@ def run_profile_by_id(profile_id: int, *, worker: str, redis_conn: redis.Redis |
     if profile is None or profile.status != Profile.Status.QUEUED:
         return "skipped"
     try:
-        device = resolve_device(profile.device).name
+        info = resolve_device(profile.device)
+        device = info.name
     except DeviceError as exc:
         if profile_services.profile_claim(profile_id=profile_id, worker=worker) is None:
             return "skipped"
         profile_services.profile_fail(profile_id=profile_id, error=str(exc))
         return "failed"
-    lease = DeviceLease(redis_conn, device, owner=worker, ttl_s=lease_ttl_s) if redis_conn is not None else None
+    lease = (DeviceLease(redis_conn, device, owner=worker, ttl_s=lease_ttl_s, device_id=device_lease_id(info))
+             if redis_conn is not None else None)
     if lease is not None:
         lease.acquire_or_raise()
     keeper = _LeaseKeeper(lease, interval_s=max(0.5, lease_ttl_s / 6))

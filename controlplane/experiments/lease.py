@@ -6,8 +6,10 @@ from its heartbeat; renew and release are compare-and-act Lua scripts, so a work
 expired (a long GC pause, a frozen VM) can never extend or delete a lease someone else now holds.
 A crashed worker's lease simply expires after `ttl_s`.
 
-The key names the host as well as the device: "cpu" or "cuda:0" on two machines sharing one Redis
-are different devices.
+The key names the physical device, its device id (`physical_device_id`): the worker's DEVICE_ID when set, else a
+GPU's UUID, else host:device. "cpu" or "cuda:0" on two machines sharing one Redis are different devices;
+two workers on one host need a DEVICE_ID each when they stand for different devices (two CPU core sets,
+say), and must share one when they stand for the same.
 """
 
 from __future__ import annotations
@@ -41,8 +43,15 @@ def configured_prefix() -> str:
     return getattr(settings, "DEVICE_LEASE_KEY_PREFIX", None) or KEY_PREFIX
 
 
-def lease_key(device_name: str, *, host: str | None = None, prefix: str | None = None) -> str:
-    return f"{prefix or configured_prefix()}:{host or socket.gethostname()}:{device_name}"
+def physical_device_id(device_name: str, *, configured: str = "", gpu_uuid: str | None = None, host: str | None = None) -> str:
+    """The name of the physical device a lease is for: `configured` (settings.DEVICE_ID) wins, then a GPU's
+    UUID (the same GPU whatever CUDA_VISIBLE_DEVICES calls it), then host:device."""
+    return configured or gpu_uuid or f"{host or socket.gethostname()}:{device_name}"
+
+
+def lease_key(device_name: str, *, host: str | None = None, prefix: str | None = None, device: str | None = None
+              ) -> str:
+    return f"{prefix or configured_prefix()}:{device or physical_device_id(device_name, host=host)}"
 
 
 class LeaseBusy(Exception):
@@ -58,14 +67,15 @@ class DeviceLease:
     """A TTL lock on one device of this host. `owner` is informational (who holds it, for messages)."""
 
     def __init__(self, redis_client, device_name: str, owner: str, ttl_s: float = 30.0, *,
-                 host: str | None = None, prefix: str | None = None):
+                 host: str | None = None, prefix: str | None = None, device_id: str | None = None):
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         self.redis = redis_client
         self.device_name = device_name
         self.owner = owner
         self.ttl_ms = max(1, int(ttl_s * 1000))
-        self.key = lease_key(device_name, host=host, prefix=prefix)
+        self.device_id = device_id or physical_device_id(device_name, host=host)
+        self.key = lease_key(device_name, prefix=prefix, device=self.device_id)
         # The owner is readable in the value (for "held by ..." messages); the uuid makes it unique even
         # when the same worker takes the same device twice.
         self.token = f"{owner}|{uuid.uuid4().hex}"

@@ -75,6 +75,9 @@ class Experiment(models.Model):
     accelerator = models.ForeignKey(PriceEntry, null=True, blank=True, on_delete=models.PROTECT,
                                     related_name="experiments")
     notes = models.TextField(blank=True)
+    # The sweep as the user wrote it (workers.spec.sweep_to_dict), or None. Its variants are stored as
+    # Variant rows too (from_sweep=True), so trials and comparisons treat them like any other.
+    sweep = models.JSONField(null=True, blank=True, help_text="grid of variant fields (docs/spec.md, Sweeps)")
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -228,6 +231,8 @@ class Variant(models.Model):
     model_runtime = models.CharField(max_length=16, null=True, blank=True, default=D["variant.model_runtime"],
                                      choices=[(r, r) for r in S.MODEL_RUNTIMES],
                                      help_text="overrides the functions' model runtime for zoo models (null: theirs)")
+    from_sweep = models.BooleanField(default=False, help_text="made by the experiment's sweep: edit the sweep, "
+                                                              "not the row")
 
     class Meta:
         ordering = ["position", "id"]
@@ -305,6 +310,8 @@ class Trial(models.Model):
     queue = models.CharField(max_length=64, blank=True)
     worker = models.CharField(max_length=200, blank=True)
     device = models.CharField(max_length=64, blank=True)
+    # The physical device it ran on, as its lease names it (DEVICE_ID, a GPU's UUID, or host:device).
+    device_id = models.CharField(max_length=200, blank=True)
     created = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -106,16 +106,18 @@ def _experiment_save(*, spec: S.ExperimentSpec, owner=None, experiment: Experime
     try:
         with transaction.atomic():
             accelerator = _price_entry(spec.accelerator)
+            sweep = S.sweep_to_dict(spec.sweep) if spec.sweep else None
             replaced_files: list[str] = []
             if experiment is None:
                 experiment = Experiment.objects.create(
                     owner=owner, name=spec.name, description=spec.description, notes=spec.notes,
-                    device=spec.device, accelerator=accelerator)
+                    device=spec.device, accelerator=accelerator, sweep=sweep)
             else:
                 # Row lock: two concurrent edits of one experiment would interleave their deletes and inserts.
                 experiment = Experiment.objects.select_for_update().get(pk=experiment.pk)
                 experiment.name, experiment.description, experiment.notes = spec.name, spec.description, spec.notes
                 experiment.device, experiment.accelerator = spec.device, accelerator
+                experiment.sweep = sweep
                 experiment.save()
                 replaced_files = [w.trace_file.name for w in experiment.workloads.all() if w.trace_file]
                 # Workloads go with their functions (CASCADE) and the split workload explicitly.
@@ -130,7 +132,7 @@ def _experiment_save(*, spec: S.ExperimentSpec, owner=None, experiment: Experime
                     options=dict(f.options), weight=f.weight, model_runtime=f.model_runtime)
             for w in spec.workloads:
                 saved_files.extend(_workload_create(experiment, w, functions))
-            _variants_replace(experiment, spec.variants)
+            _variants_replace(experiment, spec.variants, set(spec.sweep.variant_names) if spec.sweep else set())
             transaction.on_commit(functools.partial(_delete_files, replaced_files))
     except BaseException:
         # The rows rolled back; files written to storage do not, so remove them here.
@@ -161,20 +163,21 @@ def _safe_filename(filename: str, fmt: str) -> str:
     return stem or f"trace-{fmt}.txt"
 
 
-def _variant_fields(v: S.VariantSpec, position: int) -> dict:
-    return dict(position=position, **Variant.spec_fields(v))
+def _variant_fields(v: S.VariantSpec, position: int, from_sweep: bool = False) -> dict:
+    return dict(position=position, from_sweep=from_sweep, **Variant.spec_fields(v))
 
 
-def _variants_replace(experiment: Experiment, variants: Iterable[S.VariantSpec]) -> None:
+def _variants_replace(experiment: Experiment, variants: Iterable[S.VariantSpec], generated: set[str]) -> None:
     existing = {v.name: v for v in experiment.variants.all()}
     wanted = {v.name for v in variants}
     experiment.variants.exclude(name__in=wanted).delete()  # their trials keep variant_name (SET_NULL)
     for i, v in enumerate(variants):
         row = existing.get(v.name)
+        fields = _variant_fields(v, i, v.name in generated)
         if row is None:
-            Variant.objects.create(experiment=experiment, name=v.name, **_variant_fields(v, i))
+            Variant.objects.create(experiment=experiment, name=v.name, **fields)
         else:
-            for key, value in _variant_fields(v, i).items():
+            for key, value in fields.items():
                 setattr(row, key, value)
             row.save()
 
@@ -199,7 +202,7 @@ def variant_clone(*, variant: Variant, name: str | None = None) -> Variant:
     with transaction.atomic():
         experiment = Experiment.objects.select_for_update().get(pk=variant.experiment_id)
         taken = set(experiment.variants.values_list("name", flat=True))
-        if len(taken) >= S.MAX_VARIANTS:
+        if experiment.variants.filter(from_sweep=False).count() >= S.MAX_VARIANTS:
             raise S.SpecError([S.FieldError("variants", f"an experiment has at most {S.MAX_VARIANTS} variants")])
         if name is None:
             name = _unique_copy_name(variant.name, taken)

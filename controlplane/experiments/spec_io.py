@@ -32,6 +32,13 @@ def experiment_to_spec(experiment: Experiment) -> S.ExperimentSpec:
     except SLOTarget.DoesNotExist:
         # Only rows made outside the services (admin, shell) lack one; they get the spec's default SLO.
         slo = S.SLOSpec()
+    variants = [v.to_spec() for v in experiment.variants.all() if not v.from_sweep]
+    sweep = None
+    if experiment.sweep:
+        # The sweep's variants come from expanding it again (deterministic), not from their rows: the
+        # spec, not the rows, says what a generated variant is.
+        sweep, generated = S.parse_sweep(experiment.sweep, variants)
+        variants += generated
     return S.ExperimentSpec(
         name=experiment.name,
         description=experiment.description,
@@ -41,7 +48,8 @@ def experiment_to_spec(experiment: Experiment) -> S.ExperimentSpec:
         slo=slo,
         functions=tuple(f.to_spec() for f in experiment.functions.all()),
         workloads=tuple(w.to_spec() for w in experiment.workloads.select_related("function")),
-        variants=tuple(v.to_spec() for v in experiment.variants.all()),
+        variants=tuple(variants),
+        sweep=sweep,
     )
 
 

@@ -37,13 +37,14 @@ def trial_announce(trial_id: int) -> None:
     transaction.on_commit(send)
 
 
-def trial_claim(*, trial_id: int, worker: str, device: str) -> Trial | None:
+def trial_claim(*, trial_id: int, worker: str, device: str, device_id: str = "") -> Trial | None:
     """Move a queued trial to running for this worker. None: it is not queued any more (another worker
     has it, it was cancelled, or this is a duplicate delivery of a finished trial): do nothing."""
     now = timezone.now()
     with transaction.atomic():
         claimed = Trial.objects.filter(id=trial_id, status=Trial.Status.QUEUED).update(
-            status=Trial.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker[:200], device=device[:64])
+            status=Trial.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker[:200], device=device[:64],
+            device_id=device_id[:200])
         if not claimed:
             return None
         trial_announce(trial_id)

@@ -5,6 +5,7 @@ the exports.
     manage.py worker --device cpu
     manage.py worker --no-reports # device pools only
     manage.py worker --sim-workers 4  # simulated trials (queue `sim`), four at a time
+    manage.py worker --device cpu --device-id host1-cores-0-7   # name the physical device (docs/deploy.md)
 
 Each worker consumes its device's queue (services.device_queue) with concurrency 1 and prefetch 1. The
 "auto" and "cuda" pools go to the device they resolve to on this host (cuda:0, else cpu). The reports worker
@@ -182,13 +183,21 @@ class Command(BaseCommand):
                             help="start no worker for the exports' queue (`reports`)")
         parser.add_argument("--sim-workers", type=int, default=1, metavar="N",
                             help="simulated trials (queue `sim`) run N at a time on this host (0: none; default 1)")
+        parser.add_argument("--device-id", default=None,
+                            help="the physical device's name for its lease (DEVICE_ID); only with one --device")
 
-    def handle(self, *args, device, loglevel, no_reports=False, sim_workers=1, **options):
+    def handle(self, *args, device, loglevel, no_reports=False, sim_workers=1, device_id=None, **options):
         plan = device_queues()
         chosen = device or list(plan)
         unknown = [d for d in chosen if d not in plan]
         if unknown:
             raise CommandError(f"no device {', '.join(unknown)} on this host (devices: {', '.join(plan)})")
+        device_id = device_id or settings.DEVICE_ID
+        if device_id and len(chosen) != 1:
+            # One id for several devices would make them one device to the leases: trials would queue for nothing.
+            raise CommandError(f"a device id names one device; start one worker per device (--device) to give "
+                               f"{device_id!r} (devices here: {', '.join(chosen)})")
+        env = {**os.environ, "DEVICE_ID": device_id} if device_id else None
         failed = trials.trial_fail_stale(stale_after_s=STALE_AFTER_S)
         if failed:
             self.stdout.write(f"marked {failed} abandoned trial(s) failed (no heartbeat for {STALE_AFTER_S:.0f} s)")
@@ -200,8 +209,8 @@ class Command(BaseCommand):
         for dev in chosen:
             name = f"{dev.replace(':', '-')}-{os.getpid()}"
             names.append(name)
-            supervisor.start(f"worker {dev} [{', '.join(plan[dev])}]",
-                             celery_worker_argv(plan[dev], name, loglevel=loglevel))
+            supervisor.start(f"worker {dev} [{', '.join(plan[dev])}]" + (f" as {device_id}" if device_id else ""),
+                             celery_worker_argv(plan[dev], name, loglevel=loglevel), env=env)
         if not no_reports:
             supervisor.start("reports worker [reports]", reports_worker_argv(f"reports-{os.getpid()}",
                                                                            loglevel=loglevel))
