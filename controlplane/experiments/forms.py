@@ -419,6 +419,65 @@ def _formset(form: type[forms.Form], max_rows: int, empty_initial: dict) -> type
     return formset_factory(form, formset=base, extra=0, max_num=max_rows + 8, absolute_max=max_rows + 8)
 
 
+class SweepForm(LayoutMixin, forms.Form):
+    """A sweep: a grid of variant fields, one line per field ("batching.max_batch_size = 1, 4, 8")."""
+
+    grid = forms.CharField(
+        label="Grid", required=False, widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false",
+                                                                    "placeholder": "batching.max_batch_size = 1, 4, 8\n"
+                                                                                   "keep_alive.ttl_s = 0.5, 2, 10\n"
+                                                                                   "max_instances = 1, 2, 4"}),
+        help_text=f"One variant field per line with its values; every combination becomes a variant (at most "
+                  f"{S.MAX_SWEEP_VARIANTS}). Fields: {', '.join(S.SWEEP_FIELDS)}.")
+    base = forms.CharField(label="Start from variant", required=False, max_length=64,
+                           help_text="A variant above whose other settings each combination takes; empty: the "
+                                     "defaults.")
+    prefix = forms.CharField(label="Name prefix", required=False, max_length=40,
+                             help_text='Generated names read like "b4-ttl2-i2"; a prefix goes in front.')
+
+    GROUPS = (("", ("grid", "base", "prefix")),)
+    WIDE = ("grid",)
+
+    def clean_grid(self) -> dict | None:
+        text = self.cleaned_data.get("grid") or ""
+        grid: dict[str, list] = {}
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            path, sep, values = line.partition("=")
+            if not sep or not path.strip() or not values.strip():
+                raise forms.ValidationError(f"line {number}: write it as field = value, value, ...")
+            grid[path.strip()] = [_grid_value(v.strip()) for v in values.split(",") if v.strip()]
+        return grid or None
+
+    @staticmethod
+    def initial_from(sweep: dict | None) -> dict:
+        if not sweep:
+            return {}
+        lines = [f"{path} = {', '.join(_grid_text(v) for v in values)}"
+                 for path, values in (sweep.get("grid") or {}).items()]
+        return {"grid": "\n".join(lines), "base": sweep.get("base") or "", "prefix": sweep.get("prefix") or ""}
+
+
+def _grid_value(text: str) -> Any:
+    """A grid value as typed: true/false, a whole number, a number, else the word itself (sharing modes, ...)."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _grid_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 FunctionFormSet = _formset(FunctionForm, S.MAX_FUNCTIONS, {"model": "mlp-small", "weight": _num(D["function.weight"])})
 StepFormSet = _formset(StepForm, S.MAX_STEPS, {})
 VariantFormSet = _formset(VariantForm, S.MAX_VARIANTS, VARIANT_DEFAULTS)
@@ -490,6 +549,7 @@ class ExperimentEditor:
         self.variants = VariantFormSet(
             data, prefix="variants", form_kwargs={"empty_permitted": False},
             initial=[self._variant_initial(v) for v in spec.get("variants") or []])
+        self.sweep = SweepForm(data, prefix="sweep", initial=SweepForm.initial_from(spec.get("sweep")))
         self.summary: list[SummaryError] = []
         self.section_errors: dict[str, list[str]] = {}
         self.trace_filename = ""
@@ -548,7 +608,8 @@ class ExperimentEditor:
     # -- binding --
     @property
     def all_forms(self) -> list[forms.Form]:
-        return [self.basics, self.slo, self.workload, *self.steps.forms, *self.functions.forms, *self.variants.forms]
+        return [self.basics, self.slo, self.workload, *self.steps.forms, *self.functions.forms, *self.variants.forms,
+                self.sweep]
 
     def uses_kept_workloads(self) -> bool:
         return bool(self.kept_workloads) and not _clean(self.workload).get("replace_workloads")
@@ -590,6 +651,11 @@ class ExperimentEditor:
         else:
             out["workload"] = self.workload_dict()
         out["variants"] = [self._variant_dict(_clean(f)) for f in self.variants.forms]
+        sweep = _clean(self.sweep)
+        if sweep.get("grid"):
+            out["sweep"] = {"grid": sweep["grid"]}
+            _put(out["sweep"], "base", (sweep.get("base") or "").strip())
+            _put(out["sweep"], "prefix", (sweep.get("prefix") or "").strip())
         return out
 
     @staticmethod
@@ -691,6 +757,9 @@ class ExperimentEditor:
 
     def _locate(self, path: str) -> tuple[forms.Form | None, str | None, str]:
         """(form, field, section) for a spec path; form None means a section-level error."""
+        if (path or "").startswith("sweep"):
+            # sweep.base, sweep.prefix; everything else (grid values, generated variants) lands on the grid.
+            return self.sweep, path.split(".", 1)[1] if path in ("sweep.base", "sweep.prefix") else "grid", "sweep"
         m = re.match(r"^(?P<head>[a-z_]+)(?:\[(?P<idx>\d+)\])?(?:\.(?P<rest>.+))?$", path or "")
         if not m:
             return None, None, ""
@@ -724,7 +793,7 @@ class ExperimentEditor:
 
     def _label(self, form: forms.Form | None, field: str | None, section: str) -> str:
         titles = {"basics": "Basics", "slo": "SLO", "workload": "Workload", "steps": "Workload steps",
-                  "functions": "Functions", "variants": "Variants"}
+                  "functions": "Functions", "variants": "Variants", "sweep": "Sweep"}
         parts = [titles.get(section, "Experiment")]
         if form is not None and section in ("functions", "variants", "steps"):
             formset = {"functions": self.functions, "variants": self.variants, "steps": self.steps}[section]
@@ -745,19 +814,24 @@ class ExperimentEditor:
                 else:
                     self.summary.append(SummaryError("Experiment", message))
                 continue
+            message = err.message
+            if section == "sweep" and field == "grid":
+                # One field holds the whole grid: say which value or generated variant each problem is about.
+                message = f"{err.path.removeprefix('sweep.grid.')}: {err.message}"
             # A field that failed its type check ("Enter a number.") already says what is wrong.
-            if field and form.errors.get(field):
+            elif field and form.errors.get(field):
                 continue
-            form.add_error(field, err.message)
+            form.add_error(field, message)
             anchor = form[field].auto_id if field else ""
-            self.summary.append(SummaryError(self._label(form, field, section), err.message, anchor))
+            self.summary.append(SummaryError(self._label(form, field, section), message, anchor))
         self._collect_form_errors(skip_known=True)
 
     def _collect_form_errors(self, skip_known: bool = False) -> None:
         """Django's own type errors join the summary too, so the top of the page lists everything."""
         known = {(s.anchor, s.message) for s in self.summary}
         sections = [("basics", [self.basics]), ("slo", [self.slo]), ("workload", [self.workload]),
-                    ("steps", self.steps.forms), ("functions", self.functions.forms), ("variants", self.variants.forms)]
+                    ("steps", self.steps.forms), ("functions", self.functions.forms), ("variants", self.variants.forms),
+                    ("sweep", [self.sweep])]
         for section, forms_ in sections:
             for form in forms_:
                 for field, errors in form.errors.items():

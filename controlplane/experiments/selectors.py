@@ -316,3 +316,75 @@ def pins_for(*, user) -> QuerySet:
     if not getattr(user, "is_authenticated", False):
         return Pin.objects.none()
     return Pin.objects.filter(user=user, trial__experiment__owner=user).select_related("trial", "trial__experiment")
+
+
+# ---- run plans and sweep progress ---------------------------------------------------------------------------
+def pool_workers(device: str, devices: dict | None = None) -> list[str] | None:
+    """Hostnames of the live workers that take trials of this experiment device (its pool), or None when
+    Redis cannot be read."""
+    devices = worker_devices() if devices is None else devices
+    if devices is None:
+        return None
+    return sorted(set(devices["devices"].get(device, [])))
+
+
+def experiment_plan(*, spec, repeats: int | None = None, workers: list[str] | None = None) -> dict:
+    """What pressing Run queues, before it is pressed: variants, trials, the workload time they add up to on one
+    device and on the pool's live workers (`workers`). Workload time only: cold starts and the drain add to it."""
+    from workers import spec as S
+
+    plan = S.run_plan(spec, repeats=repeats)
+    out = plan.to_dict(len(workers) if workers else None)
+    out["text"] = (f"{plan.variants} variant{'s' * (plan.variants != 1)}, {plan.trials} "
+                   f"trial{'s' * (plan.trials != 1)}, about {S.duration_text(plan.total_run_s)} of run time")
+    if plan.trials != plan.variants:
+        out["text"] += " (with repeats)"
+    if workers and len(workers) > 1:
+        out["text"] += (f"; about {S.duration_text(plan.run_s_on(len(workers)))} on the {len(workers)} workers "
+                        "of its pool")
+    out["workers"] = len(workers) if workers is not None else None
+    return out
+
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def sweep_progress(*, experiment: Experiment, run_number: int | None = None) -> dict:
+    """One run's progress by worker: {"run", "totals": {done, running, queued, failed, total}, "workers":
+    [{worker, device_id, done, running, failed, live}], "queue", "pool_workers", "finished"}. Queued trials belong to no worker
+    yet: they wait in the pool's queue until a worker of the pool is free."""
+    runs = experiment_runs(experiment=experiment)
+    run = run_number if run_number in runs else (runs[0] if runs else None)
+    totals = {"done": 0, "running": 0, "queued": 0, "failed": 0, "total": 0}
+    by_worker: dict[str, dict] = {}
+    queue = ""
+    rows = (experiment.trials.filter(run_number=run).values("status", "worker", "device_id", "queue")
+            if run is not None else [])
+    for r in rows:
+        totals["total"] += 1
+        queue = queue or r["queue"]
+        if r["status"] == "queued":
+            totals["queued"] += 1
+            continue
+        if not r["worker"]:  # cancelled before any worker claimed it
+            totals["done"] += 1
+            continue
+        w = by_worker.setdefault(r["worker"], {"worker": r["worker"], "device_id": r["device_id"], "done": 0,
+                                               "running": 0, "failed": 0})
+        if r["status"] == "running":
+            w["running"] += 1
+            totals["running"] += 1
+        else:
+            w["done"] += 1
+            totals["done"] += 1
+            if r["status"] == "failed":
+                w["failed"] += 1
+                totals["failed"] += 1
+    live = pool_workers(experiment.device)
+    for hostname in live or []:  # a live worker of the pool that has taken none of these trials yet
+        by_worker.setdefault(hostname, {"worker": hostname, "device_id": "", "done": 0, "running": 0, "failed": 0})
+    for w in by_worker.values():
+        w["live"] = None if live is None else w["worker"] in live
+    return {"run": run, "runs": runs, "totals": totals, "queue": queue, "pool_workers": live,
+            "workers": sorted(by_worker.values(), key=lambda w: w["worker"]),
+            "finished": bool(totals["total"]) and totals["done"] == totals["total"]}

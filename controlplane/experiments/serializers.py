@@ -142,6 +142,16 @@ class VariantDocument(serializers.Serializer):
     repeats = ruled("variant.repeats")
 
 
+class SweepDocument(serializers.Serializer):
+    base = serializers.CharField(required=False, help_text="A variant in `variants` to start from (default: the "
+                                                           "table defaults).")
+    prefix = serializers.CharField(required=False, allow_blank=True, max_length=40,
+                                   help_text='Put before each generated name ("b4-ttl2-i2").')
+    grid = serializers.DictField(child=serializers.ListField(), help_text=(
+        f"Variant field path -> values; every combination is one variant, at most {S.MAX_SWEEP_VARIANTS} with "
+        f"the listed ones. Fields: {', '.join(S.SWEEP_FIELDS)}."))
+
+
 class SpecDocument(serializers.Serializer):
     """An experiment spec: the format of spec files and of the API's request and response bodies."""
 
@@ -158,7 +168,9 @@ class SpecDocument(serializers.Serializer):
     workload = WorkloadDocument(required=False, help_text="One workload split across all functions by weight.")
     workloads = WorkloadDocument(many=True, required=False,
                                  help_text="Or one workload per function, each naming its function.")
-    variants = VariantDocument(many=True, help_text=f"1 to {S.MAX_VARIANTS} configurations to compare")
+    variants = VariantDocument(many=True, required=False,
+                               help_text=f"1 to {S.MAX_VARIANTS} configurations to compare (0 with a sweep)")
+    sweep = SweepDocument(required=False, help_text="A grid of variant fields expanded into more variants.")
 
 
 class SimulateRequest(serializers.Serializer):
@@ -219,9 +231,27 @@ class ExperimentSerializer(serializers.Serializer):
         return self._absolute(obj.get_absolute_url())
 
 
+class RunPlanSerializer(serializers.Serializer):
+    """What pressing Run would queue, before it is pressed."""
+
+    variants = serializers.IntegerField()
+    trials = serializers.IntegerField(help_text="variants x repeats")
+    trial_run_s = serializers.FloatField(help_text="wall-clock seconds of workload in one trial")
+    total_run_s = serializers.FloatField(help_text="workload time of every trial one after the other (one device); "
+                                                   "cold starts and the drain come on top")
+    repeats = serializers.IntegerField(allow_null=True, help_text="the run's repeats override, or null")
+    workers = serializers.IntegerField(allow_null=True, help_text="live workers of the experiment's device pool "
+                                                                  "(null: unknown)")
+    devices = serializers.IntegerField(required=False)
+    run_s_on_devices = serializers.FloatField(required=False, help_text="workload time with the pool's workers "
+                                                                       "taking one trial each at a time")
+    text = serializers.CharField(help_text='e.g. "45 variants, 45 trials, about 22 min of run time"')
+
+
 class ExperimentDetailSerializer(ExperimentSerializer):
     spec = serializers.SerializerMethodField(help_text="The experiment as a spec document (what PUT takes).")
     runs = serializers.SerializerMethodField(help_text="Run numbers, newest first.")
+    plan = serializers.SerializerMethodField(help_text="What a run queues: variants, trials, run time.")
 
     @extend_schema_field(SpecDocument)
     def get_spec(self, obj) -> dict:
@@ -229,6 +259,11 @@ class ExperimentDetailSerializer(ExperimentSerializer):
 
     def get_runs(self, obj) -> list[int]:
         return selectors.experiment_runs(experiment=obj)
+
+    @extend_schema_field(RunPlanSerializer)
+    def get_plan(self, obj) -> dict:
+        return selectors.experiment_plan(spec=spec_io.experiment_to_spec(obj),
+                                         workers=selectors.pool_workers(obj.device))
 
 
 # ---- trials -------------------------------------------------------------------------------------------------

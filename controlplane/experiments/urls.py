@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from . import comparison_views, pin_views, price_views, views
+from . import comparison_views, pin_views, price_views, sweep_views, views
 from .profiles import views as profile_views
 from .reports import views as report_views
 
@@ -17,6 +17,7 @@ urlpatterns = [
     path("experiments/<uuid:code>/delete/", views.experiment_delete, name="experiment-delete"),
     path("experiments/<uuid:code>/clone/", views.experiment_clone, name="experiment-clone"),
     path("experiments/<uuid:code>/export/", views.experiment_export, name="experiment-export"),
+    path("experiments/<uuid:code>/sweep/", sweep_views.experiment_sweep, name="experiment-sweep"),
     path("experiments/<uuid:code>/compare/", comparison_views.experiment_compare, name="experiment-compare"),
     path("experiments/<uuid:code>/compare/data/", comparison_views.experiment_compare_data,
          name="experiment-compare-data"),

@@ -124,8 +124,12 @@ def _editor(request: HttpRequest, experiment: Experiment | None) -> HttpResponse
     else:
         editor = ExperimentEditor(price_entries=prices, **ctx)
         status = 200
+    plan = None
+    if experiment is not None and request.method != "POST":
+        plan = selectors.experiment_plan(spec=spec_io.experiment_to_spec(experiment),
+                                         workers=selectors.pool_workers(experiment.device, ctx["worker_devices"]))
     context = {"editor": editor, "experiment": experiment, "model_shapes": editor.model_shapes,
-               "kept_workloads": ctx["kept_workloads"], "stored_trace": ctx["stored_trace"]}
+               "kept_workloads": ctx["kept_workloads"], "stored_trace": ctx["stored_trace"], "plan": plan}
     return render(request, "experiments/editor.html", context, status=status)
 
 
@@ -177,7 +181,11 @@ def workload_preview(request: HttpRequest) -> JsonResponse:
     # Left sums over the curve's own segments: exact for constant rates and staircases.
     widths = [b - a for a, b in zip(t, [*t[1:], workload.duration_s], strict=True)]
     expected = sum(rate * w for rate, w in zip(r, widths, strict=True))
+    # The whole editor as it stands: how many variants (a sweep's included) and how long a run takes.
+    spec = editor.validate()
+    plan = selectors.experiment_plan(spec=spec) if spec is not None else None
     return JsonResponse({
+        "plan": plan, "plan_errors": [f"{e.label}: {e.message}" for e in editor.summary][:5],
         "ok": True, "t_s": t, "rate_rps": r, "expected_requests": round(expected),
         "duration_s": workload.duration_s, "run_s": workload.run_s, "time_compression": workload.time_compression,
         "peak_rate_rps": max(r, default=0.0), "mean_rate_rps": expected / workload.duration_s,
@@ -247,6 +255,9 @@ def experiment_detail(request: HttpRequest, code) -> HttpResponse:
         workloads.append({"spec": w, "params": params, "curve": _curve_or_none(w), "chart_id": f"workload-chart-{i}",
                           "peak_rate_rps": S.peak_rate_rps(w)})
     context = _detail_context(experiment, request.user) | {
+        "plan": selectors.experiment_plan(spec=spec, workers=selectors.pool_workers(experiment.device)),
+        "sweep_grid": [(path, ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values))
+                       for path, values in spec.sweep.grid] if spec.sweep else None,
         "spec": spec, "functions": _with_profiles(experiment, request.user), "variants": experiment.variants.all(),
         "workloads": workloads, "max_repeats": S.MAX_REPEATS,
         "curves": {w["chart_id"]: w["curve"] for w in workloads if w["curve"]},

@@ -83,6 +83,12 @@
         setText("preview-peak", (Math.round(data.peak_rate_rps * 10) / 10).toLocaleString("en-US") + " req/s");
         state.textContent = "";
         canvas.dataset.points = String(data.t_s.length);
+        const plan = document.getElementById("sweep-plan");
+        if (plan) {
+          plan.textContent = data.plan ? data.plan.text + " (workload time; cold starts come on top)"
+            : "Fix the form to see how many variants and how long a run takes" +
+              (data.plan_errors && data.plan_errors.length ? ": " + data.plan_errors.join("; ") : ".");
+        }
       })
       .catch(function (err) {
         if (err.name !== "AbortError") state.textContent = "preview unavailable";
@@ -96,8 +102,13 @@
 
   section.addEventListener("input", schedule);
   section.addEventListener("change", schedule);
+  // The run plan (variants, trials, run time) follows the variants and the sweep too.
+  ["section-variants", "section-sweep"].forEach(function (id) {
+    const other = document.getElementById(id);
+    if (other) { other.addEventListener("change", schedule); other.addEventListener("input", schedule); }
+  });
   form.addEventListener("editor:rows-changed", function (ev) {
-    if (ev.detail.formset === "steps" || ev.detail.formset === "functions") schedule();
+    if (ev.detail.formset === "steps" || ev.detail.formset === "functions" || ev.detail.formset === "variants") schedule();
   });
   refresh();
 })();
