@@ -1,6 +1,6 @@
 """A sweep fanned out over two REAL Celery workers of one device pool, each standing for its own device.
 
-Both workers consume pool.cpu on this host; their DEVICE_IDs say they are two devices (two CPU core sets,
+Both workers consume pool.cpu on this host (one started as `manage.py worker --device-id` is); their DEVICE_IDs say they are two devices (two CPU core sets,
 or two GPUs of one host), so each takes its own device lease and the sweep's two trials run at the same
 time. Without distinct device ids the second trial would wait for the first one's lease.
 """
@@ -33,10 +33,15 @@ def two_workers(django_db_setup, django_db_blocker, tmp_path_factory):
     media = tmp / "media"
     procs = []
     try:
-        for device_id in DEVICE_IDS:
-            env = processes.subprocess_env(redis_url=TEST_REDIS_URL, channels_prefix=PREFIX, media_root=media,
-                                           DEVICE_ID=device_id)
-            procs.append(processes.start_celery_worker(env, POOLS, tmp / f"{device_id}.log", name=device_id))
+        env = processes.subprocess_env(redis_url=TEST_REDIS_URL, channels_prefix=PREFIX, media_root=media)
+        # One worker the way tests start them, with DEVICE_ID in its environment ...
+        procs.append(processes.start_celery_worker({**env, "DEVICE_ID": DEVICE_IDS[0]}, POOLS,
+                                                   tmp / "worker-a.log", name=DEVICE_IDS[0]))
+        # ... and one the way docs/deploy.md says: `manage.py worker --device cpu --device-id ...`.
+        proc = processes.start([sys.executable, "manage.py", "worker", "--device", "cpu", "--device-id", DEVICE_IDS[1],
+                                "--no-reports"], env, tmp / "worker-b.log")
+        procs.append(proc)
+        processes.wait_for(lambda: " ready." in processes.log_text(proc), 90, "manage.py worker to be ready", proc)
         yield procs, env
     finally:
         for proc in procs:
@@ -57,9 +62,6 @@ def test_a_two_variant_sweep_runs_its_trials_at_once_on_two_workers_under_distin
     }
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps(spec))
-    env = {**env}
-    env.pop("DEVICE_ID")  # the enqueueing command is no worker
-
     result = subprocess.run([sys.executable, "manage.py", "run_experiment", str(path), "--owner", user.username],
                             cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=240)
 
