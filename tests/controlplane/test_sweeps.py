@@ -168,3 +168,12 @@ def test_progress_counts_done_running_and_queued_by_worker(experiment, user):
 def test_the_worker_command_refuses_one_device_id_for_several_devices():
     with pytest.raises(CommandError, match="a device id names one device"):
         call_command("worker", "--device", "cpu", "--device", "cpu", "--device-id", "x", "--no-reports")
+
+
+def test_a_run_mode_other_than_real_is_refused_naming_the_field(user, experiment):
+    api = APIClient()
+    api.force_authenticate(user)
+    response = api.post(f"/api/experiments/{experiment.code}/run/", {"mode": "simulated"}, format="json")
+    assert response.status_code == 400
+    assert "mode" in str(response.json())
+    assert not Trial.objects.exists()
