@@ -337,8 +337,6 @@ def experiment_plan(*, spec, repeats: int | None = None, workers: list[str] | No
     out = plan.to_dict(len(workers) if workers else None)
     out["text"] = (f"{plan.variants} variant{'s' * (plan.variants != 1)}, {plan.trials} "
                    f"trial{'s' * (plan.trials != 1)}, about {S.duration_text(plan.total_run_s)} of run time")
-    if plan.trials != plan.variants:
-        out["text"] += " (with repeats)"
     if workers and len(workers) > 1:
         out["text"] += (f"; about {S.duration_text(plan.run_s_on(len(workers)))} on the {len(workers)} workers "
                         "of its pool")

@@ -89,7 +89,7 @@ def test_the_experiment_page_says_how_many_variants_and_how_long_before_running(
     client.force_login(user)
     html = client.get(experiment.get_absolute_url()).content.decode()
     # 14 variants; `batched` has 2 repeats: 15 trials of 5 s of workload each
-    assert "14 variants, 15 trials, about 75 s of run time (with repeats)" in html
+    assert "14 variants, 15 trials, about 75 s of run time" in html
     assert 'id="sweep-summary"' in html and "b4-ttl2-i2" in html
 
 
@@ -177,3 +177,26 @@ def test_a_run_mode_other_than_real_is_refused_naming_the_field(user, experiment
     assert response.status_code == 400
     assert "mode" in str(response.json())
     assert not Trial.objects.exists()
+
+
+def test_a_finished_run_shows_the_comparisons_answer_and_links_to_it(client, user, experiment):
+    queued = services.experiment_run(experiment=experiment, user=user, enqueue=False)
+    services.experiment_cancel(experiment=experiment)
+    client.force_login(user)
+    response = client.get(f"/experiments/{experiment.code}/sweep/")
+    assert response.status_code == 200
+    progress = response.context["progress"]
+    assert progress["finished"] and progress["totals"]["done"] == len(queued)
+    recommendation = response.context["recommendation"]
+    # What the comparison itself says about this run (nothing ran, so no variant can be recommended).
+    from controlplane.experiments.comparison import experiment_comparison
+
+    assert recommendation == experiment_comparison(experiment=experiment, charts=False)["recommendation"]
+    html = response.content.decode()
+    assert 'id="sweep-answer"' in html and recommendation["text"] in html
+    assert f"/experiments/{experiment.code}/compare/?run=1" in html
+
+
+def test_someone_elses_sweep_page_is_not_found(client, other_user, experiment):
+    client.force_login(other_user)
+    assert client.get(f"/experiments/{experiment.code}/sweep/").status_code == 404
