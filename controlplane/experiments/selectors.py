@@ -168,6 +168,7 @@ def trial_result_row(trial: Trial) -> dict:
         "run_number": trial.run_number,
         "status": trial.status,
         "device": trial.device or s.get("device") or None,
+        "device_id": trial.device_id or None,  # the physical device (its lease): which of a pool's workers ran it
         "error": trial.error or None,
         "requests": s.get("requests"),
         "completed": s.get("completed"),

@@ -344,6 +344,8 @@ class TrialRowSerializer(serializers.Serializer):
     run_number = serializers.IntegerField()
     status = serializers.CharField()
     device = serializers.CharField(allow_null=True)
+    device_id = serializers.CharField(allow_null=True, help_text="The physical device it ran on, as its lease "
+                                                                 "names it (DEVICE_ID, a GPU's UUID, or host:device)")
     error = serializers.CharField(allow_null=True)
     requests = serializers.IntegerField(allow_null=True)
     completed = serializers.IntegerField(allow_null=True)
