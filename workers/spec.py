@@ -10,6 +10,7 @@ No Django here.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -904,6 +905,7 @@ def parse_experiment(data: Any, *, known_models: Iterable[str] | None = None,
         ctx.err("workload", "is required")
 
     variants: list[VariantSpec] = []
+    errors_before_variants = len(ctx.errors)
     raw_v = d.get("variants", [])
     fewest = 0 if has_sweep else 1  # a sweep may make every variant
     if not isinstance(raw_v, list) or not fewest <= len(raw_v) <= MAX_VARIANTS:
@@ -915,7 +917,7 @@ def parse_experiment(data: Any, *, known_models: Iterable[str] | None = None,
         _unique(ctx, [v.name for v in variants], "variants", "variant")
         _check_uploaded_models(ctx, functions, variants, dict(uploaded_models or {}))
     sweep = None
-    if has_sweep and not ctx.errors:  # a sweep starts from valid variants
+    if has_sweep and len(ctx.errors) == errors_before_variants:  # a sweep starts from valid variants
         sweep, generated = parse_sweep(d["sweep"], variants, ctx=ctx)
         _check_uploaded_models(ctx, functions, generated, dict(uploaded_models or {}),
                                paths=[f"sweep[{v.name}]" for v in generated])
@@ -1119,7 +1121,7 @@ def parse_sweep(data: Any, variants: Iterable[VariantSpec], *, ctx: _Ctx | None 
     taken = {v.name for v in explicit}
     generated: list[VariantSpec] = []
     failures: list[FieldError] = []
-    for combo in _product([values for _, values in grid]):
+    for combo in itertools.product(*(values for _, values in grid)):
         assignment = list(zip(axes, combo, strict=True))
         name = sweep_variant_name(prefix, assignment)
         vctx = _Ctx()
@@ -1146,12 +1148,6 @@ def parse_sweep(data: Any, variants: Iterable[VariantSpec], *, ctx: _Ctx | None 
     sweep = SweepSpec(grid=tuple(grid), base=base.name if base else None, prefix=prefix,
                       variant_names=tuple(v.name for v in generated))
     return sweep, generated
-
-
-def _product(axes: list[tuple]) -> Iterable[tuple]:
-    import itertools
-
-    return itertools.product(*axes)
 
 
 def sweep_to_dict(sweep: SweepSpec) -> dict:

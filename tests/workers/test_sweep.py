@@ -127,3 +127,9 @@ def test_the_run_plan_counts_variants_trials_and_workload_time_before_running():
     assert S.run_plan(spec, repeats=3).trials == 135
     assert plan.run_s_on(4) == 12 * 30.0  # 45 trials on 4 devices: 12 rounds
     assert S.duration_text(plan.total_run_s) == "22 min"
+
+
+def test_sweep_problems_are_reported_with_problems_elsewhere_in_the_spec():
+    data = experiment({"grid": {"max_instances": [0]}})
+    data["workload"]["rate_rps"] = -1
+    assert set(errors_of(data)) == {"workload.rate_rps", "sweep.grid.max_instances[0]"}
