@@ -29,7 +29,22 @@ def _context(request: HttpRequest, code) -> dict:
                                                               charts=False)["recommendation"]
         except S.SpecError:
             recommendation = None
-    return {"experiment": experiment, "progress": progress, "recommendation": recommendation, "poll_ms": POLL_MS}
+    variants = len({v for v in experiment.trials.filter(run_number=progress["run"]).values_list("variant_name", flat=True)})
+    return {"experiment": experiment, "progress": progress, "recommendation": recommendation, "poll_ms": POLL_MS,
+            "variants": variants, "lucky_pct": chance_of_a_lucky_pass(variants) * 100,
+            "confirm_repeats": CONFIRM_REPEATS, "max_repeats": S.MAX_REPEATS}
+
+
+# One-sided tail of the 95 % interval: a variant whose SLO percentile sits right at the target is called met at
+# most this often (docs/method.md, Sweeps).
+MET_BY_CHANCE = 0.025
+CONFIRM_REPEATS = 5
+
+
+def chance_of_a_lucky_pass(variants: int) -> float:
+    """If every one of `variants` sat right at the SLO target, the chance that at least one is called met by luck
+    (independent verdicts): the more variants a sweep compares, the likelier its cheapest "met" is such a one."""
+    return 1.0 - (1.0 - MET_BY_CHANCE) ** max(0, variants)
 
 
 @login_required

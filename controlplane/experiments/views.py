@@ -302,8 +302,9 @@ def experiment_run(request: HttpRequest, code) -> HttpResponse:
         simulate = {"devices": int(raw_devices) if raw_devices.isdigit() else raw_devices,
                     "placement": request.POST.get("placement") or "first_fit"}
     try:
+        # `variant` (repeatable): only these variants, e.g. the sweep page's "confirm the pick" run.
         trials = services.experiment_run(experiment=experiment, user=request.user, repeats=repeats,
-                                         simulate=simulate)
+                                         variant_names=request.POST.getlist("variant") or None, simulate=simulate)
     except S.SpecError as exc:
         for e in exc.errors:
             messages.error(request, f"Cannot {'simulate' if simulate else 'run'}: {e}")

@@ -200,3 +200,37 @@ def test_a_finished_run_shows_the_comparisons_answer_and_links_to_it(client, use
 def test_someone_elses_sweep_page_is_not_found(client, other_user, experiment):
     client.force_login(other_user)
     assert client.get(f"/experiments/{experiment.code}/sweep/").status_code == 404
+
+
+# ---- confirming the pick -----------------------------------------------------------------------------------------
+def test_the_more_variants_a_sweep_compares_the_likelier_a_lucky_pass():
+    from controlplane.experiments.sweep_views import chance_of_a_lucky_pass
+
+    assert chance_of_a_lucky_pass(1) == pytest.approx(0.025)
+    assert chance_of_a_lucky_pass(45) == pytest.approx(1 - 0.975**45) == pytest.approx(0.680, abs=1e-3)
+
+
+def test_a_met_pick_of_many_variants_offers_to_run_it_again_alone(rf, user, experiment):
+    from django.template.loader import render_to_string
+
+    from controlplane.experiments.sweep_views import chance_of_a_lucky_pass
+
+    progress = {"run": 1, "totals": {"done": 14, "running": 0, "queued": 0, "failed": 0, "total": 14},
+                "workers": [], "queue": "pool.cpu", "pool_workers": [], "finished": True}
+    recommendation = {"case": "met", "variant": "b4-ttl2-i2", "text": "b4-ttl2-i2 is the cheapest variant that meets "
+                                                                       "the SLO"}
+    request = rf.get("/")
+    request.user = user
+    html = render_to_string("experiments/_sweep_progress.html", {
+        "experiment": experiment, "progress": progress, "recommendation": recommendation, "variants": 14,
+        "lucky_pct": chance_of_a_lucky_pass(14) * 100, "confirm_repeats": 5, "max_repeats": 20, "poll_ms": 2000},
+        request=request)
+    assert 'id="sweep-confirm"' in html and "cheapest of 14 variants" in html and "by luck 30 %" in html
+    assert 'name="variant" value="b4-ttl2-i2"' in html
+
+
+def test_running_one_variant_from_the_page_queues_only_it(client, user, experiment):
+    client.force_login(user)
+    response = client.post(f"/experiments/{experiment.code}/run/", {"variant": "b4-ttl2-i2", "repeats": "5"})
+    assert response.status_code == 302
+    assert list(Trial.objects.values_list("variant_name", "repeat")) == [("b4-ttl2-i2", r) for r in range(5)]
