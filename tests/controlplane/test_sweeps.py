@@ -234,3 +234,14 @@ def test_running_one_variant_from_the_page_queues_only_it(client, user, experime
     response = client.post(f"/experiments/{experiment.code}/run/", {"variant": "b4-ttl2-i2", "repeats": "5"})
     assert response.status_code == 302
     assert list(Trial.objects.values_list("variant_name", "repeat")) == [("b4-ttl2-i2", r) for r in range(5)]
+
+
+def test_the_sweep_example_imports_into_45_variants_beside_its_base(user, price_catalogue):
+    from tests.controlplane.test_spec_io import EXAMPLES
+
+    out = io.StringIO()
+    call_command("import_spec", str(EXAMPLES / "batching-sweep.json"), "--owner", user.username, stdout=out)
+    experiment = Experiment.objects.get(name="batching-sweep")
+    assert experiment.variants.count() == 46 and experiment.variants.filter(from_sweep=True).count() == 45
+    plan = selectors.experiment_plan(spec=spec_io.experiment_to_spec(experiment))
+    assert plan["text"] == "46 variants, 46 trials, about 23 min of run time"

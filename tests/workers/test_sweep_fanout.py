@@ -67,6 +67,8 @@ def test_a_two_variant_sweep_runs_its_trials_at_once_on_two_workers_under_distin
 
     logs = "\n".join(processes.log_text(p)[-3000:] for p in procs)
     assert result.returncode == 0, result.stdout + result.stderr + logs
+    # Before running, it said what the run takes, on one device and on the pool's two live workers.
+    assert "2 variants, 2 trials, about 4 s of run time; about 2 s on the 2 workers of its pool" in result.stdout
     trials = list(Trial.objects.filter(experiment__name="fan-out").order_by("variant_name"))
     assert [t.variant_name for t in trials] == ["i1", "i2"]
     assert [t.status for t in trials] == ["succeeded", "succeeded"], [t.error for t in trials]

@@ -96,6 +96,11 @@ class Command(BaseCommand):
                 from None
         self.stdout.write(f"{experiment.name}: run {run[0].run_number}, {len(run)} trial(s)"
                           f"{' inline' if inline else ' via Celery'}")
+        # What it will take, before it starts: inline runs one trial after another here; via Celery, every live
+        # worker of the pool takes one at a time.
+        plan = selectors.experiment_plan(spec=spec_io.experiment_to_spec(experiment), repeats=repeats,
+                                         workers=None if inline else selectors.pool_workers(experiment.device))
+        self.stdout.write(f"{plan['text']} (workload time; cold starts come on top)")
         self.stdout.write(header())
         interrupted = self._run_inline(run) if inline else self._wait(run)
 
