@@ -170,15 +170,6 @@ def test_the_worker_command_refuses_one_device_id_for_several_devices():
         call_command("worker", "--device", "cpu", "--device", "cpu", "--device-id", "x", "--no-reports")
 
 
-def test_a_run_mode_other_than_real_is_refused_naming_the_field(user, experiment):
-    api = APIClient()
-    api.force_authenticate(user)
-    response = api.post(f"/api/experiments/{experiment.code}/run/", {"mode": "simulated"}, format="json")
-    assert response.status_code == 400
-    assert "mode" in str(response.json())
-    assert not Trial.objects.exists()
-
-
 def test_a_finished_run_shows_the_comparisons_answer_and_links_to_it(client, user, experiment):
     queued = services.experiment_run(experiment=experiment, user=user, enqueue=False)
     services.experiment_cancel(experiment=experiment)
