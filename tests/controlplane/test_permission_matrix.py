@@ -58,6 +58,7 @@ MATRIX: dict[str, Entry] = {
     "experiment-clone": Entry(OWNED, ("POST",), obj=E),
     "experiment-export": Entry(OWNED, obj=E),  # download: the spec file
     "experiment-compare": Entry(OWNED, obj=E),
+    "experiment-sweep": Entry(OWNED, obj=E),
     "experiment-compare-data": Entry(OWNED, obj=E),
     "variant-clone": Entry(OWNED, ("POST",), obj="variant"),
     "experiment-exports": Entry(OWNED, ("POST",), obj=E),
