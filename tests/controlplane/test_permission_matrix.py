@@ -106,7 +106,9 @@ MATRIX: dict[str, Entry] = {
     "api-trial-cancel": Entry(OWNED, ("POST",), obj=T, api=True),
     "api-prices": Entry(LIST, api=True),
     "api-pins": Entry(LIST, ("GET", "POST", "DELETE"), api=True),
-    "api-models": Entry(LIST, api=True),
+    "api-models": Entry(LIST, ("GET",), api=True),  # POST (an upload) is tests/registry's
+    "api-model-detail": Entry(OWNED, ("GET", "DELETE"), obj="model", api=True),
+    "model-list": Entry(LIST),
     "api-experiment-profile": Entry(OWNED, ("POST",), obj=E, api=True),
     "api-profile-list": Entry(LIST, api=True),
     "api-profile-detail": Entry(OWNED, obj="profile", api=True),
@@ -175,7 +177,19 @@ def world(user, other_user, price_catalogue, media_root):
     theirs = services.experiment_import(owner=other_user, data={**_spec(), "name": "outsiders-own"})
     return {"experiment": experiment, "trial": trial, "export": export, "share-link": link, "owner": user,
             "variant": experiment.variants.first(), "outsider": other_user, "theirs": theirs,
-            "profile": profile}
+            "profile": profile, "model": _uploaded_model(user, media_root)}
+
+
+def _uploaded_model(owner, media_root):
+    """An ONNX model of the owner's, registered as an upload is (checked, stored under MEDIA_ROOT)."""
+    from controlplane.registry import services as registry
+    from controlplane.registry.uploads import receive_file
+    from tests.registry.onnx_files import classifier
+
+    path = classifier(media_root.parent / "clf.onnx")
+    with open(path, "rb") as fh:
+        incoming, sha, size = receive_file(fh)
+    return registry.model_register(owner=owner, name="owners-model", incoming=incoming, sha256=sha, size_bytes=size)
 
 
 def _spec() -> dict:
@@ -186,7 +200,7 @@ def _spec() -> dict:
 
 def url_for(name: str, entry: Entry, world: dict) -> str:
     obj = entry.obj
-    if obj in (E, T, X, "profile"):
+    if obj in (E, T, X, "profile", "model"):
         return reverse(name, kwargs={"code": world[obj].code})
     if obj == "variant":
         return reverse(name, kwargs={"code": world["experiment"].code, "variant_id": world["variant"].pk})
@@ -259,7 +273,8 @@ def test_lists_show_another_user_nothing_of_the_owners(name, world):
     entry = MATRIX[name]
     url = url_for(name, entry, world)
     secrets = [world["experiment"].name, str(world["experiment"].code), str(world["trial"].code),
-               str(world["export"].code), world["share-link"].token, str(world["profile"].code)]
+               str(world["export"].code), world["share-link"].token, str(world["profile"].code),
+               str(world["model"].code), "owners-model"]
     for method in entry.methods:
         response = call(as_user(world["outsider"]), method, url)
         assert response.status_code < 500, (method, url, response.status_code)
