@@ -101,3 +101,55 @@ def test_validate_simulator_compares_real_and_simulated_runs_and_stores_the_resu
     call_command("simulate", str(path), "--no-measure", stdout=io.StringIO(), stderr=io.StringIO())
     sim = Trial.objects.get(simulation__isnull=False)
     assert sim.summary["simulation"]["profiles"][0]["validation"]["spec"] == spec_data["name"]
+
+
+@pytest.mark.celery
+@pytest.mark.django_db(transaction=True)
+def test_the_simulation_worker_of_manage_py_worker_runs_simulated_trials_side_by_side(spec_data, user, tmp_path,
+                                                                                      settings):
+    """`manage.py worker --sim-workers 2`'s simulation worker: two simulated trials of a run at the same time."""
+    import uuid
+
+    import redis
+
+    from controlplane.celery import app
+    from controlplane.experiments.management.commands.worker import sim_worker_argv
+    from controlplane.experiments.models import Experiment
+    from tests import processes
+    from tests.conftest import TEST_REDIS_URL
+    from tests.controlplane.test_profiles import stored
+    from workers.tasks import execute_trial
+
+    prefix = f"slsbench-sim-{uuid.uuid4().hex[:8]}"
+    settings.MEDIA_ROOT = tmp_path / "media"
+    stored(model="mlp-small", service_ms=2.0)
+    spec_data.pop("accelerator")
+    # A simulated hour at 200 req/s (720,000 requests): each trial takes a while even simulated.
+    spec_data["workload"] = {"pattern": "poisson", "rate_rps": 200, "duration_s": 3600, "seed": 3}
+    spec_data["variants"][1]["repeats"] = 1
+    exp = services.experiment_import(owner=user, data=spec_data)
+    run = services.experiment_run(experiment=Experiment.objects.get(pk=exp.pk), user=user, enqueue=False,
+                                  simulate={})
+    env = processes.subprocess_env(redis_url=TEST_REDIS_URL, channels_prefix=prefix, media_root=settings.MEDIA_ROOT)
+    argv = sim_worker_argv(prefix, 2) + ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    assert argv[argv.index("-Q") + 1] == services.SIM_QUEUE and argv[argv.index("--concurrency") + 1] == "2"
+    proc = processes.start(argv, env, tmp_path / "sim-worker.log")
+    try:
+        processes.wait_for(lambda: " ready." in processes.log_text(proc), 90, "the simulation worker", proc)
+        with app.connection_for_write(TEST_REDIS_URL, transport_options={"global_keyprefix": f"{prefix}:"}) as conn:
+            for t in run:
+                execute_trial.apply_async(args=[t.id], queue=services.SIM_QUEUE, connection=conn)
+
+        def done():
+            return all(Trial.objects.get(pk=t.pk).is_finished for t in run)
+
+        processes.wait_for(done, 300, "the simulated trials", proc)
+    finally:
+        processes.stop(proc)
+        client = redis.Redis.from_url(TEST_REDIS_URL)
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+    a, b = (Trial.objects.get(pk=t.pk) for t in run)
+    assert a.status == b.status == "succeeded", (a.error, b.error)
+    assert a.summary["simulated"] and a.summary["requests"] > 700_000
+    assert a.started_at < b.finished_at and b.started_at < a.finished_at  # side by side, not one after the other
