@@ -103,7 +103,10 @@ class Command(BaseCommand):
         self.stdout.write(f"{plan['text']} (workload time; cold starts come on top)")
         self.stdout.write(header())
         interrupted = self._run_inline(run) if inline else self._wait(run)
+        self._finish(run, experiment, json_out, interrupted)
 
+    def _finish(self, run: list[Trial], experiment: Experiment, json_out: str | None, interrupted: bool) -> None:
+        """Write the JSON if asked; exit 130 when interrupted, 1 when any trial failed (with the reasons)."""
         final = list(Trial.objects.filter(id__in=[t.id for t in run]).order_by("id"))
         if json_out:
             self._write_json(json_out, experiment, final)

@@ -18,7 +18,6 @@ from django.core.management.base import CommandError
 
 from controlplane.experiments import services, spec_io
 from controlplane.experiments.management.commands import run_experiment
-from controlplane.experiments.models import Trial
 from workers import devices
 from workers import spec as S
 
@@ -67,16 +66,7 @@ class Command(run_experiment.Command):
         fleet = f" on {devices} simulated devices ({placement})" if devices > 1 else ""
         self.stdout.write(f"{experiment.name}: run {run[0].run_number}, {len(run)} SIMULATED trial(s){fleet}")
         self.stdout.write(run_experiment.header())
-        interrupted = self._run_inline(run)
-        final = list(Trial.objects.filter(id__in=[t.id for t in run]).order_by("id"))
-        if json_out:
-            self._write_json(json_out, experiment, final)
-        failed = [t for t in final if t.status == Trial.Status.FAILED]
-        if interrupted:
-            raise CommandError("interrupted: unfinished trials were cancelled", returncode=130)
-        if failed:
-            reasons = "\n".join(f"  {t.variant_name} #{t.repeat}: {t.error}" for t in failed)
-            raise CommandError(f"{len(failed)} of {len(final)} trial(s) failed:\n{reasons}")
+        self._finish(run, experiment, json_out, self._run_inline(run))
 
     def _measure_missing(self, spec_path: str, exp, pinned: dict, *, measure: bool, short: bool) -> None:
         from controlplane.experiments.profiles.selectors import find_profile
