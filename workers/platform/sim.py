@@ -82,37 +82,61 @@ class ServiceModel:
         self.dispatch_lag_s = np.sort(np.asarray(lag, dtype=float)) / 1e3 if len(lag) else None
         self._cold_phases = {p: np.asarray(cold[p], dtype=float) for p in COLD_PHASES
                              if p in cold and len(cold[p]) == len(total)}
+        self._over = self._overhead.tolist() if self._overhead is not None else None
+        self._plans: dict[tuple[int, int], tuple] = {}
+        self._ubuf: list[float] = []
+        self._ui = 0
+
+    def _u(self) -> float:
+        """The next uniform draw (drawn from the generator in blocks: a draw per call costs more than the rest)."""
+        if self._ui >= len(self._ubuf):
+            self._ubuf = self.rng.random(8192).tolist()
+            self._ui = 0
+        self._ui += 1
+        return self._ubuf[self._ui - 1]
 
     def service_s(self, batch: int, level: int) -> float:
         """One batch's time on the instance as the platform sees it: a draw of the measured service time, plus a
         draw of the platform's own overhead when the profile has it."""
-        s = self._service_s(batch, level)
-        if self._overhead is not None:
-            s += _at(self._overhead, self.rng.random())
+        plan = self._plans.get((batch, level))
+        if plan is None:
+            plan = self._plans[(batch, level)] = self._plan(batch, level)
+        lo, hi, w, scale, lin = plan
+        u = self._u()
+        s1 = lo[int(u * len(lo))]
+        if hi is None:
+            s = s1 * scale
+        else:
+            s2 = hi[int(u * len(hi))]
+            s = scale * (max(s2, s2 + (s2 - s1) * w) if lin else s1 + (s2 - s1) * w)
+        over = self._over
+        if over is not None:
+            s += over[int(self._u() * len(over))]
         return s
 
-    def _service_s(self, batch: int, level: int) -> float:
+    def _plan(self, batch: int, level: int) -> tuple:
+        """How to draw a batch's service time at a level: (samples, samples of the next size or None, weight, scale,
+        extrapolate). Sizes between two measured ones: interpolated at the same quantile; above the largest:
+        extended linearly from the last two; below the smallest or with one size: scaled by the batch size."""
         lv = min(self.levels, key=lambda x: (abs(x - level), x))
         scale = 1.0
         if level > self.levels[-1]:
             lv = self.levels[-1]
             scale = level / lv
         sizes, arrays = self._cells[lv]
-        u = self.rng.random()
+        lists = [a.tolist() for a in arrays]
         j = int(np.searchsorted(sizes, batch))
         if j < len(sizes) and sizes[j] == batch:
-            return scale * _at(arrays[j], u)
+            return lists[j], None, 0.0, scale, False
         if j == 0:
-            return scale * _at(arrays[0], u) * batch / sizes[0]
-        if j >= len(sizes):  # above the largest: extend the last two linearly
+            return lists[0], None, 0.0, scale * batch / sizes[0], False
+        if j >= len(sizes):
             if len(sizes) == 1:
-                return scale * _at(arrays[-1], u) * batch / sizes[-1]
+                return lists[-1], None, 0.0, scale * batch / sizes[-1], False
             b1, b2 = sizes[-2], sizes[-1]
-            s1, s2 = _at(arrays[-2], u), _at(arrays[-1], u)
-            return scale * max(s2, s2 + (s2 - s1) * (batch - b2) / (b2 - b1))
+            return lists[-2], lists[-1], (batch - b2) / (b2 - b1), scale, True
         b1, b2 = sizes[j - 1], sizes[j]
-        s1, s2 = _at(arrays[j - 1], u), _at(arrays[j], u)
-        return scale * (s1 + (s2 - s1) * (batch - b1) / (b2 - b1))
+        return lists[j - 1], lists[j], (batch - b1) / (b2 - b1), scale, False
 
     def mean_service_s(self) -> float:
         """Mean service time of a batch of 1 alone on the device (placement's measure of load)."""
@@ -125,10 +149,6 @@ class ServiceModel:
         k = int(self.rng.integers(len(self._cold_total)))
         phases = {p: float(v[k]) for p, v in self._cold_phases.items()}
         return float(self._cold_total[k]) / 1e3, phases
-
-
-def _at(sorted_samples: np.ndarray, u: float) -> float:
-    return float(sorted_samples[min(len(sorted_samples) - 1, int(u * len(sorted_samples)))])
 
 
 class SimPlatform:
