@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # (manage.py, daphne, celery) runs with DEBUG off unless DEBUG=1 is set: see docs/deploy.md.
 export DEBUG ?= 1
 
-.PHONY: setup demo test lint check bench gpu-check chromium report-deps clean
+.PHONY: setup demo test lint check bench gpu-check soak chromium report-deps clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -65,6 +65,11 @@ bench: setup
 # table, within 5 minutes; exits 1 if a check that applies failed. GPU_CHECK_ARGS="--device cuda:1 --json out.json".
 gpu-check: setup
 	$(BIN)/python manage.py gpu_check $(GPU_CHECK_ARGS)
+
+# Not in CI (minutes): 200 short trials through a real worker, a worker SIGKILL and a Redis restart in the middle;
+# prints trials lost and stuck (both must be 0), worker memory growth and the p99 spread. SOAK_ARGS=--short: 6.
+soak: setup
+	$(BIN)/python manage.py soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) node_modules var

@@ -19,11 +19,25 @@ def _report_devices(sender, **kwargs):
     on_worker_ready(sender, **kwargs)
 
 
+@worker_ready.connect
+def _start_reaper(sender, **kwargs):
+    from controlplane.experiments import reaper
+
+    reaper.on_worker_ready(sender, **kwargs)
+
+
 @worker_shutdown.connect
 def _stop_reporting(sender=None, **kwargs):
     from controlplane.experiments.worker_registry import on_worker_shutdown
 
     on_worker_shutdown(sender, **kwargs)
+
+
+@worker_shutdown.connect
+def _stop_reaper(sender=None, **kwargs):
+    from controlplane.experiments import reaper
+
+    reaper.on_worker_shutdown(sender, **kwargs)
 
 
 @worker_process_init.connect

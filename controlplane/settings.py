@@ -44,6 +44,16 @@ def env_list(name: str) -> list[str]:
     return [item.strip() for item in (env_str(name, "") or "").split(",") if item.strip()]
 
 
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from exc
+
+
 # Off unless asked for: a forgotten variable must never serve tracebacks and a known key to the internet.
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY")
@@ -215,6 +225,12 @@ API_TOKEN_TTL_S = env_int("API_TOKEN_TTL_S", 30 * 86400)
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"} if DEBUG else {
     "BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env_str("CACHE_URL", REDIS_URL),
     "KEY_PREFIX": "slsbench"}}
+
+# Reliability (controlplane.experiments.reaper, workers.tasks). Tests shorten them; production keeps the defaults.
+DEVICE_LEASE_TTL_S = env_float("DEVICE_LEASE_TTL_S", 30.0)  # a lost worker blocks its device at most this long
+TRIAL_STALE_AFTER_S = env_float("TRIAL_STALE_AFTER_S", 30.0)  # no heartbeat for this long: the worker may be lost
+REAPER_INTERVAL_S = env_float("REAPER_INTERVAL_S", 10.0)  # how often each worker's reaper thread sweeps
+RESULT_STORE_RETRY_S = env_float("RESULT_STORE_RETRY_S", 120.0)  # a finished trial retries storing this long
 
 REST_FRAMEWORK = {
     # Behind N proxies the client address is the Nth-from-last X-Forwarded-For entry (0: REMOTE_ADDR).

@@ -92,6 +92,7 @@ class _Ctx:
 
     def __init__(self) -> None:
         self.errors: list[FieldError] = []
+        self.requests: dict[str, float] = {}  # workload path -> about how many requests it sends
 
     def err(self, path: str, message: str) -> None:
         self.errors.append(FieldError(path, message))
@@ -674,7 +675,9 @@ def parse_workload(data: Any, path: str = "workload", ctx: _Ctx | None = None,
             try:
                 from workers.workload import TraceError, parse_trace
 
-                parse_trace(content, fmt, function_hash=fh)
+                parsed = parse_trace(content, fmt, function_hash=fh)
+                if duration:
+                    ctx.requests[path] = float(parsed.invocations_before(duration))
             except TraceError as exc:
                 ctx.err(_join(path, "trace_content"), str(exc))
         if "cv" in d:
@@ -684,6 +687,8 @@ def parse_workload(data: Any, path: str = "workload", ctx: _Ctx | None = None,
                         time_compression=compression or DEFAULTS["workload.time_compression"],
                         seed=seed or DEFAULTS["workload.seed"], function=function, trace=trace)
     peak = peak_rate_rps(spec)
+    if peak:
+        ctx.requests[path] = peak * spec.duration_s
     if peak and spec.run_s * peak * spec.time_compression > MAX_SIM_REQUESTS:
         ctx.err(_join(path, "duration_s"), f"would send about {spec.run_s * peak * spec.time_compression:,.0f} "
                 f"requests; at most {MAX_SIM_REQUESTS:,} in one trial, even simulated")
@@ -703,9 +708,17 @@ def real_run_errors(exp: ExperimentSpec) -> list[FieldError]:
             errors.append(FieldError(f"{path}.duration_s", f"runs {w.run_s:.0f} s of wall time; at most "
                                                            f"{MAX_RUN_S:.0f} s for a real run (raise time_compression, "
                                                            "shorten it, or simulate it)"))
-        peak = peak_rate_rps(w)
-        if peak:
-            total += w.run_s * peak * w.time_compression
+        if w.pattern == "trace" and w.trace is not None:
+            from workers.workload import TraceError, expected_requests
+
+            try:
+                total += expected_requests(w)
+            except TraceError:
+                pass  # a malformed trace was refused when the spec was parsed
+        else:
+            peak = peak_rate_rps(w)
+            if peak:
+                total += w.run_s * peak * w.time_compression
     if total > MAX_REQUESTS:
         errors.append(FieldError("workload", f"would send about {total:,.0f} requests; at most {MAX_REQUESTS:,} in "
                                              "one real trial (shorten it or simulate it)"))
@@ -899,6 +912,11 @@ def parse_experiment(data: Any, *, known_models: Iterable[str] | None = None,
             targeted = [w.function for w in workloads]
             if len(workloads) > 1 and (None in targeted or len(set(targeted)) != len(targeted)):
                 ctx.err("workloads", "with several workloads, each must name a different function")
+            total = sum(ctx.requests.values())  # the cap is per trial, not per workload
+            if len(workloads) > 1 and total > MAX_SIM_REQUESTS:
+                ctx.err("workloads", f"would send about {total:,.0f} requests together; at most "
+                                     f"{MAX_SIM_REQUESTS:,} in one trial, even simulated (shorten or slow some "
+                                     "workloads)")
     elif "workload" in d:
         workloads.append(parse_workload(d["workload"], "workload", ctx, names))
     else:

@@ -13,12 +13,23 @@ duplicate or redelivered message for a trial that is no longer queued does nothi
 `measure_profile_task` ("profiles.measure") measures a profile (workers.profiling) the same way: on its device
 pool's queue, under the device lease (renewed while it runs), claimed by a conditional UPDATE; `manage.py
 profile` calls `run_profile_by_id` directly.
+
+Nothing stuck, nothing lost (controlplane.experiments.reaper does the rest):
+- the lease is renewed by a `LeaseKeeper` thread of its own, never behind a database write; if it is lost,
+  or the keeper or the monitor thread dies, the engine's `should_stop` says so and the trial fails with
+  that reason;
+- a pool process killed mid-trial puts its message back (`reject_on_worker_lost` on this task); the redelivery
+  finds the trial running under a process that no longer exists, fails it "worker lost" and frees its lease;
+- a finished trial's outcome goes to a result file beside its artifact first, then to the database with
+  bounded retries; if the database stays down, the reaper stores the file later;
+- a database or Redis error before the claim sends the message back (a retry) instead of dropping it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import queue
 import random
 import socket
@@ -33,15 +44,26 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 
 from controlplane.experiments import events
-from controlplane.experiments.lease import DeviceLease, LeaseBusy, physical_device_id
+from controlplane.experiments.lease import (
+    DeviceLease,
+    LeaseBusy,
+    LeaseKeeper,
+    physical_device_id,
+    release_token,
+)
 from controlplane.experiments.models import PriceEntry, Profile, Trial
 from controlplane.experiments.profiles import services as profile_services
 from controlplane.experiments.trials import (
+    HEARTBEAT_S,
+    result_file_for,
     trial_claim,
+    trial_complete_from_file,
     trial_fail,
-    trial_finish,
     trial_heartbeat,
+    trial_store_result,
     trial_store_windows,
+    trial_worker_lost,
+    write_result_file,
 )
 from controlplane.registry.selectors import resolve_uploaded_functions, uploaded_models_for
 from workers import profiling
@@ -52,8 +74,7 @@ from workers.records import json_safe
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 0.5  # cancel must stop a running trial within 2 s: heartbeat + engine stop + store fit in it
-LEASE_TTL_S = 30.0  # a crashed worker blocks its device at most this long
+LEASE_TTL_S = settings.DEVICE_LEASE_TTL_S  # a crashed worker blocks its device at most this long
 LEASE_RETRY_S = 5.0  # a trial whose device is busy is retried after this (plus jitter)
 DEFAULT_PRICE = "cpu"  # price entry used when the experiment names no accelerator
 
@@ -61,32 +82,39 @@ DEFAULT_PRICE = "cpu"  # price entry used when the experiment names no accelerat
 class TrialMonitor(threading.Thread):
     """Runs beside the engine while a trial runs.
 
-    Every `interval_s` it heart-beats (which also reads the cancel flag) and renews the device lease. A
-    window the engine produces wakes it at once: it stores then publishes the window without waiting for
-    the next tick, so a live page draws each second as soon as it ends (waiting for the tick added up to
-    `interval_s` to every window, the first included). Storing before publishing means a page that
-    connects at any moment sees every window exactly once in its snapshot or as an event. DB and Redis
-    work stays off the engine's thread, which only appends to a queue and sets an event, so a slow
-    database cannot delay the load generator.
+    Every `interval_s` it heart-beats (which also reads the cancel flag). A window the engine produces wakes
+    it at once: it stores then publishes the window without waiting for the next tick, so a live page draws
+    each second as soon as it ends (waiting for the tick added up to `interval_s` to every window, the first
+    included). Storing before publishing means a page that connects at any moment sees every window exactly
+    once in its snapshot or as an event. DB and Redis work stays off the engine's thread, which only appends
+    to a queue and sets an event, so a slow database cannot delay the load generator. The device lease is
+    not renewed here but by a `LeaseKeeper` of its own, so a slow database write cannot delay a renewal.
+
+    If this thread dies of anything unexpected, `died` says why and `should_stop` turns true: nobody would
+    heart-beat or see a cancel any more, so the engine must not go on.
     """
 
-    def __init__(self, trial: Trial, lease: DeviceLease | None, *, interval_s: float = HEARTBEAT_S,
+    def __init__(self, trial: Trial, keeper: LeaseKeeper | None, *, interval_s: float = HEARTBEAT_S,
                  publish: bool = True, stop: threading.Event | None = None):
         super().__init__(name=f"trial-{trial.id}-monitor", daemon=True)
         self.trial_id = trial.id
         self.code = trial.code
-        self.lease = lease
+        self.keeper = keeper
         self.interval_s = interval_s
         self.publish = publish
         self.cancel_requested = threading.Event()
         self.external_stop = stop  # set by an inline runner on Ctrl-C
-        self.lease_lost = threading.Event()
+        self.died = ""  # why this thread ended early ("" while it runs or after a normal stop)
+        self._died = threading.Event()
         self._windows: queue.SimpleQueue[tuple[int, dict]] = queue.SimpleQueue()
         self._next_index = 0
         self._index_lock = threading.Lock()
         self._done = threading.Event()
         self._wake = threading.Event()  # set by on_window and stop: flush now rather than at the next tick
-        self._lease_renewed_at = time.monotonic()
+
+    @property
+    def lease_lost(self) -> threading.Event:
+        return self.keeper.lost if self.keeper is not None else _NEVER
 
     # -- called from the engine's threads --------------------------------------------------------------
     def on_window(self, window: dict) -> None:
@@ -97,7 +125,7 @@ class TrialMonitor(threading.Thread):
         self._wake.set()
 
     def should_stop(self) -> bool:
-        return (self.cancel_requested.is_set() or self.lease_lost.is_set()
+        return (self.cancel_requested.is_set() or self.lease_lost.is_set() or self._died.is_set()
                 or (self.external_stop is not None and self.external_stop.is_set()))
 
     # -- the thread ---------------------------------------------------------------------------------------
@@ -114,9 +142,13 @@ class TrialMonitor(threading.Thread):
                     next_tick = time.monotonic() + self.interval_s
                 else:  # woken by a new window
                     self._flush_or_retry_later()
-            self.flush()
+            self._flush_or_retry_later()
+        except BaseException as exc:  # noqa: BLE001 - the engine must learn that nobody watches it any more
+            self.died = f"the trial's monitor thread died: {type(exc).__name__}: {exc}"
+            self._died.set()
+            log.exception("trial %s: monitor thread died", self.trial_id)
         finally:
-            connection.close()  # this thread's own DB connection
+            _close_db()  # this thread's own DB connection
 
     def stop(self) -> None:
         self._done.set()
@@ -130,7 +162,7 @@ class TrialMonitor(threading.Thread):
         except DatabaseError:
             # A database blip must not kill a trial that is measuring fine; the next tick tries again.
             log.warning("trial %s: heartbeat failed", self.trial_id, exc_info=True)
-        self._renew_lease()
+            _close_db()
         self._flush_or_retry_later()
 
     def _flush_or_retry_later(self) -> None:
@@ -138,29 +170,19 @@ class TrialMonitor(threading.Thread):
             self.flush()
         except DatabaseError:
             log.warning("trial %s: storing windows failed; retrying at the next tick", self.trial_id, exc_info=True)
+            _close_db()
 
-    def _renew_lease(self) -> None:
-        if self.lease is None:
-            return
-        try:
-            if self.lease.renew():
-                self._lease_renewed_at = time.monotonic()
-            else:
-                log.error("trial %s: lost the lease on %s", self.trial_id, self.lease.device_name)
-                self.lease_lost.set()
-        except redis.RedisError:
-            # Redis unreachable: the lease is still ours until its TTL runs out; past that it is not.
-            if time.monotonic() - self._lease_renewed_at > self.lease.ttl_ms / 1000.0:
-                self.lease_lost.set()
-            log.warning("trial %s: could not renew the device lease", self.trial_id, exc_info=True)
-
-    def flush(self) -> None:
-        batch: list[tuple[int, dict]] = []
+    def pending_windows(self) -> list[tuple[int, dict]]:
+        """Windows not stored yet (the database was down): the result file keeps them."""
+        out = []
         while True:
             try:
-                batch.append(self._windows.get_nowait())
+                out.append(self._windows.get_nowait())
             except queue.Empty:
-                break
+                return out
+
+    def flush(self) -> None:
+        batch = self.pending_windows()
         if not batch:
             return
         try:
@@ -172,6 +194,36 @@ class TrialMonitor(threading.Thread):
         if self.publish:
             for index, window in batch:
                 events.publish(self.code, events.window_event(self.code, index, window))
+
+
+_NEVER = threading.Event()  # lease_lost of a trial run without a lease
+
+
+def _close_db() -> None:
+    # After an outage this thread's connection stays broken (no request cycle closes it): drop it, so the
+    # next query opens a new one.
+    try:
+        connection.close()
+    except DatabaseError:
+        pass
+
+
+def with_db_retries(action, *, what: str, budget_s: float | None = None):
+    """Run `action()` until it succeeds, retrying database errors with exponential backoff (0.25 s, 0.5 s, ...
+    at most 8 s apart) for at most `budget_s` (RESULT_STORE_RETRY_S). Raises the last error past the budget."""
+    budget_s = settings.RESULT_STORE_RETRY_S if budget_s is None else budget_s
+    deadline = time.monotonic() + budget_s
+    delay_s = 0.25
+    while True:
+        try:
+            return action()
+        except DatabaseError:
+            _close_db()
+            if time.monotonic() + delay_s > deadline:
+                raise
+            log.warning("%s: database unavailable; retrying in %.2f s", what, delay_s, exc_info=True)
+            time.sleep(delay_s)  # backoff between retries, not work
+            delay_s = min(delay_s * 2, 8.0)
 
 
 def trial_spec(trial: Trial) -> S.TrialSpec:
@@ -220,6 +272,8 @@ def run_trial_by_id(trial_id: int, *, worker: str, redis_conn: redis.Redis | Non
     the trial is left queued for the caller to retry. Setting `stop` ends the run like a cancel.
     """
     trial = Trial.objects.filter(id=trial_id).first()
+    if trial is not None and trial.status == Trial.Status.RUNNING and _run_by_a_dead_process(trial, worker):
+        return _close_lost(trial, redis_conn)
     if trial is None or trial.status != Trial.Status.QUEUED:
         log.info("trial %s: not queued (%s): nothing to do", trial_id, trial.status if trial else "deleted")
         return "skipped"
@@ -239,12 +293,14 @@ def run_trial_by_id(trial_id: int, *, worker: str, redis_conn: redis.Redis | Non
         return "failed"
 
     device_id = device_lease_id(info)
-    lease = (DeviceLease(redis_conn, device, owner=worker, ttl_s=lease_ttl_s, device_id=device_id)
+    # The owner names this process: a redelivered message can then tell that the process running the trial died.
+    lease = (DeviceLease(redis_conn, device, owner=f"{worker}#{os.getpid()}", ttl_s=lease_ttl_s, device_id=device_id)
              if redis_conn is not None else None)
     if lease is not None:
         lease.acquire_or_raise()
     try:
-        claimed = trial_claim(trial_id=trial_id, worker=worker, device=device, device_id=device_id)
+        claimed = trial_claim(trial_id=trial_id, worker=worker, device=device, device_id=device_id,
+                              lease_key=lease.key if lease else "", lease_token=lease.token if lease else "")
         if claimed is None:
             log.info("trial %s: claimed by someone else meanwhile: nothing to do", trial_id)
             return "skipped"
@@ -304,6 +360,50 @@ def _run_simulated_by_id(trial: Trial, *, worker: str, publish: bool, heartbeat_
                            "placement": trial.simulation.get("placement", "first_fit")})
 
 
+def _lease_owner_pid(token: str) -> int | None:
+    owner = token.split("|", 1)[0]
+    _, _, pid = owner.rpartition("#")
+    return int(pid) if pid.isdigit() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _run_by_a_dead_process(trial: Trial, worker: str) -> bool:
+    """True when this worker (same node name, so same host) claimed the trial in a process that is gone: the
+    message came back because that pool process was killed (SIGKILL, out of memory, the hard time limit)."""
+    if trial.worker != worker[:200] or not trial.lease_token:
+        return False
+    pid = _lease_owner_pid(trial.lease_token)
+    return pid is not None and pid != os.getpid() and not _pid_alive(pid)
+
+
+def _close_lost(trial: Trial, redis_conn: redis.Redis | None) -> str:
+    pid = _lease_owner_pid(trial.lease_token)
+    # The lease first: whoever sees the trial closed finds the device free.
+    if redis_conn is not None and trial.lease_key:
+        try:
+            release_token(redis_conn, trial.lease_key, trial.lease_token)
+        except redis.RedisError:
+            log.warning("trial %s: could not free the dead process's lease (it expires by itself)", trial.id)
+    if result_file_for(trial.code).exists():  # it finished, and died before storing: store what it measured
+        if trial_complete_from_file(trial_id=trial.id, code=trial.code) is not None:
+            log.info("trial %s: stored the result its dead process %s left", trial.id, pid)
+            return "stored later"
+    reason = (f"the process running it on {trial.worker} (pid {pid}) died (killed by a signal, out of memory "
+              "or past the hard time limit); the windows measured until then are kept")
+    trial_worker_lost(trial_id=trial.id, reason=reason)
+    log.warning("trial %s: worker lost: %s", trial.id, reason)
+    return "failed"
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, (TrialFailed, S.SpecError, LookupError, DeviceError)):
         return str(exc) or type(exc).__name__
@@ -316,7 +416,10 @@ def _reason(exc: BaseException) -> str:
 def _execute(trial: Trial, spec: S.TrialSpec, lease: DeviceLease | None, *, publish: bool,
              heartbeat_s: float, stop: threading.Event | None, profiles: list[dict] | None = None,
              fleet: dict | None = None) -> str:
-    monitor = TrialMonitor(trial, lease, interval_s=heartbeat_s, publish=publish, stop=stop)
+    keeper = LeaseKeeper(lease, interval_s=heartbeat_s) if lease is not None else None
+    if keeper is not None:
+        keeper.start()
+    monitor = TrialMonitor(trial, keeper, interval_s=heartbeat_s, publish=publish, stop=stop)
     monitor.start()
     artifact = artifact_path_for(trial)
     result = None
@@ -330,38 +433,61 @@ def _execute(trial: Trial, spec: S.TrialSpec, lease: DeviceLease | None, *, publ
         log.exception("trial %s: the engine raised", trial.id)
         error = exc
     finally:
-        monitor.stop()  # stores the last windows, so a failed trial keeps what it measured
+        monitor.stop()  # stores the last windows it can, so a failed trial keeps what it measured
+        if keeper is not None:
+            keeper.stop()
 
-    if error is None and monitor.lease_lost.is_set():
-        reason = ("lost the device lease during the run (Redis unreachable or the worker stalled for more than "
-                  f"{lease.ttl_ms / 1000 if lease else LEASE_TTL_S:.0f} s); another trial may have shared the "
+    if monitor.lease_lost.is_set():
+        reason = (f"{keeper.reason}; the load was stopped at once, because another trial may have shared the "
                   "device, so the figures are not trustworthy")
+    elif monitor.died:
+        reason = f"{monitor.died}; the load was stopped"
     elif error is not None:
         reason = _reason(error)
     else:
         try:
-            return _store_result(trial, result)
+            return _store_result(trial, result, monitor)
+        except DatabaseError:
+            # The result file is on disk; the reaper stores it once the database is back. Not failed: nothing
+            # measured is lost, it is only late.
+            log.exception("trial %s: the database stayed unavailable; the reaper will store %s", trial.id,
+                          result_file_for(trial.code))
+            return "stored later"
         except Exception as exc:  # noqa: BLE001 - a trial must never be left "running" by its own worker
             log.exception("trial %s: storing the result failed", trial.id)
             reason = f"the trial ran but its result could not be stored: {type(exc).__name__}: {exc}"
-    trial_fail(trial_id=trial.id, error=reason)
+    last_windows = monitor.pending_windows()
+    with_db_retries(lambda: trial_store_windows(trial_id=trial.id, windows=last_windows),
+                    what=f"trial {trial.id}: storing its last windows")
+    with_db_retries(lambda: trial_fail(trial_id=trial.id, error=reason), what=f"trial {trial.id}: failing it")
     log.info("trial %s: failed: %s", trial.id, reason)
     return "failed"
 
 
-def _store_result(trial: Trial, result) -> str:
+def _store_result(trial: Trial, result, monitor: TrialMonitor) -> str:
     # The engine's final windows replace the live ones (same indices); normally they are identical.
-    trial_store_windows(trial_id=trial.id, windows=[(i, json_safe(w)) for i, w in enumerate(result.windows)])
+    windows = [(i, json_safe(w)) for i, w in enumerate(result.windows)]
+    monitor.pending_windows()  # the engine's windows include these
     summary = json_safe(dict(result.summary or {}))
     if result.hardware and not summary.get("hardware"):
         summary["hardware"] = json_safe(result.hardware)
     status = Trial.Status.CANCELLED if result.status == "cancelled" else Trial.Status.SUCCEEDED
-    trial_finish(trial_id=trial.id, status=status, summary=summary, artifact_path=result.artifact_path)
+    # On disk first: if the database is down now, or this process dies before the store, nothing is lost.
+    path = write_result_file(code=trial.code, status=status, summary=summary, windows=windows,
+                             artifact_path=result.artifact_path)
+    with_db_retries(lambda: trial_store_result(trial_id=trial.id, status=status, summary=summary, windows=windows,
+                                               artifact_path=result.artifact_path),
+                    what=f"trial {trial.id}: storing its result")
+    path.unlink(missing_ok=True)
     log.info("trial %s: %s", trial.id, status)
     return str(status)
 
 
-@shared_task(bind=True, acks_late=True, max_retries=None,
+# reject_on_worker_lost: a pool process killed mid-trial (SIGKILL, out of memory, the hard time limit) puts its
+# message back, and the redelivery closes the trial "worker lost" (_run_by_a_dead_process) instead of running it
+# again, so a trial that kills its worker cannot do it in a loop. Only this task: another task redelivered after
+# killing its worker would kill it again.
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
              soft_time_limit=settings.CELERY_TASK_SOFT_TIME_LIMIT, time_limit=settings.CELERY_TASK_TIME_LIMIT)
 def execute_trial(self, trial_id: int) -> str:
     """Run one trial (by id: tasks take ids, never model instances). Idempotent; see the module docstring."""
@@ -374,31 +500,16 @@ def execute_trial(self, trial_id: int) -> str:
         countdown = LEASE_RETRY_S + random.uniform(0, LEASE_RETRY_S / 2)
         log.info("trial %s: %s; retrying in %.1f s", trial_id, exc, countdown)
         raise self.retry(countdown=countdown, exc=exc) from None
+    except (DatabaseError, redis.RedisError) as exc:
+        # The database or Redis is down before the trial could start: acknowledging this message would leave
+        # the trial queued with no message. Send it back; if even that fails, the reaper re-sends it.
+        _close_db()
+        countdown = LEASE_RETRY_S + random.uniform(0, LEASE_RETRY_S / 2)
+        log.warning("trial %s: %s: %s; retrying in %.1f s", trial_id, type(exc).__name__, exc, countdown)
+        raise self.retry(countdown=countdown, exc=exc) from None
 
 
 # ---- profiles ---------------------------------------------------------------------------------------------
-class _LeaseKeeper(threading.Thread):
-    """Renews a device lease while a profile is measured; sets `lost` if a renewal fails (the figures would
-    then not be trustworthy: another trial may have shared the device)."""
-
-    def __init__(self, lease: DeviceLease | None, interval_s: float):
-        super().__init__(name="profile-lease", daemon=True)
-        self.lease = lease
-        self.interval_s = interval_s
-        self.lost = threading.Event()
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while self.lease is not None and not self.done.wait(self.interval_s):
-            try:
-                ok = self.lease.renew()
-            except redis.RedisError:
-                ok = False
-            if not ok:
-                self.lost.set()
-                return
-
-
 def run_profile_by_id(profile_id: int, *, worker: str, redis_conn: redis.Redis | None,
                       lease_ttl_s: float = LEASE_TTL_S, progress=None, stop: threading.Event | None = None) -> str:
     """Measure one queued profile in this process, holding the device lease as a trial does (a profile
@@ -419,12 +530,15 @@ def run_profile_by_id(profile_id: int, *, worker: str, redis_conn: redis.Redis |
              if redis_conn is not None else None)
     if lease is not None:
         lease.acquire_or_raise()
-    keeper = _LeaseKeeper(lease, interval_s=max(0.5, lease_ttl_s / 6))
+    # The same keeper as a trial's: renewals on a thread of their own; lost -> the measurement stops.
+    keeper = LeaseKeeper(lease, interval_s=max(0.5, lease_ttl_s / 6)) if lease is not None else None
+    lease_lost = keeper.lost if keeper is not None else _NEVER
     try:
         claimed = profile_services.profile_claim(profile_id=profile_id, worker=worker)
         if claimed is None:
             return "skipped"
-        keeper.start()
+        if keeper is not None:
+            keeper.start()
 
         def say(line: str) -> None:
             profile_services.profile_progress(profile_id=profile_id, stage=line)
@@ -438,25 +552,26 @@ def run_profile_by_id(profile_id: int, *, worker: str, redis_conn: redis.Redis |
                 model_dir=Path(settings.MODEL_DIR), samples=int(asked.get("samples", profiling.DEFAULT_SAMPLES)),
                 cold_starts=int(asked.get("cold_starts", profiling.DEFAULT_COLD_STARTS)),
                 max_batch_size=int(asked.get("max_batch_size", profiling.DEFAULT_MAX_BATCH_SIZE)), progress=say,
-                should_stop=lambda: keeper.lost.is_set() or (stop is not None and stop.is_set()))
+                should_stop=lambda: lease_lost.is_set() or (stop is not None and stop.is_set()))
         except Exception as exc:  # noqa: BLE001 - any failure ends as a failed profile with a reason
             if isinstance(exc, SoftTimeLimitExceeded):
                 reason = f"the profile ran past its time limit of {profile_services.SOFT_TIME_LIMIT_S} s"
-            elif keeper.lost.is_set():
+            elif lease_lost.is_set():
                 reason = "lost the device lease while measuring; another trial may have shared the device"
             else:
                 log.info("profile %s: measuring failed", profile_id, exc_info=True)
                 reason = f"{type(exc).__name__}: {exc}"
             profile_services.profile_fail(profile_id=profile_id, error=reason)
             return "failed"
-        if keeper.lost.is_set():
+        if lease_lost.is_set():
             profile_services.profile_fail(profile_id=profile_id, error="lost the device lease while measuring; "
                                           "another trial may have shared the device")
             return "failed"
         profile_services.profile_finish(profile_id=profile_id, data=data)
         return "succeeded"
     finally:
-        keeper.done.set()
+        if keeper is not None:
+            keeper.stop()
         if lease is not None:
             try:
                 lease.release()

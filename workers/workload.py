@@ -64,6 +64,13 @@ class TraceData:
             return int(self.counts_per_min.sum())
         return 0 if self.timestamps_s is None else int(self.timestamps_s.shape[0])
 
+    def invocations_before(self, duration_s: float) -> int:
+        """Invocations a replay of the first `duration_s` seconds sends (whole minutes that start inside it)."""
+        if self.counts_per_min is not None:
+            minutes = np.arange(self.counts_per_min.shape[0])
+            return int(self.counts_per_min[minutes * 60.0 < duration_s].sum())
+        return 0 if self.timestamps_s is None else int(np.count_nonzero(self.timestamps_s < duration_s))
+
 
 # ---- traces ---------------------------------------------------------------------------------------------
 def parse_trace(content: str, fmt: str, function_hash: str = "") -> TraceData:
@@ -109,9 +116,19 @@ def _parse_azure2019(lines: list[tuple[int, str]], function_hash: str) -> TraceD
         except ValueError:
             j = next(j for j, c in enumerate(cols[4:]) if not _is_int(c))
             raise TraceError(f"line {n}: minute {j + 1} is {cols[4 + j].strip()!r}, not a whole number") from None
+        except OverflowError:  # beyond int64
+            j = next(j for j, c in enumerate(cols[4:]) if abs(int(c)) > np.iinfo(np.int64).max)
+            raise TraceError(f"line {n}: minute {j + 1} has {int(cols[4 + j]):,} invocations; at most "
+                             f"{MAX_TRACE_INVOCATIONS:,} fit in one trial") from None
         if values.min() < 0:
             j = int(np.argmax(values < 0))
             raise TraceError(f"line {n}: minute {j + 1} has a negative count ({values[j]})")
+        # Each count bounded first, so a row's sum (at most 1,440 x the cap) cannot wrap int64: a wrapped,
+        # negative total would pass the cap below and then ask for an array of that many arrivals.
+        if values.max() > MAX_TRACE_INVOCATIONS:
+            j = int(np.argmax(values > MAX_TRACE_INVOCATIONS))
+            raise TraceError(f"line {n}: minute {j + 1} has {int(values[j]):,} invocations; at most "
+                             f"{MAX_TRACE_INVOCATIONS:,} fit in one trial")
         if function_hash and cols[2].strip() != function_hash:
             continue
         counts += values
@@ -388,6 +405,14 @@ def _function_index(workload: WorkloadSpec, functions: Sequence[FunctionSpec]) -
                         f"{', '.join(f.name for f in functions) or 'no functions'}")
 
 
+def expected_requests(workload: WorkloadSpec) -> float:
+    """About how many arrivals a workload sends: its peak rate x duration, or a trace's invocations inside the
+    window (the trace is parsed, once per content)."""
+    if workload.pattern == "trace":
+        return float(_cached_trace(workload).invocations_before(float(workload.duration_s)))
+    return float(peak_rate_rps(workload) or 0.0) * float(workload.duration_s)
+
+
 def generate_arrivals(workloads: Sequence[WorkloadSpec], functions: Sequence[FunctionSpec], *,
                       seed_offset: int = 0) -> Arrivals:
     """Intended arrivals of all workloads, merged and sorted, in wall-clock seconds from run start.
@@ -401,6 +426,13 @@ def generate_arrivals(workloads: Sequence[WorkloadSpec], functions: Sequence[Fun
         raise WorkloadError("no workload")
     if len(functions) > np.iinfo(np.int16).max:
         raise WorkloadError("too many functions")
+    # The cap holds for the trial, all workloads together, and is checked before any array is allocated.
+    # Twice the spec's cap, as for one workload: a Poisson count may exceed its mean. (A real run's tighter
+    # bound, spec.real_run_errors, is checked by the engine and by Run.)
+    expected = sum(expected_requests(w) for w in workloads)
+    if expected > 2 * MAX_SIM_REQUESTS:
+        raise WorkloadError(f"the workloads together would send about {expected:,.0f} arrivals; at most "
+                            f"{MAX_SIM_REQUESTS:,} in one trial")
     all_times: list[np.ndarray] = []
     all_fidx: list[np.ndarray] = []
     for i, w in enumerate(workloads):

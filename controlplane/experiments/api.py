@@ -136,8 +136,8 @@ class ExperimentRunView(SpecAPIView):
         body = _object_body(request, allowed=("repeats", "variants", "simulate"))
         trials = services.experiment_run(experiment=experiment, user=request.user, repeats=body.get("repeats"),
                                          variant_names=body.get("variants"), simulate=body.get("simulate"))
-        return Response({"run_number": trials[0].run_number if trials else None, "trials": _rows(trials, request)},
-                        status=status.HTTP_202_ACCEPTED)
+        return Response({"run_number": trials[0].run_number if trials else None, "trials": _rows(trials, request),
+                         "unsent": services.trials_unsent(trials)}, status=status.HTTP_202_ACCEPTED)
 
 
 class ExperimentCancelView(SpecAPIView):

@@ -4,7 +4,11 @@ Two trials on one device would measure each other (DESIGN.md, rule 3). Workers c
 a Redis key per device holding a random token, set with `SET NX PX` and a TTL. The holder renews it
 from its heartbeat; renew and release are compare-and-act Lua scripts, so a worker whose lease has
 expired (a long GC pause, a frozen VM) can never extend or delete a lease someone else now holds.
-A crashed worker's lease simply expires after `ttl_s`.
+A crashed worker's lease simply expires after `ttl_s`; a reaper that knows the token (stored on the trial
+row) frees it at once with `release_token`.
+
+`LeaseKeeper` renews the lease on a thread of its own, so nothing else (a slow database write, a stuck
+publish) can delay a renewal; the engine polls `keeper.lost` and stops its load as soon as it is set.
 
 The key names the physical device, its device id (`physical_device_id`): the worker's DEVICE_ID when set, else a
 GPU's UUID, else host:device. "cpu" or "cuda:0" on two machines sharing one Redis are different devices;
@@ -14,8 +18,15 @@ say), and must share one when they stand for the same.
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
+import time
 import uuid
+
+import redis
+
+log = logging.getLogger(__name__)
 
 # KEYS[1] = lease key, ARGV[1] = token, ARGV[2] = ttl in ms
 _RENEW = """
@@ -118,3 +129,71 @@ class DeviceLease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def release_token(redis_client, key: str, token: str) -> bool:
+    """Delete the lease `key` only if it still holds `token` (a lost worker's lease, freed by a reaper)."""
+    return bool(redis_client.register_script(_RELEASE)(keys=[key], args=[token]))
+
+
+def token_held(redis_client, key: str, token: str) -> bool:
+    """Whether the lease `key` still holds `token`: its holder renewed it within the TTL."""
+    value = redis_client.get(key)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value == token
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews a held lease every `interval_s` on its own thread, and says when it is lost.
+
+    Lost means: a renewal found the lease gone or someone else's (it expired), a Redis error lasted so
+    long that the lease may expire before the next renewal, or this thread died of anything unexpected.
+    `reason` then says which; the caller stops the load at once (another trial may take the device).
+    """
+
+    def __init__(self, lease: DeviceLease, *, interval_s: float):
+        super().__init__(name=f"lease-{lease.device_name}", daemon=True)
+        self.lease = lease
+        self.interval_s = interval_s
+        self.lost = threading.Event()
+        self.reason = ""
+        self._stop_event = threading.Event()
+        self._renewed_at = time.monotonic()
+
+    def run(self) -> None:
+        try:
+            while not self._stop_event.wait(self.interval_s):
+                self._renew_once()
+                if self.lost.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - a dead keeper must never leave the load running unleased
+            self._lose(f"the lease renewal thread died: {type(exc).__name__}: {exc}")
+            raise
+
+    def _renew_once(self) -> None:
+        ttl_s = self.lease.ttl_ms / 1000.0
+        try:
+            if self.lease.renew():
+                self._renewed_at = time.monotonic()
+                return
+            self._lose(f"the device lease on {self.lease.device_name} was gone at renewal and may now be held by "
+                       "another trial (it expired while the worker stalled, or Redis lost it in a restart)")
+        except redis.RedisError as exc:
+            # The lease is still ours until its TTL runs out; stop before it can, not after.
+            if time.monotonic() - self._renewed_at + 2 * self.interval_s >= ttl_s:
+                self._lose(f"could not renew the device lease on {self.lease.device_name} for "
+                           f"{time.monotonic() - self._renewed_at:.0f} s (Redis unreachable: {exc})")
+            else:
+                log.warning("could not renew the lease on %s; retrying", self.lease.device_name, exc_info=True)
+
+    def _lose(self, reason: str) -> None:
+        if not self.lost.is_set():
+            self.reason = reason
+            log.error("%s", reason)
+            self.lost.set()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(5)

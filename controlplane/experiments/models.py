@@ -316,6 +316,13 @@ class Trial(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # When its Celery message was last handed to the broker; None while none has been (the broker was down
+    # at Run): the reaper (controlplane.experiments.reaper) sends it then.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    # The device lease its worker holds (key and token), so a reaper can free exactly that lease when the
+    # worker is lost, and never a lease someone else has taken since.
+    lease_key = models.CharField(max_length=200, blank=True)
+    lease_token = models.CharField(max_length=300, blank=True)
     error = models.TextField(blank=True)
     summary = models.JSONField(null=True, blank=True)
     artifact = models.FileField(upload_to="artifacts/", null=True, blank=True)

@@ -413,6 +413,8 @@ class TrialDetailSerializer(TrialRowSerializer):
 class RunResponseSerializer(serializers.Serializer):
     run_number = serializers.IntegerField()
     trials = TrialRowSerializer(many=True)
+    unsent = serializers.IntegerField(help_text="Trials whose message could not reach the broker yet (it was "
+                                                "unavailable): they stay queued and are sent once it is back.")
 
 
 class CancelResponseSerializer(serializers.Serializer):

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import re
 from collections.abc import Iterable
+from datetime import timedelta
 
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -25,7 +27,9 @@ from workers import spec as S
 
 from . import spec_io
 from .models import Experiment, Function, Pin, PriceEntry, SLOTarget, Trial, Variant, Workload
-from .trials import trial_announce
+from .trials import CANCEL_GONE_AFTER_HEARTBEATS, HEARTBEAT_S, WORKER_LOST, trial_announce
+
+log = logging.getLogger(__name__)
 
 NAME_MAX_LEN = Experiment._meta.get_field("name").max_length
 VARIANT_NAME_MAX_LEN = 64  # workers.spec.NAME_RE
@@ -324,9 +328,13 @@ def experiment_run(*, experiment: Experiment, user, repeats: int | None = None,
         Trial.objects.bulk_create(trials)
         # bulk_create sets ids on Postgres and SQLite; re-read by code anyway so the ids are certain.
         trials = list(Trial.objects.filter(code__in=[t.code for t in trials]).order_by("id"))
-        for trial in trials if enqueue else ():
-            # partial, not a lambda in the loop: each callback must keep its own trial's id and queue.
-            transaction.on_commit(functools.partial(_enqueue_trial, trial.id, trial.queue))
+        if enqueue:
+            # One callback for the whole run: one broker connection sends every message.
+            transaction.on_commit(functools.partial(trials_enqueue, trial_ids=[t.id for t in trials]))
+    if enqueue:  # after the commit: enqueued_at tells which messages went out (None: the broker was down)
+        sent_at = dict(Trial.objects.filter(id__in=[t.id for t in trials]).values_list("id", "enqueued_at"))
+        for trial in trials:
+            trial.enqueued_at = sent_at.get(trial.id)
     return trials
 
 
@@ -342,16 +350,83 @@ def trial_time_limits_s(spec_data: dict, owner=None) -> tuple[float, float]:
     return soft, soft + 120.0
 
 
-def _enqueue_trial(trial_id: int, queue: str) -> None:
+BROKER_UNAVAILABLE = "queued, broker unavailable, will retry"
+
+
+def trial_task_id(code) -> str:
+    """The Celery task id of a trial's message: the same for every send and retry, so the reaper can tell
+    whether the broker still holds a message for the trial (reaper.broker_trial_codes)."""
+    return f"trial-{code}"
+
+
+def trials_unsent(trials: Iterable[Trial]) -> int:
+    """How many of a run's queued trials have no message in the broker yet (it was unavailable at Run)."""
+    return sum(1 for t in trials if t.status == Trial.Status.QUEUED and t.queue != INLINE_QUEUE
+               and t.enqueued_at is None)
+
+
+def trials_enqueue(*, trial_ids: list[int]) -> int:
+    """Send each queued trial's message to its device pool's queue and record when (`enqueued_at`).
+
+    A broker outage is not an error here: the trials stay queued with no `enqueued_at`, Run says
+    "queued, broker unavailable, will retry", and a worker's reaper sends them once the broker is back.
+    Sending twice is harmless (the claim is a compare-and-set). Returns how many were sent.
+    """
+    from django.conf import settings
+    from kombu.exceptions import KombuError, OperationalError
+
     from workers.tasks import execute_trial  # imported late: workers.tasks pulls in the Celery app
 
-    trial = Trial.objects.select_related("experiment__owner").only("spec", "experiment__owner").get(id=trial_id)
-    soft_s, hard_s = trial_time_limits_s(trial.spec, trial.experiment.owner)
-    execute_trial.apply_async(args=[trial_id], queue=queue, soft_time_limit=soft_s, time_limit=hard_s)
+    rows = list(Trial.objects.filter(id__in=trial_ids, status=Trial.Status.QUEUED).exclude(queue=INLINE_QUEUE)
+                .values_list("id", "code", "queue", "experiment_id", "run_number").order_by("id"))
+    if not rows:
+        return 0
+    limits: dict[tuple[int, int], tuple[float, float]] = {}  # the trials of one run share their frozen spec
+    sent: list[int] = []
+    # The connection from the settings each time (not one cached at import): what the settings say is
+    # what is used, in a web process, a worker's reaper and a test alike.
+    try:
+        with execute_trial.app.connection_for_write(
+                settings.CELERY_BROKER_URL, transport_options=dict(settings.CELERY_BROKER_TRANSPORT_OPTIONS)) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=2)
+            for trial_id, code, queue, experiment_id, run_number in rows:
+                if (experiment_id, run_number) not in limits:
+                    trial = (Trial.objects.select_related("experiment__owner").only("spec", "experiment__owner")
+                             .get(id=trial_id))
+                    limits[experiment_id, run_number] = trial_time_limits_s(trial.spec, trial.experiment.owner)
+                soft_s, hard_s = limits[experiment_id, run_number]
+                execute_trial.apply_async(args=[trial_id], queue=queue, soft_time_limit=soft_s, time_limit=hard_s,
+                                          task_id=trial_task_id(code), connection=conn, retry=False)
+                sent.append(trial_id)
+    except (OperationalError, KombuError, OSError, ConnectionError) as exc:
+        log.warning("broker unavailable: %d of %d trial(s) not sent yet (%s); the reaper will retry",
+                    len(rows) - len(sent), len(rows), exc)
+    # One UPDATE once the messages are out (a trial a worker has claimed meanwhile is left as it is).
+    Trial.objects.filter(id__in=sent, status=Trial.Status.QUEUED).update(enqueued_at=timezone.now())
+    return len(sent)
+
+
+def _gone_before():
+    # A running trial whose worker has missed this many heartbeats has nobody left to stop it.
+    return timezone.now() - timedelta(seconds=HEARTBEAT_S * CANCEL_GONE_AFTER_HEARTBEATS)
+
+
+def _cancel_running(ids, now) -> int:
+    """Ask the workers of these running trials to stop; close at once those whose worker is gone."""
+    gone = Trial.objects.filter(id__in=ids, status=Trial.Status.RUNNING, heartbeat_at__lt=_gone_before())
+    gone_ids = list(gone.values_list("id", flat=True))
+    closed = gone.update(status=Trial.Status.CANCELLED, finished_at=now, cancel_requested=True,
+                         error=f"cancelled; {WORKER_LOST}: no heartbeat from its worker, so nothing was left to stop")
+    for trial_id in gone_ids:
+        trial_announce(trial_id)
+    asked = Trial.objects.filter(id__in=ids, status=Trial.Status.RUNNING, cancel_requested=False).update(
+        cancel_requested=True)
+    return closed + asked
 
 
 def trial_cancel(*, trial: Trial) -> Trial:
-    """Cancel one trial: a queued one at once, a running one by asking its worker (it stops within 2 s)."""
+    """Cancel one trial: a queued one at once, a running one by asking its worker (it stops within 2 s), or
+    at once when its worker is gone (no heartbeat for a few beats)."""
     # Conditional UPDATEs, not read-then-write: the worker may claim the trial between our read and write.
     now = timezone.now()
     with transaction.atomic():
@@ -360,7 +435,7 @@ def trial_cancel(*, trial: Trial) -> Trial:
         if done:
             trial_announce(trial.pk)  # an open live page learns at once; a running trial announces itself
         else:
-            Trial.objects.filter(pk=trial.pk, status=Trial.Status.RUNNING).update(cancel_requested=True)
+            _cancel_running([trial.pk], now)
     trial.refresh_from_db()
     return trial
 
@@ -374,8 +449,8 @@ def experiment_cancel(*, experiment: Experiment) -> int:
             status=Trial.Status.CANCELLED, finished_at=now, cancel_requested=True)
         for trial_id in queued_ids:
             trial_announce(trial_id)
-        running = experiment.trials.filter(status=Trial.Status.RUNNING, cancel_requested=False).update(
-            cancel_requested=True)
+        running = _cancel_running(list(experiment.trials.filter(status=Trial.Status.RUNNING)
+                                       .values_list("id", flat=True)), now)
     return queued + running
 
 

@@ -11,6 +11,8 @@ Enqueueing and cancelling belong to `services` (the user's actions); these are t
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,6 +24,10 @@ from . import events
 from .models import Trial, TrialWindow
 
 ERROR_MAX_CHARS = 4_000
+HEARTBEAT_S = 0.5  # cancel must stop a running trial within 2 s: heartbeat + engine stop + store fit in it
+# Cancel closes a running trial at once when its worker has missed this many heartbeats: nobody is left to stop it.
+CANCEL_GONE_AFTER_HEARTBEATS = 4
+WORKER_LOST = "worker lost"  # how a reaped trial's error starts; the pages show the error as it is
 _ACTIVE = (Trial.Status.QUEUED, Trial.Status.RUNNING)
 
 
@@ -37,14 +43,16 @@ def trial_announce(trial_id: int) -> None:
     transaction.on_commit(send)
 
 
-def trial_claim(*, trial_id: int, worker: str, device: str, device_id: str = "") -> Trial | None:
+def trial_claim(*, trial_id: int, worker: str, device: str, device_id: str = "", lease_key: str = "",
+                lease_token: str = "") -> Trial | None:
     """Move a queued trial to running for this worker. None: it is not queued any more (another worker
-    has it, it was cancelled, or this is a duplicate delivery of a finished trial): do nothing."""
+    has it, it was cancelled, or this is a duplicate delivery of a finished trial): do nothing. The lease
+    the worker holds is recorded, so a reaper can free exactly that lease if the worker is lost."""
     now = timezone.now()
     with transaction.atomic():
         claimed = Trial.objects.filter(id=trial_id, status=Trial.Status.QUEUED).update(
             status=Trial.Status.RUNNING, started_at=now, heartbeat_at=now, worker=worker[:200], device=device[:64],
-            device_id=device_id[:200])
+            device_id=device_id[:200], lease_key=lease_key[:200], lease_token=lease_token[:300])
         if not claimed:
             return None
         trial_announce(trial_id)
@@ -127,8 +135,8 @@ def trial_fail_stale(*, stale_after_s: float = 120.0) -> int:
                  .values_list("id", "worker", "heartbeat_at"))
     failed = 0
     for trial_id, worker, heartbeat_at in stale:
-        reason = (f"worker {worker or '?'} stopped responding (last heartbeat {heartbeat_at:%Y-%m-%d %H:%M:%S} UTC); "
-                  "the trial was abandoned")
+        reason = (f"{WORKER_LOST}: {worker or '?'} stopped responding (last heartbeat "
+                  f"{heartbeat_at:%Y-%m-%d %H:%M:%S} UTC); the trial was abandoned")
         with transaction.atomic():
             # Conditional on the same heartbeat: a worker that just came back is left alone.
             done = Trial.objects.filter(id=trial_id, status=Trial.Status.RUNNING,
@@ -139,3 +147,61 @@ def trial_fail_stale(*, stale_after_s: float = 120.0) -> int:
                 failed += 1
     return failed
 
+
+
+def trial_worker_lost(*, trial_id: int, reason: str, heartbeat_at=None) -> Trial | None:
+    """Fail a running trial whose worker is gone, with "worker lost: <reason>". Its windows stay. With
+    `heartbeat_at`, only if the heartbeat is still that one (a worker that just came back is left alone).
+    The caller frees the lease recorded on the row (`lease_key`, `lease_token`)."""
+    rows = Trial.objects.filter(id=trial_id, status=Trial.Status.RUNNING)
+    if heartbeat_at is not None:
+        rows = rows.filter(heartbeat_at=heartbeat_at)
+    with transaction.atomic():
+        done = rows.update(status=Trial.Status.FAILED, error=f"{WORKER_LOST}: {reason}"[:ERROR_MAX_CHARS],
+                           finished_at=timezone.now())
+        if not done:
+            return None
+        trial_announce(trial_id)
+    return Trial.objects.get(id=trial_id)
+
+
+# ---- the result file: what a finished trial measured, on disk before it is in the database ---------------------
+def result_file_for(code) -> Path:
+    """`<MEDIA_ROOT>/artifacts/<code>.result.json`, beside the trial's Parquet artifact."""
+    return Path(settings.MEDIA_ROOT) / "artifacts" / f"{code}.result.json"
+
+
+def write_result_file(*, code, status: str, summary: dict, windows: list[tuple[int, dict]],
+                      artifact_path: str | Path | None) -> Path:
+    """Write a finished trial's outcome next to its artifact before storing it, so a database outage (or
+    the worker dying) between the end of the run and the store loses nothing: the reaper stores it later
+    (`trial_complete_from_file`). Written to a temporary name and renamed: never half a file."""
+    path = result_file_for(code)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"status": str(status), "summary": summary, "windows": windows,
+                               "artifact_path": str(artifact_path) if artifact_path else None}))
+    os.replace(tmp, path)
+    return path
+
+
+def trial_store_result(*, trial_id: int, status: str, summary: dict, windows: list[tuple[int, dict]],
+                       artifact_path: str | Path | None) -> Trial | None:
+    """Store a finished trial's windows and outcome (idempotent: windows replace by index, the finish is a
+    compare-and-set). None: the trial was not running any more."""
+    trial_store_windows(trial_id=trial_id, windows=windows)
+    return trial_finish(trial_id=trial_id, status=status, summary=summary, artifact_path=artifact_path)
+
+
+def trial_complete_from_file(*, trial_id: int, code) -> Trial | None:
+    """Store the outcome a worker wrote to its result file but could not store (the database was down, or
+    the worker died right after writing it). None: no result file, or the trial was no longer running."""
+    path = result_file_for(code)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    done = trial_store_result(trial_id=trial_id, status=data["status"], summary=data["summary"],
+                              windows=[(int(i), w) for i, w in data["windows"]], artifact_path=data["artifact_path"])
+    path.unlink(missing_ok=True)
+    return done

@@ -312,6 +312,9 @@ def experiment_run(request: HttpRequest, code) -> HttpResponse:
     run = trials[0].run_number if trials else "?"
     what = "simulated trial" if simulate else "trial"
     messages.success(request, f"Run {run} queued: {len(trials)} {what}{'s' if len(trials) != 1 else ''}.")
+    unsent = services.trials_unsent(trials)
+    if unsent:
+        messages.warning(request, f"{unsent} trial{'s' if unsent != 1 else ''} {services.BROKER_UNAVAILABLE}.")
     return redirect(experiment)
 
 

@@ -445,7 +445,8 @@ def test_run_queues_one_trial_per_variant_and_repeat_once_committed(owner_client
     trials = list(Trial.objects.filter(experiment=experiment).order_by("variant_name", "repeat"))
     assert [(t.variant_name, t.repeat, t.status) for t in trials] == [
         ("batched", 0, "queued"), ("batched", 1, "queued"), ("dedicated", 0, "queued"), ("dedicated", 1, "queued")]
-    assert len(callbacks) == 4  # one enqueue per trial, after the commit
+    # One callback sends every trial of the run, after the commit.
+    assert sorted(i for cb in callbacks for i in cb.keywords["trial_ids"]) == sorted(t.id for t in trials)
     html = owner_client.get(experiment.get_absolute_url()).content.decode()
     assert "Run 1" in html and 'data-active="1"' in html and "Cancel active trials" in html
     assert reverse("trial-detail", args=[trials[0].code]) in html

@@ -279,10 +279,10 @@ def test_an_unknown_device_has_no_queue():
         services.device_queue("tpu")
 
 
-def enqueued(callbacks) -> list[tuple[int, str]]:
-    """(trial id, queue) of each registered on-commit callback (partials of services._enqueue_trial)."""
-    assert all(cb.func is services._enqueue_trial for cb in callbacks)
-    return [tuple(cb.args) for cb in callbacks]
+def enqueued(callbacks) -> list[int]:
+    """Trial ids the registered on-commit callbacks send (partials of services.trials_enqueue, one per run)."""
+    assert all(cb.func is services.trials_enqueue for cb in callbacks)
+    return [trial_id for cb in callbacks for trial_id in cb.keywords["trial_ids"]]
 
 
 def test_a_run_creates_one_trial_per_variant_and_repeat_and_enqueues_them_on_commit(
@@ -295,7 +295,7 @@ def test_a_run_creates_one_trial_per_variant_and_repeat_and_enqueues_them_on_com
     assert all(t.status == "queued" and t.queue == "pool.cpu" for t in trials)
     assert all(t.spec == spec_io.experiment_to_dict(experiment) for t in trials)
     assert all(t.variant.name == t.variant_name for t in trials)
-    assert enqueued(callbacks) == [(t.id, "pool.cpu") for t in trials]
+    assert enqueued(callbacks) == [t.id for t in trials]
 
 
 def test_nothing_is_enqueued_when_the_run_rolls_back(user, spec_data, django_capture_on_commit_callbacks):
@@ -320,7 +320,7 @@ def test_repeats_and_variant_names_narrow_a_run(user, spec_data, django_capture_
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         trials = services.experiment_run(experiment=experiment, user=user, repeats=3, variant_names=["dedicated"])
     assert [(t.variant_name, t.repeat) for t in trials] == [("dedicated", 0), ("dedicated", 1), ("dedicated", 2)]
-    assert len(callbacks) == 3
+    assert len(enqueued(callbacks)) == 3
 
 
 @pytest.mark.parametrize("kwargs,path", [({"repeats": 0}, "repeats"), ({"repeats": 21}, "repeats"),

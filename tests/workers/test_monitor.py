@@ -48,3 +48,17 @@ def test_the_heartbeat_still_reads_the_cancel_flag_between_windows(running_trial
     finally:
         monitor.stop()
     assert TrialWindow.objects.filter(trial=running_trial).count() == 1
+
+
+def test_a_monitor_that_dies_of_an_unexpected_error_tells_the_engine_to_stop(running_trial):
+    # A window the database layer cannot take (t_s is not a number) raises ValueError, not a DatabaseError: the
+    # monitor thread ends, and with it the heartbeat and the cancel check, so the engine must not go on.
+    monitor = TrialMonitor(running_trial, None, interval_s=30.0, publish=False)
+    monitor.start()
+    try:
+        assert not monitor.should_stop()
+        monitor.on_window({"t_s": "not a number"})
+        processes.wait_for(monitor.should_stop, 2.0, "the engine to be told to stop")
+    finally:
+        monitor.stop()
+    assert monitor.died.startswith("the trial's monitor thread died: ValueError")
