@@ -463,7 +463,7 @@ def test_simulate_queues_simulated_trials_on_the_sim_queue_and_they_are_badged(o
     trials = list(Trial.objects.filter(experiment=experiment))
     assert trials and all(t.queue == "sim" and t.simulation == {"devices": 3, "placement": "load_pack",
                                                                  "profiles": {}} for t in trials)
-    assert len(callbacks) == len(trials)
+    assert len([i for cb in callbacks for i in cb.keywords["trial_ids"]]) == len(trials)
     html = owner_client.get(experiment.get_absolute_url()).content.decode()
     assert "badge-simulated" in html and "unvalidated" in html
     response = owner_client.post(reverse("experiment-run", args=[experiment.code]),
