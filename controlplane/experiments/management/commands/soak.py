@@ -88,11 +88,11 @@ class Command(BaseCommand):
             result = self._drive(ids, n, timeout_s)
         finally:
             self._stop_worker()
+            if experiment is not None and not keep:  # before Redis goes: deleting tells the trials' live pages
+                services.experiment_delete(experiment=experiment)
             if self.redis_proc is not None:
                 self.redis_proc.kill()
                 self.redis_proc.wait(10)
-            if experiment is not None and not keep:
-                services.experiment_delete(experiment=experiment)
             shutil.rmtree(tmp, ignore_errors=True)
         if result["lost"] or result["stuck"]:
             raise CommandError(f"{result['lost']} trial(s) lost, {result['stuck']} stuck", returncode=1)
