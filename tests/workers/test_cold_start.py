@@ -213,3 +213,34 @@ def test_the_drain_grace_counts_again_from_the_end_of_a_slow_cold_start(model_di
     r = run_trial(TrialSpec(exp, exp.variants[0]), model_dir=model_dir, drain_grace_s=0.2)
     assert r.summary["cold_starts"] >= 1
     assert r.summary["completed"] == r.summary["requests"] == 10, r.summary["notes"]
+
+
+def test_cancel_during_a_cold_start_does_not_wait_for_it(model_dir):
+    """Scale to zero: the first request starts a real process cold start (seconds); a cancel 0.3 s into the load
+    ends the trial without waiting for that start, whose length is measured in the same test."""
+    import time
+
+    exp = parse_experiment({
+        "name": "cancel-cold", "device": "cpu", "functions": [{"name": "f", "model": "mlp-small"}],
+        "workload": {"pattern": "constant", "rate_rps": 20, "duration_s": 5},
+        "variants": [{"name": "s2z", "sharing": "time_slice", "min_instances": 0, "max_instances": 1}]})
+    spec = TrialSpec(exp, exp.variants[0])
+    full = run_trial(spec, model_dir=model_dir)  # the baseline: how long a cold start takes here, now
+    cold_s = full.summary["cold_start_phases_ms"]["total"] / 1e3
+    asked: list[float] = []
+    polls = [0]
+
+    def stop() -> bool:
+        # The engine polls every 0.2 s from the start of the load (no min instances: no prestart polls), and the
+        # first request starts the cold start at once: the third poll, ~0.4 s in, falls inside it.
+        polls[0] += 1
+        if polls[0] >= 3:
+            asked.append(asked[0] if asked else time.perf_counter())
+            return True
+        return False
+
+    r = run_trial(spec, model_dir=model_dir, should_stop=stop)
+    took = time.perf_counter() - asked[0]
+    print(f"cold start {cold_s:.2f} s; cancel took {took:.2f} s")
+    assert r.status == "cancelled" and r.summary["requests"] >= 1  # the load had begun
+    assert took < cold_s, (took, cold_s)
