@@ -1,0 +1,135 @@
+"""Capacity at the SLO (workers.capacity): the search on the simulator with service times given as data, where
+queueing theory says where the knee is, and `manage.py capacity` once for real on the CPU."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.core.management import call_command
+
+from tests.workers.test_simulator import profile, spec
+from workers import capacity as C
+from workers.engine import run_trial
+from workers.spec import parse_experiment
+
+
+def simulated_search(s, prof, tmp_path, **kw):
+    n = iter(range(1000))
+
+    def probe(ts):
+        res = run_trial(ts, profiles=[prof] * len(ts.experiment.functions), artifact_path=tmp_path / f"{next(n)}.pq")
+        return res.summary, ""
+
+    est = C.estimate_rps(s, [C.profile_batch1_ms(prof)] * len(s.experiment.functions))
+    return C.search(s, probe, estimate=est, **kw)
+
+
+def test_scale_workload_keeps_the_shape_and_scales_the_mean_rate():
+    base = {"duration_s": 100, "time_compression": 2}
+    for w, mean in [({"pattern": "poisson", "rate_rps": 10}, 20.0),
+                    ({"pattern": "steps", "steps": [[0, 10], [50, 30]]}, 40.0),
+                    ({"pattern": "diurnal", "mean_rate_rps": 5, "period_s": 50}, 10.0),
+                    ({"pattern": "burst", "base_rate_rps": 1, "burst_rate_rps": 9, "mean_on_s": 1, "mean_off_s": 3},
+                     6.0)]:
+        wl = spec({}, {**base, **w}).experiment.workloads[0]
+        assert C.mean_rate_rps(wl) == pytest.approx(mean)
+        scaled = C.scale_workload(wl, 2.5)
+        assert C.mean_rate_rps(scaled) == pytest.approx(2.5 * mean)
+        assert scaled.duration_s == wl.duration_s and scaled.pattern == wl.pattern
+        assert scaled.params.get("period_s") == wl.params.get("period_s")
+    steps = C.scale_workload(spec({}, {**base, "pattern": "steps", "steps": [[0, 10], [50, 30]]})
+                             .experiment.workloads[0], 2)
+    assert steps.params["steps"] == [[0, 20], [50, 60]]
+    with pytest.raises(ValueError, match="above the limit"):
+        C.scale_workload(spec({}, {"pattern": "poisson", "rate_rps": 10, "duration_s": 10}).experiment.workloads[0],
+                         1e4)
+
+
+def test_capacity_lies_between_a_passing_and_a_failing_probe_near_the_md1_knee(tmp_path):
+    # M/D/1 with 10 ms service: p99 <= 100 ms holds to roughly 70-80 % utilisation, i.e. 70-80 req/s.
+    s = spec({"min_instances": 1, "max_instances": 1, "sharing": "time_slice"},
+             {"pattern": "poisson", "rate_rps": 10, "duration_s": 60}, slo_ms=100)
+    res = simulated_search(s, profile(10.0), tmp_path)
+    print(res.to_dict())
+    assert res.stopped == "converged"
+    lo, hi = res.bracket_rps
+    passing = [p for p in res.probes if p.counted and p.verdict != "not_met"]
+    failing = [p for p in res.probes if p.counted and p.verdict == "not_met"]
+    assert passing and failing
+    assert res.capacity_rps == max(p.rate_rps for p in passing if p.rate_rps < hi) == lo
+    assert min(p.rate_rps for p in failing if p.rate_rps > lo) == hi and (hi - lo) / hi <= 0.05
+    assert 50 < res.capacity_rps < 100  # below the service rate, above half of it
+    assert res.conservative_capacity_rps <= res.capacity_rps
+    assert all(p.verdict == "met" for p in res.probes if p.rate_rps == res.conservative_capacity_rps)
+    assert res.p99_ms_at_capacity <= 100 * 1.1
+
+
+def test_more_instances_and_batching_give_a_higher_capacity(tmp_path):
+    wl = {"pattern": "poisson", "rate_rps": 10, "duration_s": 60}
+    one = simulated_search(spec({"min_instances": 1, "max_instances": 1, "sharing": "time_slice"}, wl),
+                           profile(10.0, levels=(1, 2, 3)), tmp_path)
+    three = simulated_search(spec({"min_instances": 3, "max_instances": 3, "sharing": "time_slice"}, wl),
+                             profile(10.0, levels=(1, 2, 3)), tmp_path)
+    print(one.capacity_rps, three.capacity_rps)
+    assert three.capacity_rps > 2 * one.capacity_rps
+    # batching: a batch of 8 takes 20 ms instead of 8 x 10 ms
+    batched_prof = {**profile(10.0), "batch_sizes": [1, 8], "service_ms": {"1": {"1": [10.0], "8": [20.0]}}}
+    batched = simulated_search(spec({"min_instances": 1, "max_instances": 1, "batching": {
+        "mode": "fixed", "max_batch_size": 8, "max_queue_delay_ms": 5}}, wl), batched_prof, tmp_path)
+    print(batched.capacity_rps)
+    assert batched.capacity_rps > 1.5 * one.capacity_rps
+
+
+def test_an_inconclusive_probe_is_repeated_longer_before_it_counts(tmp_path):
+    s = spec({"min_instances": 1, "max_instances": 1, "sharing": "time_slice"},
+             {"pattern": "poisson", "rate_rps": 10, "duration_s": 60}, slo_ms=100)
+    res = simulated_search(s, profile(10.0), tmp_path)
+    repeated = [p for p in res.probes if not p.counted]
+    assert repeated, [(p.rate_rps, p.verdict) for p in res.probes]  # this knee has inconclusive probes
+    for p in repeated:
+        i = res.probes.index(p)
+        again = res.probes[i + 1]
+        assert p.verdict == "inconclusive" and again.retry_of == i and again.rate_rps == p.rate_rps
+        assert again.run_s > 1.5 * p.run_s
+
+
+def test_a_variant_that_never_meets_its_slo_has_no_capacity(tmp_path):
+    s = spec({"min_instances": 1, "max_instances": 1}, {"pattern": "poisson", "rate_rps": 10, "duration_s": 30},
+             slo_ms=5)
+    res = simulated_search(s, profile(10.0), tmp_path, budget=30)
+    assert res.capacity_rps is None and res.conservative_capacity_rps is None
+    assert res.stopped in ("no_passing_rate", "budget") and all(p.verdict == "not_met" for p in res.probes)
+
+
+def test_the_budget_bounds_the_probes(tmp_path):
+    s = spec({"min_instances": 1, "max_instances": 1, "sharing": "time_slice"},
+             {"pattern": "poisson", "rate_rps": 10, "duration_s": 30})
+    res = simulated_search(s, profile(10.0), tmp_path, budget=3)
+    assert len(res.probes) == 3 and res.stopped == "budget"
+
+
+@pytest.mark.django_db
+def test_manage_py_capacity_real_search_on_the_cpu(tmp_path, settings):
+    """One short real search: real torch on the CPU, probes of 10 s (the fewest the verdict's interval takes)."""
+    settings.MODEL_DIR = tmp_path / "models"
+    data = {"name": "cap", "device": "cpu", "slo": {"percentile": 99, "latency_ms": 200},
+            "functions": [{"name": "f", "model": "mlp-small"}],
+            "workload": {"pattern": "poisson", "rate_rps": 20, "duration_s": 10, "seed": 1},
+            "variants": [{"name": "v", "min_instances": 1, "max_instances": 1, "runtime": "thread"}]}
+    parse_experiment(data)
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(data))
+    out = io.StringIO()
+    call_command("capacity", str(path), "--variant", "v", "--budget", "3", "--tolerance", "0.5",
+                 "--json", str(tmp_path / "cap.json"), stdout=out)
+    print(out.getvalue())
+    doc = json.loads((tmp_path / "cap.json").read_text())
+    for key in ("capacity_rps", "conservative_capacity_rps", "probes", "cost_per_1k_usd_at_capacity"):
+        assert key in doc
+    assert 1 <= len(doc["probes"]) <= 3 and doc["simulated"] is False
+    for p in doc["probes"]:
+        assert {"rate_rps", "p99_ms", "verdict"} <= set(p) and p["verdict"] in ("met", "not_met", "inconclusive")
+    if doc["capacity_rps"] is not None:
+        assert any(p["rate_rps"] == doc["capacity_rps"] and p["verdict"] != "not_met" for p in doc["probes"])
