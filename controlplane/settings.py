@@ -190,6 +190,8 @@ FILE_UPLOAD_HANDLERS = [
 ]
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Bearer token a Prometheus scraper sends to GET /metrics; empty: the endpoint refuses every request.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "") or ""
 # The physical device this worker's trials run on, as its device lease names it (docs/deploy.md). Unset: a
 # GPU's UUID, else host:device. Two workers on one host standing for two devices need one each.
 DEVICE_ID = env_str("DEVICE_ID", "") or ""

@@ -3,11 +3,12 @@ from django.contrib.auth.decorators import login_required
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from controlplane.experiments import accounts
+from controlplane.experiments import accounts, metrics
 
 urlpatterns = [
     path("admin/login/", accounts.admin_login),  # before the admin's own: the same limit on failed logins
     path("admin/", admin.site.urls),
+    path("metrics", metrics.metrics_view, name="metrics"),  # Prometheus; bearer METRICS_TOKEN
     # Before Django's own auth URLs: the same login page, with a limit on failed attempts.
     path("accounts/login/", accounts.LoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),

@@ -43,7 +43,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from controlplane.experiments import events
+from controlplane.experiments import events, metrics
 from controlplane.experiments.lease import (
     DeviceLease,
     LeaseBusy,
@@ -111,6 +111,8 @@ class TrialMonitor(threading.Thread):
         self._index_lock = threading.Lock()
         self._done = threading.Event()
         self._wake = threading.Event()  # set by on_window and stop: flush now rather than at the next tick
+        self._metric_labels = metrics.trial_labels(trial)
+        self._metric_t_s = 0.0  # end of the last window folded into the metrics
 
     @property
     def lease_lost(self) -> threading.Event:
@@ -194,6 +196,11 @@ class TrialMonitor(threading.Thread):
         if self.publish:
             for index, window in batch:
                 events.publish(self.code, events.window_event(self.code, index, window))
+        try:  # the Prometheus figures (controlplane.experiments.metrics); a Redis blip must not fail the trial
+            self._metric_t_s = metrics.record_windows(self._metric_labels, [w for _, w in batch],
+                                                      last_t_s=self._metric_t_s)
+        except redis.RedisError:
+            log.warning("trial %s: recording metrics failed", self.trial_id, exc_info=True)
 
 
 _NEVER = threading.Event()  # lease_lost of a trial run without a lease

@@ -32,6 +32,7 @@ LIST = "list"  # login; no object in the URL: another user gets 200 and nothing 
 STAFF = "staff"  # login and staff: others 403
 LOGIN = "login"  # login, nothing owned (the user's own settings)
 PUBLIC = "public"  # no login by design (login itself, password reset, a share link)
+TOKEN = "token"  # no login: a bearer token from the settings (METRICS_TOKEN); 401 without it, signed in or not
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ MATRIX: dict[str, Entry] = {
     "api-profile-detail": Entry(OWNED, obj="profile", api=True),
     # Django's own account pages
     "login": Entry(PUBLIC, ("GET", "POST")),
+    "metrics": Entry(TOKEN),  # Prometheus exposition (test_metrics: refused without the token, parsed with it)
     "logout": Entry(PUBLIC, ("POST",)),
     "password_change": Entry(LOGIN, ("GET",)),
     "password_change_done": Entry(LOGIN),
@@ -228,7 +230,7 @@ def as_user(user) -> Client:
     return client
 
 
-NEEDS_LOGIN = sorted(n for n, e in MATRIX.items() if e.access != PUBLIC)
+NEEDS_LOGIN = sorted(n for n, e in MATRIX.items() if e.access not in (PUBLIC, TOKEN))
 OWNED_NAMES = sorted(n for n, e in MATRIX.items() if e.access == OWNED)
 LIST_NAMES = sorted(n for n, e in MATRIX.items() if e.access == LIST)
 
@@ -307,6 +309,15 @@ def test_a_share_link_opens_its_report_for_anyone_and_a_made_up_one_nothing(worl
     assert Client().get(reverse("shared-report", kwargs={"token": uuid.uuid4().hex})).status_code == 404
     ShareLink.objects.filter(pk=world["share-link"].pk).update(revoked_at=world["share-link"].created)
     assert Client().get(url).status_code == 404
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in MATRIX.items() if e.access == TOKEN))
+def test_token_urls_refuse_everyone_without_the_token(name, world, settings):
+    settings.METRICS_TOKEN = "s3cret"
+    url = url_for(name, MATRIX[name], world)
+    for client in (Client(), as_user(world["owner"]), as_user(world["outsider"])):
+        assert client.get(url).status_code == 401
+        assert client.get(url, HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
 
 
 def test_the_admin_is_for_staff_only(world):

@@ -1,0 +1,102 @@
+"""GET /metrics: refused without the bearer token; with it, Prometheus text that prometheus-client parses, the
+control plane's figures, and the counters of a real trial (real torch on the CPU, the real trial monitor pushing
+its windows through Redis) moving while it runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+from django.test import Client
+from prometheus_client.parser import text_string_to_metric_families
+
+from controlplane.experiments import services
+from controlplane.experiments.models import Trial
+from workers.tasks import run_trial_by_id
+
+TOKEN = "metrics-test-token"
+
+
+@pytest.fixture
+def metrics_settings(settings, test_redis):
+    settings.METRICS_TOKEN = TOKEN
+    # keys under this test's prefix, as a test session's broker prefix would put them
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {
+        **(getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", None) or {}), "global_keyprefix": test_redis.prefix}
+    return settings
+
+
+def scrape(client: Client) -> dict:
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"].startswith("text/plain")
+    samples = {}
+    for fam in text_string_to_metric_families(response.content.decode()):
+        for s in fam.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def total(samples: dict, name: str, **labels) -> float:
+    return sum(v for (n, lv), v in samples.items() if n == name and labels.items() <= dict(lv).items())
+
+
+@pytest.mark.django_db
+def test_metrics_refuse_without_the_token_and_parse_with_it(metrics_settings, queued_trials):
+    client = Client()
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer nope").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION=TOKEN).status_code == 401  # not a bearer header
+    samples = scrape(client)
+    assert total(samples, "slsbench_trials", status="queued") == len(queued_trials) > 0
+    assert total(samples, "slsbench_trials", status="running") == 0
+    assert total(samples, "slsbench_queue_length") == len(queued_trials)
+    assert ("slsbench_workers", ()) in samples and ("slsbench_leases_held", ()) in samples
+    metrics_settings.METRICS_TOKEN = ""  # no token configured: the endpoint is off
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer ").status_code == 401
+
+
+@pytest.mark.django_db(transaction=True)  # the trial monitor writes from its own thread
+def test_the_counters_move_during_a_real_trial(metrics_settings, user, spec_data, price_catalogue, media_root,
+                                                test_redis):
+    spec_data["workload"] = {"pattern": "poisson", "rate_rps": 40, "duration_s": 8, "seed": 7}
+    spec_data["variants"] = [spec_data["variants"][0]]
+    experiment = services.experiment_import(owner=user, data=spec_data)
+    trial = services.experiment_run(experiment=experiment, user=experiment.owner, enqueue=False)[0]
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["result"] = run_trial_by_id(trial.id, worker="metrics-test@host", redis_conn=test_redis.client,
+                                                publish=False, heartbeat_s=0.5)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    client = Client()
+    labels = {"trial": str(trial.code), "experiment": experiment.name, "variant": trial.variant_name,
+              "function": "classify"}
+    seen: list[float] = []
+    deadline = time.monotonic() + 120
+    while thread.is_alive() and time.monotonic() < deadline:
+        samples = scrape(client)
+        seen.append(total(samples, "slsbench_trial_requests_completed_total", **labels))
+        if seen[-1] > 0:
+            assert total(samples, "slsbench_trials", status="running") == 1
+            assert total(samples, "slsbench_trial_instances", **labels) >= 1
+        time.sleep(0.5)
+    thread.join(120)
+    assert outcome.get("result") == "succeeded"
+    after = scrape(client)
+    completed = total(after, "slsbench_trial_requests_completed_total", **labels)
+    offered = total(after, "slsbench_trial_requests_offered_total", **labels)
+    print("completed during the run:", seen, "after:", completed, "offered:", offered)
+    moving = [b for a, b in zip(seen, seen[1:], strict=False) if b > a]
+    assert len(moving) >= 2  # rose at least twice while the trial ran
+    trial.refresh_from_db()
+    assert abs(completed - trial.summary["completed"]) <= 0.02 * trial.summary["completed"] + 1
+    assert (("slsbench_trial_latency_ms", tuple(sorted({**labels, "quantile": "0.99"}.items()))) in after)
+    assert total(after, "slsbench_trials", status="succeeded") == 1
