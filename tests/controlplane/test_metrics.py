@@ -13,7 +13,6 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.experiments import services
-from controlplane.experiments.models import Trial
 from workers.tasks import run_trial_by_id
 
 TOKEN = "metrics-test-token"
@@ -100,3 +99,34 @@ def test_the_counters_move_during_a_real_trial(metrics_settings, user, spec_data
     assert abs(completed - trial.summary["completed"]) <= 0.02 * trial.summary["completed"] + 1
     assert (("slsbench_trial_latency_ms", tuple(sorted({**labels, "quantile": "0.99"}.items()))) in after)
     assert total(after, "slsbench_trials", status="succeeded") == 1
+
+
+@pytest.mark.django_db
+def test_every_query_of_the_grafana_dashboard_names_a_metric_the_exposition_has(metrics_settings, queued_trials,
+                                                                                 test_redis):
+    import json
+    import re
+    from pathlib import Path
+
+    from controlplane.experiments import metrics
+
+    # one window with every field filled, as the trial monitor would fold it in
+    window = {"t_s": 1.0, "offered_rps": 10.0, "completed_rps": 9.0, "dropped": 1, "errors": 0, "late": 0,
+              "p50_ms": 3.0, "p95_ms": 5.0, "p99_ms": 7.0, "queue_depth": 2, "instances_starting": 0,
+              "instances_idle": 1, "instances_busy": 1, "cold_starts": 1, "cpu_util_pct": 50.0, "rss_mb": 300.0,
+              "gpu_util_pct": 10.0, "gpu_mem_used_mb": 1000.0}
+    metrics.record_windows(metrics.trial_labels(queued_trials[0]), [window], last_t_s=0.0, conn=test_redis.client)
+    names = {n for n, _ in scrape(Client())}
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    queries += [v["definition"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert len(queries) >= 12
+    used = set()
+    for q in queries:
+        named = set(re.findall(r"\bslsbench_[a-z0-9_]+", q))
+        assert named, q
+        assert named <= names, (q, named - names)
+        used |= named
+    print(f"{len(queries)} queries, {len(used)} metrics of {len(names)} exposed")
+    # a made-up name would be caught: the check is not vacuous
+    assert "slsbench_trial_requests_completed" not in names and "slsbench_trial_requests_completed_total" in names
