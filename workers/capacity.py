@@ -6,8 +6,8 @@ halve until one probe passes and one fails), then bisect until the bracket is wi
 or the trial budget is spent. Each probe is a normal trial (real or simulated: the caller's `probe` runs it).
 
 The three-way verdict decides: an `inconclusive` probe is run again, longer (stationary patterns: twice the
-duration) or with the next repeat's arrivals (other patterns), up to `retries` times before it counts. The bisection
-treats "not not_met" as passing, so `capacity_rps` is the OPTIMISTIC capacity (highest rate not `not_met`);
+duration) or with other arrivals of the same shape (other patterns: the next seed), up to `retries` times before
+it counts. The bisection treats "not not_met" as passing, so `capacity_rps` is the OPTIMISTIC capacity (highest rate not `not_met`);
 `conservative_capacity_rps` is the highest rate whose probe was `met` (None when none was).
 No Django here: the management command and the tests hand in the probe.
 """
@@ -75,14 +75,15 @@ def scale_workload(w: S.WorkloadSpec, factor: float, *, duration_s: float | None
     return out
 
 
-def scale_trial(spec: S.TrialSpec, factor: float, *, run_s: float | None = None, repeat: int | None = None
-                ) -> S.TrialSpec:
-    """The trial with every workload at `factor` times its rate; run_s: wall seconds per stationary workload."""
+def scale_trial(spec: S.TrialSpec, factor: float, *, run_s: float | None = None, reseed: int = 0) -> S.TrialSpec:
+    """The trial with every workload at `factor` times its rate; run_s: wall seconds per stationary workload;
+    reseed: added to every workload's seed (other arrivals of the same shape)."""
     exp = spec.experiment
-    workloads = tuple(scale_workload(w, factor, duration_s=None if run_s is None else run_s * w.time_compression)
-                      for w in exp.workloads)
+    workloads = tuple(dataclasses.replace(
+        scale_workload(w, factor, duration_s=None if run_s is None else run_s * w.time_compression),
+        seed=(w.seed + reseed) % 2**32) for w in exp.workloads)
     exp = dataclasses.replace(exp, workloads=workloads)
-    return dataclasses.replace(spec, experiment=exp, repeat=spec.repeat if repeat is None else repeat)
+    return dataclasses.replace(spec, experiment=exp)
 
 
 def offered_rate_rps(spec: S.TrialSpec) -> float:
@@ -168,7 +169,7 @@ def search(spec: S.TrialSpec, probe: Callable[[S.TrialSpec], tuple[dict, str]], 
     def run(factor: float) -> Probe | None:
         nonlocal stopped
         first = len(probes)
-        run_s, repeat = probe_run_s, spec.repeat
+        run_s, reseed = probe_run_s, 0
         for attempt in range(retries + 1):
             if len(probes) >= budget:
                 stopped = "budget"
@@ -176,7 +177,7 @@ def search(spec: S.TrialSpec, probe: Callable[[S.TrialSpec], tuple[dict, str]], 
             if should_stop is not None and should_stop():
                 stopped = "cancelled"
                 return None
-            summary, trial = probe(scale_trial(spec, factor, run_s=run_s, repeat=repeat))
+            summary, trial = probe(scale_trial(spec, factor, run_s=run_s, reseed=reseed))
             p = probe_from_summary(base * factor, factor, summary, trial=trial)
             if attempt:
                 p.retry_of = first
@@ -187,11 +188,11 @@ def search(spec: S.TrialSpec, probe: Callable[[S.TrialSpec], tuple[dict, str]], 
                 results[factor] = p
                 return p
             p.counted = False
-            # longer (stationary: twice as long) or, when the shape fixes the length, the next repeat's arrivals
+            # longer (stationary: twice as long) or, when the shape fixes the length, other arrivals (next seed)
             if all(w.pattern in STATIONARY for w in spec.experiment.workloads):
                 run_s = 2.0 * (run_s if run_s is not None else spec.experiment.workloads[0].run_s)
             else:
-                repeat += 1
+                reseed += 1
         return None
 
     def ok(p: Probe) -> bool:

@@ -110,20 +110,24 @@ def test_the_budget_bounds_the_probes(tmp_path):
     assert len(res.probes) == 3 and res.stopped == "budget"
 
 
-@pytest.mark.django_db
-def test_manage_py_capacity_real_search_on_the_cpu(tmp_path, settings):
+@pytest.mark.django_db(transaction=True)  # the trial monitor writes from its own thread
+def test_manage_py_capacity_real_search_on_the_cpu_stores_its_probes_as_trials(tmp_path, settings, test_redis,
+                                                                               media_root, price_catalogue):
     """One short real search: real torch on the CPU, probes of 10 s (the fewest the verdict's interval takes)."""
+    from controlplane.experiments.models import Experiment, Trial
+
     settings.MODEL_DIR = tmp_path / "models"
-    data = {"name": "cap", "device": "cpu", "slo": {"percentile": 99, "latency_ms": 200},
+    data = {"name": "cap", "device": "cpu", "accelerator": "cpu", "slo": {"percentile": 99, "latency_ms": 200},
             "functions": [{"name": "f", "model": "mlp-small"}],
             "workload": {"pattern": "poisson", "rate_rps": 20, "duration_s": 10, "seed": 1},
-            "variants": [{"name": "v", "min_instances": 1, "max_instances": 1, "runtime": "thread"}]}
+            "variants": [{"name": "v", "min_instances": 1, "max_instances": 1, "runtime": "thread"},
+                         {"name": "other"}]}
     parse_experiment(data)
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(data))
     out = io.StringIO()
     call_command("capacity", str(path), "--variant", "v", "--budget", "3", "--tolerance", "0.5",
-                 "--json", str(tmp_path / "cap.json"), stdout=out)
+                 "--json", str(tmp_path / "cap.json"), stdout=out, stderr=io.StringIO())
     print(out.getvalue())
     doc = json.loads((tmp_path / "cap.json").read_text())
     for key in ("capacity_rps", "conservative_capacity_rps", "probes", "cost_per_1k_usd_at_capacity"):
@@ -133,3 +137,14 @@ def test_manage_py_capacity_real_search_on_the_cpu(tmp_path, settings):
         assert {"rate_rps", "p99_ms", "verdict"} <= set(p) and p["verdict"] in ("met", "not_met", "inconclusive")
     if doc["capacity_rps"] is not None:
         assert any(p["rate_rps"] == doc["capacity_rps"] and p["verdict"] != "not_met" for p in doc["probes"])
+        assert doc["cost_per_1k_usd_at_capacity"] is not None  # the cpu price entry prices it
+    # every probe is a stored trial of the experiment "cap capacity v" (plus the estimate's probe), at its rate
+    experiment = Experiment.objects.get(name="cap capacity v")
+    assert str(experiment.code) == doc["experiment_code"]
+    trials = {str(t.code): t for t in Trial.objects.filter(experiment=experiment)}
+    assert len(trials) == len(doc["probes"]) + 1
+    for p in doc["probes"]:
+        t = trials[p["trial"]]
+        assert t.status == Trial.Status.SUCCEEDED and t.variant_name == "v" and not t.simulated
+        assert t.spec["workload"]["rate_rps"] == pytest.approx(p["rate_rps"])
+        assert t.summary["slo_verdict"]["verdict"] == p["verdict"] and t.windows.count() >= 5
