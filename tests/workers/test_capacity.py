@@ -148,3 +148,28 @@ def test_manage_py_capacity_real_search_on_the_cpu_stores_its_probes_as_trials(t
         assert t.status == Trial.Status.SUCCEEDED and t.variant_name == "v" and not t.simulated
         assert t.spec["workload"]["rate_rps"] == pytest.approx(p["rate_rps"])
         assert t.summary["slo_verdict"]["verdict"] == p["verdict"] and t.windows.count() >= 5
+
+
+@pytest.mark.django_db(transaction=True)  # the trial monitor writes from its own thread
+def test_a_simulated_search_agrees_with_the_real_one_within_15_percent(tmp_path, settings, test_redis, media_root,
+                                                                       price_catalogue):
+    """The same spec searched for real and on the simulator (profile measured here first, short)."""
+    settings.MODEL_DIR = tmp_path / "models"
+    data = {"name": "agree", "device": "cpu", "accelerator": "cpu",
+            "slo": {"percentile": 99, "latency_ms": 100},
+            "functions": [{"name": "f", "model": "cnn-small"}],
+            "workload": {"pattern": "poisson", "rate_rps": 5, "duration_s": 10, "seed": 1},
+            "variants": [{"name": "v", "min_instances": 1, "max_instances": 1}]}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(data))
+    call_command("profile", str(path), "--short", stdout=io.StringIO(), stderr=io.StringIO())
+    found = {}
+    for mode in ("--simulated", None):
+        out = io.StringIO()
+        call_command("capacity", str(path), "--variant", "v", *([mode] if mode else []), "--budget", "8",
+                     "--tolerance", "0.1", "--json", str(tmp_path / "c.json"), stdout=out, stderr=io.StringIO())
+        print(out.getvalue())
+        found[mode or "real"] = json.loads((tmp_path / "c.json").read_text())["capacity_rps"]
+    print(found)
+    assert found["real"] and found["--simulated"]
+    assert abs(found["--simulated"] - found["real"]) / found["real"] <= 0.15, found
