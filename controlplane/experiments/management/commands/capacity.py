@@ -69,6 +69,8 @@ class Command(run_experiment.Command):
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         self.owner_user = self._owner(owner)
+        # simulated: the profiles first, so a missing one stores nothing
+        estimate = self._estimate(trial, simulated) if simulated else None
         self.experiment = self._import(self.owner_user, S.experiment_to_dict(exp))
         self.simulate = services.simulation_options({}) if simulated else None
         self.conn = self._redis()
@@ -76,7 +78,8 @@ class Command(run_experiment.Command):
         previous = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, lambda *_: (self.stop.set(), signal.signal(signal.SIGINT, previous)))
         try:
-            estimate = self._estimate(trial, simulated)
+            if estimate is None:
+                estimate = self._estimate(trial, simulated)
             self.stdout.write(f"{exp.name}: {'SIMULATED' if simulated else 'real'} capacity search from "
                               f"{estimate:.1f} req/s (SLO p{exp.slo.percentile:g} <= {exp.slo.latency_ms:g} ms)")
             self.stdout.write(f"{'rate req/s':>11} {'p99 ms':>9} {'run s':>6}  verdict        trial")
