@@ -1013,7 +1013,7 @@ _SWEEP_ERRORS_SHOWN = 10  # combinations reported when many fail the same way
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """A grid of variant fields. `grid`: (field path, values) in the order given; `variant_names`: the
+    """A grid of variant fields. `grid`: (field path, values) in the alphabetical order of the paths; `variant_names`: the
     variants it made, in expansion order (the last axis varies fastest)."""
 
     grid: tuple[tuple[str, tuple], ...]
@@ -1113,6 +1113,10 @@ def parse_sweep(data: Any, variants: Iterable[VariantSpec], *, ctx: _Ctx | None 
             ok = False
         if ok:
             grid.append((field_path, tuple(values)))
+    # Axes in the alphabetical order of their field paths, whatever order the document gave: a stored JSON object
+    # does not keep its keys' order on every database (PostgreSQL's jsonb does not), and the generated names
+    # and the expansion must be the same however the spec travelled.
+    grid.sort(key=lambda axis: axis[0])
     size = math.prod(len(v) for _, v in grid) if grid else 0
     total = size + len(explicit)
     if grid and total > MAX_SWEEP_VARIANTS:

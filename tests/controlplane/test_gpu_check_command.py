@@ -37,6 +37,8 @@ def test_make_gpu_check_runs_the_command_with_its_arguments():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    dry = subprocess.run(["make", "-n", "gpu-check", "GPU_CHECK_ARGS=--device cuda:1 --seconds 2"], cwd=root,
+    # --no-print-directory: under `make test` this make is a sub-make, which would print "Leaving directory".
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "gpu-check",
+                          "GPU_CHECK_ARGS=--device cuda:1 --seconds 2"], cwd=root,
                          capture_output=True, text=True, check=True)
     assert dry.stdout.splitlines()[-1] == ".venv/bin/python manage.py gpu_check --device cuda:1 --seconds 2"

@@ -55,7 +55,7 @@ def test_a_base_variant_gives_the_fields_the_grid_does_not_set_and_still_runs_it
 
 def test_choice_axes_name_variants_by_their_value():
     spec = parse(experiment({"grid": {"sharing": ["exclusive", "time_slice"], "max_instances": [2]}}))
-    assert [v.name for v in spec.variants] == ["exclusive-i2", "time_slice-i2"]
+    assert [v.name for v in spec.variants] == ["i2-exclusive", "i2-time_slice"]
 
 
 def test_an_invalid_grid_value_is_refused_naming_the_field_and_the_value():
@@ -72,7 +72,7 @@ def test_a_field_that_is_not_a_variant_setting_is_refused():
 
 def test_a_combination_that_breaks_a_variant_rule_is_refused_with_its_generated_name():
     errs = errors_of(experiment({"grid": {"min_instances": [1, 3], "max_instances": [2]}}))
-    assert errs == {"sweep[min3-i2].min_instances": ["must be at most max_instances (2)"]}
+    assert errs == {"sweep[i2-min3].min_instances": ["must be at most max_instances (2)"]}
 
 
 def test_an_oversized_grid_is_refused_with_its_count_before_anything_is_expanded(monkeypatch):
