@@ -427,7 +427,7 @@ def _run_simulated(ctx: _Context, profiles: list[dict], function_idx: np.ndarray
                    should_stop: Callable[[], bool] | None = None) -> TrialResult:
     """The simulated driver (workers.platform.sim) on the same core: a virtual clock, service times and cold starts
     drawn from measured profiles. Windows are produced per simulated second, with the state at each second's end."""
-    from workers.platform.core import PLACEMENTS, place
+    from workers.platform.core import PLACEMENTS, place, spatial_slots
     from workers.platform.sim import ProfileError, ServiceModel, SimPlatform
 
     spec, rec = ctx.spec, ctx.rec
@@ -446,11 +446,7 @@ def _run_simulated(ctx: _Context, profiles: list[dict], function_idx: np.ndarray
         except ProfileError as exc:
             raise TrialFailed(str(exc)) from exc
         placement = place(mem, [float(r * m) for r, m in zip(rates, mean_s, strict=True)], n_devices, budget, policy)
-    slots = None
-    if var.sharing == "spatial":
-        plan = ctx.plan
-        slots = len(plan.core_sets) if plan.core_sets else (len(plan.mig_devices) if plan.mig_devices
-                                                             else max(1, int(math.floor(1.0 / ctx.share + 1e-9))))
+    slots = spatial_slots(ctx.plan, ctx.share, var.max_instances) if var.sharing == "spatial" else None
     try:
         sim = SimPlatform(exp.functions, var, recorder=rec, function_idx=function_idx,
                           slo_latency_ms=exp.slo.latency_ms, profiles=profiles, seed=spec.seed + 7919 * spec.repeat,

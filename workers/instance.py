@@ -387,23 +387,32 @@ def _child(fd: int, t_main: float) -> int:
     cuda = loaded.device.type == "cuda"
     module = loaded.module
     make_batch = zoo.make_batch
-    fd = conn.fileno()
+
+    def run_batch(k: int) -> None:
+        module(make_batch(loaded, k))
+        if cuda:
+            torch.cuda.synchronize(loaded.device)
+
     with torch.inference_mode():  # the instance only ever runs inference
-        while True:
-            try:
-                k = _SIZE.unpack(_read_exactly(fd, 4))[0]
-            except (EOFError, OSError):
-                return 0
-            if k <= 0:
-                return 0
-            try:
-                module(make_batch(loaded, k))
-                if cuda:
-                    torch.cuda.synchronize(loaded.device)
-                os.write(fd, _OK)
-            except Exception as exc:  # noqa: BLE001 - a model error fails its batch, not the instance
-                text = f"{type(exc).__name__}: {exc}".encode()[:4000]
-                os.write(fd, _ERR + _SIZE.pack(len(text)) + text)
+        return _serve(conn.fileno(), run_batch)
+
+
+def _serve(fd: int, run_batch) -> int:
+    """The hot path, for every runtime: read a 4-byte batch size, run the batch, answer 1 byte (or an error with
+    its text); a size of 0 or a closed socket ends the instance."""
+    while True:
+        try:
+            k = _SIZE.unpack(_read_exactly(fd, 4))[0]
+        except (EOFError, OSError):
+            return 0
+        if k <= 0:
+            return 0
+        try:
+            run_batch(k)
+            os.write(fd, _OK)
+        except Exception as exc:  # noqa: BLE001 - a model error fails its batch, not the instance
+            text = f"{type(exc).__name__}: {exc}".encode()[:4000]
+            os.write(fd, _ERR + _SIZE.pack(len(text)) + text)
 
 
 def _child_onnx(conn, cfg: dict, t_main: float) -> int:
@@ -430,21 +439,7 @@ def _child_onnx(conn, cfg: dict, t_main: float) -> int:
         return 1
     run = loaded.session.run
     make_feeds = onnx_models.make_feeds
-    fd = conn.fileno()
-    while True:
-        try:
-            k = _SIZE.unpack(_read_exactly(fd, 4))[0]
-        except (EOFError, OSError):
-            return 0
-        if k <= 0:
-            return 0
-        try:
-            run(None, make_feeds(loaded, k))
-            os.write(fd, _OK)
-        except Exception as exc:  # noqa: BLE001 - a model error fails its batch, not the instance
-            text = f"{type(exc).__name__}: {exc}".encode()[:4000]
-            os.write(fd, _ERR + _SIZE.pack(len(text)) + text)
-
+    return _serve(conn.fileno(), lambda k: run(None, make_feeds(loaded, k)))
 
 if __name__ == "__main__" and len(sys.argv) == 2:
     raise SystemExit(_child(int(sys.argv[1]), time.perf_counter()))

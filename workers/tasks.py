@@ -411,6 +411,13 @@ def _close_lost(trial: Trial, redis_conn: redis.Redis | None) -> str:
     return "failed"
 
 
+def _retry_when_leased(task, what: str, obj_id: int, exc: LeaseBusy):
+    """The task's retry after LEASE_RETRY_S plus jitter, which keeps several waiting tasks from polling in lockstep."""
+    countdown = LEASE_RETRY_S + random.uniform(0, LEASE_RETRY_S / 2)
+    log.info("%s %s: %s; retrying in %.1f s", what, obj_id, exc, countdown)
+    return task.retry(countdown=countdown, exc=exc)
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, (TrialFailed, S.SpecError, LookupError, DeviceError)):
         return str(exc) or type(exc).__name__
@@ -502,11 +509,8 @@ def execute_trial(self, trial_id: int) -> str:
     try:
         return run_trial_by_id(trial_id, worker=worker, redis_conn=redis_client())
     except LeaseBusy as exc:
-        # Not a failure: the trial stays queued and this task comes back. Jitter keeps several waiting
-        # trials from polling in lockstep.
-        countdown = LEASE_RETRY_S + random.uniform(0, LEASE_RETRY_S / 2)
-        log.info("trial %s: %s; retrying in %.1f s", trial_id, exc, countdown)
-        raise self.retry(countdown=countdown, exc=exc) from None
+        # Not a failure: the trial stays queued and this task comes back.
+        raise _retry_when_leased(self, "trial", trial_id, exc) from None
     except (DatabaseError, redis.RedisError) as exc:
         # The database or Redis is down before the trial could start: acknowledging this message would leave
         # the trial queued with no message. Send it back; if even that fails, the reaper re-sends it.
@@ -593,6 +597,4 @@ def measure_profile_task(self, profile_id: int) -> str:
     try:
         return run_profile_by_id(profile_id, worker=worker, redis_conn=redis_client())
     except LeaseBusy as exc:
-        countdown = LEASE_RETRY_S + random.uniform(0, LEASE_RETRY_S / 2)
-        log.info("profile %s: %s; retrying in %.1f s", profile_id, exc, countdown)
-        raise self.retry(countdown=countdown, exc=exc) from None
+        raise _retry_when_leased(self, "profile", profile_id, exc) from None

@@ -80,7 +80,6 @@ class FunctionState:
     hold_since: float | None = None  # since when the batcher has been holding queued requests back
     held_from: float | None = None  # hold_since of the batch just taken (for batch_wait_s)
     taken_s: float = math.nan
-    instances: list = field(default_factory=list)
     idle: list = field(default_factory=list)  # idle instances, most recently idle last (LIFO keeps caches warm)
 
     @property
@@ -142,7 +141,6 @@ class SchedulingCore:
         self.stopping = False
         self.closed = False
         self.instances: list[InstanceState] = []
-        self.lives: list[InstanceLife] = []
         self._ids = ids if ids is not None else itertools.count()
         fidx = np.asarray(function_idx)
         gids = list(range(len(functions))) if function_ids is None else [int(g) for g in function_ids]
@@ -473,15 +471,15 @@ class SchedulingCore:
         return True, slot
 
     def _start(self, fn: FunctionState, now: float, out: list, *, prestart: bool,
-               keep_until_s: float | None = None, force: bool = False) -> bool:
-        """Reserve memory (and a spatial slot) and start an instance. False if full (unless force)."""
+               keep_until_s: float | None = None, force: bool = False) -> InstanceState | None:
+        """Reserve memory (and a spatial slot) and start an instance; None if full (unless force)."""
         if force:
             self.resident_bytes += fn.mem_bytes
             slot = None
         else:
             ok, slot = self._admit(fn)
             if not ok:
-                return False
+                return None
         iid = next(self._ids)
         share = 1.0 if self.exclusive else self.share
         life = InstanceLife(function=fn.gidx, instance=iid, share=share, start_s=now, end_s=now,
@@ -489,11 +487,9 @@ class SchedulingCore:
         inst = InstanceState(id=iid, fn=fn, share=share, life=life, prestart=prestart, slot=slot,
                              keep_until_s=keep_until_s, cs_start_s=now, delay_end_s=now + self.platform_delay_s)
         fn.n_starting += 1
-        fn.instances.append(inst)
         self.instances.append(inst)
-        self.lives.append(life)
         out.append((START, inst))
-        return True
+        return inst
 
     def _make_room(self, fn: FunctionState, now: float, out: list) -> None:
         """A start was refused for lack of memory / slots: evict the longest-idle instance of another function
@@ -543,8 +539,7 @@ class SchedulingCore:
     # ---- exclusive: one resident instance, swapped between functions ------------------------------------
     def _start_exclusive(self, fn: FunctionState, now: float, out: list, *, prestart: bool,
                          keep_until_s: float | None = None) -> None:
-        self._start(fn, now, out, prestart=prestart, keep_until_s=keep_until_s, force=True)
-        self.resident = fn.instances[-1]
+        self.resident = self._start(fn, now, out, prestart=prestart, keep_until_s=keep_until_s, force=True)
 
     def _exclusive_step(self, now: float, out: list) -> None:
         """What the device does next: run a batch on the resident, swap to another function (evict, then start
@@ -723,6 +718,18 @@ def replay(core: SchedulingCore, log: list[tuple]) -> list[list[tuple]]:
 
 def logged_actions(log: list[tuple]) -> list[list[tuple]]:
     return [entry[1] for entry in log if entry[0] == "->"]
+
+
+def spatial_slots(plan, share: float, max_instances: int) -> int:
+    """How many instances a spatial plan has room for: its CPU core sets, its MIG devices, else 1 / share (MPS);
+    max_instances without a plan."""
+    if plan is None:
+        return max_instances
+    if getattr(plan, "core_sets", None):
+        return len(plan.core_sets)
+    if getattr(plan, "mig_devices", None):
+        return len(plan.mig_devices)
+    return max(1, int(math.floor(1.0 / share + 1e-9)))
 
 
 # ---- placement of functions on a fleet's devices ---------------------------------------------------------

@@ -28,7 +28,6 @@ this project's CI machines, which have no GPU.
 from __future__ import annotations
 
 import heapq
-import math
 import os
 import select
 import threading
@@ -53,6 +52,7 @@ from workers.platform.core import (
     SchedulingCore,
     cold_start_record,
     record_batch,
+    spatial_slots,
 )
 from workers.recorder import Recorder
 from workers.spec import FunctionSpec, VariantSpec
@@ -209,7 +209,6 @@ class Platform:
         self.torch_device = torch_device
         self.plan = plan
         self.spatial = variant.sharing == "spatial"
-        self.notes: list[str] = []
         self.errors = 0
         self.error_messages: list[str] = []
         self.spatial_children: list[dict] = []
@@ -224,7 +223,8 @@ class Platform:
         self.core = SchedulingCore(functions, variant, rows=recorder.rows, function_idx=function_idx,
                                    slo_latency_ms=slo_latency_ms, memory_budget_bytes=memory_budget_bytes,
                                    mem_per_instance=mem_per_instance, share=share_,
-                                   slots=self._slot_count(share_) if self.spatial else None, trace=trace)
+                                   slots=spatial_slots(plan, share_, variant.max_instances) if self.spatial else None,
+                                   trace=trace)
         self._single = len(self.functions) == 1
         self._fidx = np.asarray(function_idx)
         self._n_fn = len(self.functions)
@@ -356,16 +356,6 @@ class Platform:
                 env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(int(plan.mps_active_thread_percentage))
         return ProcessRunner(spec, device, self.model_dir, cores=cores, threads=threads, env=env,
                              user_models=zoo.user_model_paths())
-
-    def _slot_count(self, share: float) -> int:
-        plan = self.plan
-        if plan is None:
-            return self.variant.max_instances
-        if getattr(plan, "core_sets", None):
-            return len(plan.core_sets)
-        if getattr(plan, "mig_devices", None):
-            return len(plan.mig_devices)
-        return max(1, int(math.floor(1.0 / share + 1e-9)))
 
     # ---- the timer thread ---------------------------------------------------------------------------------
     def _timer_main(self) -> None:

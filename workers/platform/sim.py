@@ -191,7 +191,6 @@ class SimPlatform:
         self.core = self.cores[0]
         self.errors = 0
         self.error_messages: list[str] = []
-        self.spatial_children: list[dict] = []
         self._heap: list = []
         self._seq = 0
         self._next_timer = [math.inf] * self.devices  # each device's earliest pending timer
@@ -366,8 +365,6 @@ class SimPlatform:
                 core = payload.driver
                 self._apply(core.released(payload, now), now, core)
         end_s = now
-        self.end_s = end_s
-        self._windows_to = next_win
         for core in cores:
             core.stop(end_s)
             for a in core.close(end_s):
