@@ -19,6 +19,7 @@ from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler
 from rest_framework.exceptions import APIException
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import JSONParser
 
 from workers import spec as S
@@ -190,3 +191,10 @@ class RequestSizeLimit:
             return message
 
         return await self.app(scope, limited_receive, send)
+
+
+class BoundedLimitOffsetPagination(LimitOffsetPagination):
+    """The API's pagination with a bounded `limit`: an unbounded one reached the database as an integer it cannot
+    hold (PostgreSQL: bigint out of range, a 500)."""
+
+    max_limit = 1000

@@ -447,3 +447,12 @@ def test_a_row_with_a_bound_beyond_the_run_and_a_verdict_serializes(owner, exper
     assert body["slo_verdict"] == {"verdict": "inconclusive", "reasons": ["p99 interval straddles the target"]}
     assert (body["drain_s"], body["completed_in_drain"], body["unfinished"]) == (0.4, 2, None)
     assert body["latency_completed_ms"] == SUMMARY["latency_ms"]
+
+
+def test_an_enormous_limit_and_a_nul_in_a_filter_are_answered_not_500(owner, experiment):
+    """Found by the schema fuzzer on PostgreSQL: a limit past bigint and a NUL character in a query reached the
+    database and gave 500s."""
+    r = owner.get("/api/experiments/?offset=-5345&limit=15774925544942897468631154688")
+    assert r.status_code == 200 and len(r.json()["results"]) <= 1000
+    r = owner.get("/api/profiles/?device=cpu&model=mlp%00small")
+    assert r.status_code == 200 and r.json() == []
