@@ -79,13 +79,16 @@ def test_the_counters_move_during_a_real_trial(metrics_settings, user, spec_data
     labels = {"trial": str(trial.code), "experiment": experiment.name, "variant": trial.variant_name,
               "function": "classify"}
     seen: list[float] = []
+    running_while_serving = 0
     deadline = time.monotonic() + 120
     while thread.is_alive() and time.monotonic() < deadline:
         samples = scrape(client)
         seen.append(total(samples, "slsbench_trial_requests_completed_total", **labels))
         if seen[-1] > 0:
-            assert total(samples, "slsbench_trials", status="running") == 1
-            assert total(samples, "slsbench_trial_instances", **labels) >= 1
+            running = total(samples, "slsbench_trials", status="running")
+            # the thread outlives the trial by its last writes: a scrape there sees it succeeded
+            assert running + total(samples, "slsbench_trials", status="succeeded") == 1
+            running_while_serving += running == 1 and total(samples, "slsbench_trial_instances", **labels) >= 1
         time.sleep(0.5)
     thread.join(120)
     assert outcome.get("result") == "succeeded"
@@ -95,6 +98,7 @@ def test_the_counters_move_during_a_real_trial(metrics_settings, user, spec_data
     print("completed during the run:", seen, "after:", completed, "offered:", offered)
     moving = [b for a, b in zip(seen, seen[1:], strict=False) if b > a]
     assert len(moving) >= 2  # rose at least twice while the trial ran
+    assert running_while_serving >= 2  # seen running, with an instance, while its counters moved
     trial.refresh_from_db()
     assert abs(completed - trial.summary["completed"]) <= 0.02 * trial.summary["completed"] + 1
     assert (("slsbench_trial_latency_ms", tuple(sorted({**labels, "quantile": "0.99"}.items()))) in after)
