@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,29 @@ def canonical(model: str, options: dict | None, input_shape) -> tuple[dict, list
     return opts, shape
 
 
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded ONNX model to profile: its stored file, its SHA-256 as registered, whether its batch dimension
+    is dynamic."""
+    file: str
+    sha256: str
+    dynamic_batch: bool
+
+
+def upload_options(upload: Upload | str) -> dict:
+    """What names an uploaded model's profile in place of options: the file's SHA-256 (a name is per owner and
+    may be reused for another file; the same bytes behave the same whoever uploaded them)."""
+    return {"onnx_sha256": upload if isinstance(upload, str) else upload.sha256}
+
+
+def function_profile_parts(f: FunctionSpec) -> tuple[str, dict, Any]:
+    """(model, options, input_shape) that name the profile a function reuses. An uploaded model's function must
+    be resolved first (controlplane.registry.selectors.resolve_uploaded_functions fills in model_sha256)."""
+    if f.model_runtime == "onnxruntime" and f.model_sha256:
+        return f.model, upload_options(f.model_sha256), f.input_shape
+    return f.model, dict(f.options), f.input_shape
+
+
 def profile_key(model: str, options: dict | None, input_shape, device: str) -> str:
     """The reuse key: two functions with the same key on the same device have the same profile."""
     opts, shape = canonical(model, options, input_shape)
@@ -110,14 +134,21 @@ def _memory_budget(device: devices.DeviceInfo) -> tuple[int, int]:
     return int(device.total_memory_bytes * MEMORY_HEADROOM), overhead
 
 
+def _zoo_estimate(model: str, options: dict, input_shape) -> Callable[[int], int]:
+    return lambda k: zoo.estimate_memory_bytes(model, input_shape=input_shape, options=options, batch_size=k)
+
+
 def plan_batch_sizes(model: str, options: dict, input_shape, device: devices.DeviceInfo,
-                     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> tuple[list[int], str]:
-    """Powers of two from 1 while zoo.estimate_memory_bytes says one instance fits; (sizes, why it stopped)."""
+                     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, *,
+                     estimate: Callable[[int], int] | None = None) -> tuple[list[int], str]:
+    """Powers of two from 1 while the memory estimate (zoo.estimate_memory_bytes unless `estimate`, bytes of one
+    instance at batch k) says one instance fits; (sizes, why it stopped)."""
+    estimate = estimate or _zoo_estimate(model, options, input_shape)
     budget, overhead = _memory_budget(device)
     sizes: list[int] = []
     k = 1
     while k <= max_batch_size:
-        need = zoo.estimate_memory_bytes(model, input_shape=input_shape, options=options, batch_size=k) + overhead
+        need = estimate(k) + overhead
         if need > budget:
             return sizes, (f"batch {k} needs about {need / 2**30:.2f} GiB, more than the {budget / 2**30:.2f} GiB "
                            f"instances may use on {device.name}")
@@ -127,11 +158,11 @@ def plan_batch_sizes(model: str, options: dict, input_shape, device: devices.Dev
 
 
 def plan_sharing_levels(model: str, options: dict, input_shape, device: devices.DeviceInfo, largest_batch: int,
-                        levels=DEFAULT_SHARING_LEVELS) -> tuple[list[int], list[dict]]:
+                        levels=DEFAULT_SHARING_LEVELS, *,
+                        estimate: Callable[[int], int] | None = None) -> tuple[list[int], list[dict]]:
     """The levels this host can run (instances at once on the device) and the skipped ones with the reason."""
     budget, overhead = _memory_budget(device)
-    per_instance = zoo.estimate_memory_bytes(model, input_shape=input_shape, options=options,
-                                             batch_size=largest_batch) + overhead
+    per_instance = (estimate or _zoo_estimate(model, options, input_shape))(largest_batch) + overhead
     kept: list[int] = []
     skipped: list[dict] = []
     for level in sorted({int(x) for x in levels}):
@@ -235,8 +266,11 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
                     sharing_levels: list[int] | None = None, samples: int = DEFAULT_SAMPLES,
                     cold_starts: int = DEFAULT_COLD_STARTS, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
                     warmup: int = WARMUP_BATCHES, progress: Callable[[str], None] | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> dict:
+                    should_stop: Callable[[], bool] | None = None, upload: Upload | None = None) -> dict:
     """Measure a profile (version 1, see docs/method.md "Profiles") with real instance processes.
+
+    `upload`: the model is an uploaded ONNX file run by ONNX Runtime instances, as its trials run it; `options`
+    are then upload_options(upload) (what names its profile) and `input_shape` the file's per-sample shape.
 
     `batch_sizes` / `sharing_levels` replace the planned ones (levels the host cannot run are still skipped);
     `device` is resolved as trials resolve it ("auto" -> cuda:0 or cpu). Raises ValueError for bad arguments,
@@ -249,14 +283,36 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
         raise ValueError("samples, cold_starts and max_batch_size must be 1 or more, warmup 0 or more")
     samples, cold_starts = int(samples), int(cold_starts)
     model_dir = Path(model_dir) if model_dir is not None else zoo.default_model_dir()
-    zoo.check_model(model, input_shape=input_shape, options=options)
     dev = devices.resolve_device(device)
     torch_device = "cpu" if dev.kind == "cpu" else f"cuda:{dev.index or 0}"
-    opts, shape = canonical(model, options, input_shape)
+    if upload is None:
+        zoo.check_model(model, input_shape=input_shape, options=options)
+        opts, shape = canonical(model, options, input_shape)
+        estimate = _zoo_estimate(model, opts, shape)
+        fn = FunctionSpec(name="profile", model=model, options=opts, input_shape=tuple(shape) if shape else None)
+    else:
+        from workers import onnx_models
+
+        opts, shape = upload_options(upload), list(input_shape) if input_shape is not None else None
+        if dict(options or {}) != opts:
+            raise ValueError(f"options: an uploaded model's profile is named by {opts}, not {options}")
+        sig, _peak = onnx_models.inspect_file_isolated(Path(upload.file))
+        # the same estimate as onnx_models.estimate_memory_bytes, without parsing the file again per batch size
+        per_sample = sum(math.prod(d if isinstance(d, int) else 1 for d in i["shape"][1 if sig.dynamic_batch else 0:])
+                         * 8 for i in sig.inputs)
+        size = Path(upload.file).stat().st_size
+
+        def estimate(k: int) -> int:
+            return int(2 * size + 16 * per_sample * max(1, k))
+
+        if not upload.dynamic_batch:  # a fixed batch dimension: batch 1 is all its trials can run
+            max_batch_size = 1
+        fn = FunctionSpec(name="profile", model=model, input_shape=tuple(shape) if shape else None,
+                          model_runtime="onnxruntime", model_file=str(upload.file), model_sha256=upload.sha256)
     skipped: list[dict] = []
 
     if batch_sizes is None:
-        sizes, why = plan_batch_sizes(model, opts, shape, dev, max_batch_size)
+        sizes, why = plan_batch_sizes(model, opts, shape, dev, max_batch_size, estimate=estimate)
         if not sizes:
             raise ValueError(f"{model}: not even batch 1 fits on {dev.name} ({why})")
         if why.startswith("batch"):
@@ -267,7 +323,7 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
             raise ValueError("batch_sizes: give one or more sizes of at least 1")
     levels, skipped_levels = plan_sharing_levels(model, opts, shape, dev, sizes[-1],
                                                  sharing_levels if sharing_levels is not None
-                                                 else DEFAULT_SHARING_LEVELS)
+                                                 else DEFAULT_SHARING_LEVELS, estimate=estimate)
     skipped.extend(skipped_levels)
     if not levels:
         raise ValueError(f"no sharing level can run on {dev.name}: " + "; ".join(s["reason"] for s in skipped_levels))
@@ -275,9 +331,9 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
         say(f"sharing level {s['level']} skipped: {s['reason']}")
 
     # Weights before anything is timed: generating a file is preparation, never part of a cold start.
-    zoo.weights_file(model, input_shape=shape, options=opts, model_dir=model_dir)
+    if upload is None:
+        zoo.weights_file(model, input_shape=shape, options=opts, model_dir=model_dir)
     zoo.weights_file("null", model_dir=model_dir)
-    fn = FunctionSpec(name="profile", model=model, options=opts, input_shape=tuple(shape) if shape else None)
     user_models = zoo.user_model_paths()
 
     def new_runner(threads: int, spec: FunctionSpec = fn) -> ProcessRunner:
@@ -362,6 +418,7 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
         "device": dev.name,
         "hardware": hardware_line(dev),
         "runtime": RUNTIME,
+        "model_runtime": fn.model_runtime,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "batch_sizes": sizes,
         "sharing_levels": levels,

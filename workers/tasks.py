@@ -65,7 +65,11 @@ from controlplane.experiments.trials import (
     trial_worker_lost,
     write_result_file,
 )
-from controlplane.registry.selectors import resolve_uploaded_functions, uploaded_models_for
+from controlplane.registry.selectors import (
+    resolve_uploaded_functions,
+    upload_for_profile,
+    uploaded_models_for,
+)
 from workers import profiling
 from workers import spec as S
 from workers.devices import DeviceError, gpu_uuid, resolve_device
@@ -331,13 +335,13 @@ def simulation_profiles(spec: S.TrialSpec, device: str, *, pinned: dict | None =
 
     pinned = pinned or {}
     out = []
-    for f in spec.experiment.functions:
+    for f in resolve_uploaded_functions(owner, spec.experiment.functions):
         if f.name in pinned:
             row = Profile.objects.filter(code=pinned[f.name], status=Profile.Status.SUCCEEDED).first()
             if row is None or (row.owner_id is not None and owner is not None and row.owner_id != owner.id):
                 raise LookupError(f"function {f.name!r}: profile {pinned[f.name]} does not exist or is not measured")
         else:
-            row = find_profile(f.model, dict(f.options), f.input_shape, device, user=owner)
+            row = find_profile(*profiling.function_profile_parts(f), device, user=owner)
             if row is None:
                 raise LookupError(f"function {f.name!r}: no profile of {f.model} on {device} to simulate from; "
                                   "measure one first (the Profile button, or manage.py profile SPEC)")
@@ -558,12 +562,17 @@ def run_profile_by_id(profile_id: int, *, worker: str, redis_conn: redis.Redis |
 
         asked = claimed.asked or {}
         try:
+            upload = None
+            if "onnx_sha256" in (claimed.options or {}):
+                upload = upload_for_profile(claimed.options["onnx_sha256"], claimed.owner)
+                if upload is None:
+                    raise LookupError(f"{claimed.model}: the uploaded model was deleted since the profile was asked")
             data = profiling.measure_profile(
                 claimed.model, options=claimed.options, input_shape=claimed.input_shape, device=device,
                 model_dir=Path(settings.MODEL_DIR), samples=int(asked.get("samples", profiling.DEFAULT_SAMPLES)),
                 cold_starts=int(asked.get("cold_starts", profiling.DEFAULT_COLD_STARTS)),
                 max_batch_size=int(asked.get("max_batch_size", profiling.DEFAULT_MAX_BATCH_SIZE)), progress=say,
-                should_stop=lambda: lease_lost.is_set() or (stop is not None and stop.is_set()))
+                should_stop=lambda: lease_lost.is_set() or (stop is not None and stop.is_set()), upload=upload)
         except Exception as exc:  # noqa: BLE001 - any failure ends as a failed profile with a reason
             if isinstance(exc, SoftTimeLimitExceeded):
                 reason = f"the profile ran past its time limit of {profile_services.SOFT_TIME_LIMIT_S} s"

@@ -8,6 +8,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db.models import QuerySet
 
+from workers import profiling
 from workers import spec as S
 
 from .models import Model
@@ -37,6 +38,20 @@ def resolve_uploaded_functions(owner, functions: tuple[S.FunctionSpec, ...]) -> 
             f = dataclasses.replace(f, model_file=str(Path(settings.MEDIA_ROOT) / m.file.name), model_sha256=m.sha256)
         out.append(f)
     return tuple(out)
+
+
+def upload_for_profile(sha256: str, owner=None) -> profiling.Upload | None:
+    """The stored file to profile for a profile named by an upload's SHA-256 (profiling.upload_options): the
+    owner's model with those bytes (any user's when the profile has no owner: the same bytes behave the same).
+    None when no such model is stored any more."""
+    qs = Model.objects.filter(sha256=sha256)
+    if owner is not None:
+        qs = qs.filter(owner=owner)
+    m = qs.order_by("id").first()
+    if m is None:
+        return None
+    return profiling.Upload(file=str(Path(settings.MEDIA_ROOT) / m.file.name), sha256=m.sha256,
+                            dynamic_batch=m.dynamic_batch)
 
 
 def catalogue_for(owner) -> list[dict]:

@@ -78,3 +78,37 @@ def test_the_same_zoo_model_under_torch_and_onnxruntime_is_two_variants_of_one_e
     assert len(list((tmp_path / "models").glob("mlp-small-*.onnx"))) == 1
     print(f"\ncold start p50: torch {torch_phases['total']:.0f} ms (import {torch_phases['import']:.0f} ms), "
           f"onnxruntime {ort_phases['total']:.0f} ms (import {ort_phases['import']:.0f} ms)")
+
+
+def test_an_uploaded_model_is_profiled_with_onnx_runtime_and_simulated_from_that_profile(user, test_redis,
+                                                                                      media_root, tmp_path,
+                                                                                      settings):
+    from controlplane.experiments.models import Profile
+    from controlplane.registry.models import Model
+
+    settings.MODEL_DIR = tmp_path / "models"
+    call_command("import_model", str(classifier(tmp_path / "clf.onnx", dynamic_batch=False)), "--name", "mine",
+                 "--owner", user.username, stdout=io.StringIO())
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({
+        "name": "byom sim", "device": "cpu", "slo": {"percentile": 99, "latency_ms": 200},
+        "functions": [{"name": "classify", "model": "mine"}],
+        "workload": {"pattern": "poisson", "rate_rps": 20, "duration_s": 20, "seed": 7},
+        "variants": [{"name": "dedicated"}]}))
+    out = io.StringIO()
+    call_command("simulate", str(path), "--short", "--owner", user.username, stdout=out, stderr=io.StringIO())
+    print(out.getvalue())
+    profile = Profile.objects.get()
+    sha = Model.objects.get(name="mine").sha256
+    # named by the file's bytes, owned by the model's owner, measured with ONNX Runtime instances at batch 1 only
+    # (the file's batch dimension is fixed)
+    assert profile.options == {"onnx_sha256": sha} and profile.owner == user
+    assert profile.data["model_runtime"] == "onnxruntime" and profile.data["batch_sizes"] == [1]
+    assert min(profile.data["cold_start_ms"]["session"]) > 0  # its cold starts created a session
+    trial = Trial.objects.get()
+    assert trial.status == Trial.Status.SUCCEEDED and trial.summary["simulated"] is True
+    assert trial.summary["simulation"]["profiles"][0]["id"] == str(profile.code)
+    # another user naming a model of the same name cannot reach this one's profile or file
+    with pytest.raises(Exception, match="mine"):
+        call_command("simulate", str(path), "--no-measure", "--owner", "someone-else", stdout=io.StringIO(),
+                     stderr=io.StringIO())

@@ -8,6 +8,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 from django.http import Http404
 
+from controlplane.registry.selectors import resolve_uploaded_functions
 from workers import profiling
 
 from ..models import Profile
@@ -71,9 +72,10 @@ def experiment_function_profiles(*, experiment, user) -> dict[int, Profile | Non
     model on the experiment's device), or None. One query for all the functions (an experiment may have
     hundreds)."""
     wanted: dict[int, list[str]] = {}
-    for f in experiment.functions.all():
-        spec = f.to_spec()
-        wanted[f.id] = [profiling.profile_key(spec.model, spec.options, spec.input_shape, d)
+    rows = list(experiment.functions.all())
+    for f, spec in zip(rows, resolve_uploaded_functions(experiment.owner, tuple(f.to_spec() for f in rows)),
+                       strict=True):
+        wanted[f.id] = [profiling.profile_key(*profiling.function_profile_parts(spec), d)
                         for d in _measured_devices(experiment.device)]
     newest: dict[str, Profile] = {}
     keys = {k for ks in wanted.values() for k in ks}

@@ -9,6 +9,7 @@ import functools
 from django.db import transaction
 from django.utils import timezone
 
+from controlplane.registry.selectors import resolve_uploaded_functions
 from workers import profiling
 
 from ..models import Experiment, Profile
@@ -61,16 +62,17 @@ def experiment_profile(*, experiment: Experiment, user, short: bool = False) -> 
     device, owned by `user`."""
     seen: set[str] = set()
     out: list[Profile] = []
+    specs = resolve_uploaded_functions(experiment.owner, tuple(f.to_spec() for f in experiment.functions.all()))
     with transaction.atomic():
-        for f in experiment.functions.all():
-            spec = f.to_spec()
-            key = profiling.profile_key(spec.model, spec.options, spec.input_shape, experiment.device)
+        for spec in specs:
+            model, options, shape = profiling.function_profile_parts(spec)
+            key = profiling.profile_key(model, options, shape, experiment.device)
             if key in seen:
                 continue
             seen.add(key)
-            out.append(profile_request(owner=user, model=spec.model, options=spec.options,
-                                       input_shape=spec.input_shape, device=experiment.device,
-                                       experiment=experiment, asked=profile_settings(short=short)))
+            out.append(profile_request(owner=user, model=model, options=options, input_shape=shape,
+                                       device=experiment.device, experiment=experiment,
+                                       asked=profile_settings(short=short)))
     return out
 
 

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import redis
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from controlplane.experiments import spec_io
 from controlplane.experiments.lease import LeaseBusy
+from controlplane.experiments.management.commands import run_experiment
 from controlplane.experiments.models import Profile
 from controlplane.experiments.profiles import services
 from workers import devices, profiling
-from workers import spec as S
 
 
 class Command(BaseCommand):
@@ -38,13 +38,17 @@ class Command(BaseCommand):
         parser.add_argument("--short", action="store_true",
                             help="a quick look: batch sizes up to 4, few samples, one cold start")
         parser.add_argument("--json", dest="json_out", metavar="OUT", help="write {profiles: [...]} to this file")
+        parser.add_argument("--owner", metavar="USER",
+                            help="a user whose uploaded models the spec names: their profiles are theirs (default: "
+                                 "shared profiles, built-in and installed models only)")
 
-    def handle(self, *args, spec, functions, samples, short, json_out, **options):
-        try:
-            exp = S.parse_experiment(spec_io.load_spec_file(spec))
-        except S.SpecError as exc:
-            raise CommandError(f"{spec}: invalid experiment spec:\n" + "\n".join(f"  {e}" for e in exc.errors)) \
-                from None
+    def handle(self, *args, spec, functions, samples, short, json_out, owner=None, **options):
+        owner_user = None
+        if owner:
+            owner_user = get_user_model().objects.filter(username=owner).first()
+            if owner_user is None:
+                raise CommandError(f"--owner {owner}: no such user")
+        _data, exp = run_experiment.load_spec(spec, owner_user)
         chosen = [f for f in exp.functions if not functions or f.name in functions]
         missing = sorted(set(functions or ()) - {f.name for f in exp.functions})
         if missing:
@@ -61,7 +65,7 @@ class Command(BaseCommand):
 
         todo: dict[str, tuple] = {}
         for f in chosen:
-            key = profiling.profile_key(f.model, f.options, f.input_shape, device)
+            key = profiling.profile_key(*profiling.function_profile_parts(f), device)
             todo.setdefault(key, (f, []))[1].append(f.name)
         conn = self._redis()
         worker = f"profile@{socket.gethostname()}"
@@ -69,8 +73,9 @@ class Command(BaseCommand):
         for f, names in todo.values():
             self.stdout.write(f"profiling {f.model} {json.dumps(f.options, sort_keys=True)} on {device} "
                               f"(function{'s' if len(names) > 1 else ''} {', '.join(names)})")
-            profile = services.profile_request(owner=None, model=f.model, options=f.options,
-                                               input_shape=f.input_shape, device=device, asked=asked,
+            model, options, shape = profiling.function_profile_parts(f)
+            profile = services.profile_request(owner=owner_user if f.model_sha256 else None, model=model,
+                                               options=options, input_shape=shape, device=device, asked=asked,
                                                enqueue=False)
             self._run(profile, worker, conn)
             profile.refresh_from_db()

@@ -10,6 +10,7 @@ Exit status: 0 when every trial succeeded, 1 when any failed, 130 when interrupt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import socket
@@ -69,6 +70,20 @@ def format_row(row: dict) -> str:
 
 def header() -> str:
     return "  ".join(f"{name:{align}{width}}" for name, width, align in COLUMNS)
+
+
+def load_spec(path: str, owner=None) -> tuple[dict, S.ExperimentSpec]:
+    """A spec file read and validated as `owner` would have it validated (their uploaded models may be named),
+    with those models' stored files filled in (for commands that run or profile it here); CommandError when bad."""
+    from controlplane.registry.selectors import resolve_uploaded_functions, uploaded_models_for
+
+    try:
+        data = spec_io.load_spec_file(path)
+        exp = S.parse_experiment(data, uploaded_models=uploaded_models_for(owner))
+    except S.SpecError as exc:
+        raise CommandError(f"{path}: invalid experiment spec:\n" + "\n".join(f"  {e}" for e in exc.errors)) \
+            from None
+    return data, dataclasses.replace(exp, functions=resolve_uploaded_functions(owner, exp.functions))
 
 
 class Command(BaseCommand):

@@ -16,9 +16,9 @@ from __future__ import annotations
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from controlplane.experiments import services, spec_io
+from controlplane.experiments import services
 from controlplane.experiments.management.commands import run_experiment
-from workers import devices
+from workers import devices, profiling
 from workers import spec as S
 
 
@@ -51,12 +51,11 @@ class Command(run_experiment.Command):
             pinned[name] = code
         owner_user = self._owner(owner)
         try:
-            data = spec_io.load_spec_file(spec)
             simulate = services.simulation_options({"devices": devices, "placement": placement, "profiles": pinned})
-            exp = S.parse_experiment(data)
         except S.SpecError as exc:
-            raise CommandError(f"{spec}: invalid:\n" + "\n".join(f"  {e}" for e in exc.errors)) from None
-        self._measure_missing(spec, exp, pinned, measure=measure, short=short)
+            raise CommandError("\n".join(str(e) for e in exc.errors)) from None
+        data, exp = run_experiment.load_spec(spec, owner_user)
+        self._measure_missing(spec, exp, pinned, measure=measure, short=short, owner=owner_user)
         experiment = self._import(owner_user, data)
         try:
             run = services.experiment_run(experiment=experiment, user=experiment.owner, repeats=repeats,
@@ -68,7 +67,9 @@ class Command(run_experiment.Command):
         self.stdout.write(run_experiment.header())
         self._finish(run, experiment, json_out, self._run_inline(run))
 
-    def _measure_missing(self, spec_path: str, exp, pinned: dict, *, measure: bool, short: bool) -> None:
+    def _measure_missing(self, spec_path: str, exp, pinned: dict, *, measure: bool, short: bool, owner) -> None:
+        """Profile the functions that have none on this device yet (`exp`: uploaded models resolved, as
+        run_experiment.load_spec gives it)."""
         from controlplane.experiments.profiles.selectors import find_profile
 
         try:
@@ -77,11 +78,11 @@ class Command(run_experiment.Command):
             raise CommandError(str(exc)) from None
         missing, seen = [], set()
         for f in exp.functions:
-            key = (f.model, repr(sorted(dict(f.options).items())), repr(f.input_shape))
+            key = profiling.profile_key(*profiling.function_profile_parts(f), device)
             if f.name in pinned or key in seen:
                 continue
             seen.add(key)
-            if find_profile(f.model, dict(f.options), f.input_shape, device) is None:
+            if find_profile(*profiling.function_profile_parts(f), device, user=owner) is None:
                 missing.append(f)
         if not missing:
             return
@@ -89,5 +90,5 @@ class Command(run_experiment.Command):
         if not measure:
             raise CommandError(f"no profile on {device} for {names}: run manage.py profile {spec_path} first")
         self.stdout.write(f"profiling first (no profile on {device} yet): {names}")
-        args = [spec_path, *(a for f in missing for a in ("--function", f.name))]
+        args = [spec_path, *(a for f in missing for a in ("--function", f.name)), "--owner", owner.get_username()]
         call_command("profile", *args, *(["--short"] if short else []), stdout=self.stdout, stderr=self.stderr)

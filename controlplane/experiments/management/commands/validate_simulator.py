@@ -19,7 +19,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from controlplane.experiments import spec_io
+from controlplane.experiments.management.commands import run_experiment
 from controlplane.experiments.management.commands.simulate import Command as SimulateCommand
 from controlplane.experiments.models import Profile
 from workers import devices
@@ -65,24 +65,24 @@ class Command(BaseCommand):
         parser.add_argument("--json", dest="json_out", nargs="?", const="-", metavar="OUT",
                             help="write the result as JSON to OUT (or stdout with no OUT)")
         parser.add_argument("--short", action="store_true", help="profile missing models quickly (few samples)")
+        parser.add_argument("--owner", default=run_experiment.DEFAULT_OWNER,
+                            help="username whose uploaded models the spec may name and whose profiles it may use "
+                                 f"(default {run_experiment.DEFAULT_OWNER})")
 
-    def handle(self, *args, spec, json_out, short, **options):
+    def handle(self, *args, spec, json_out, short, owner=run_experiment.DEFAULT_OWNER, **options):
         from workers.engine import TrialFailed, run_trial
         from workers.tasks import simulation_profiles
 
-        try:
-            data = spec_io.load_spec_file(spec)
-            exp = S.parse_experiment(data)
-        except S.SpecError as exc:
-            raise CommandError(f"{spec}: invalid:\n" + "\n".join(f"  {e}" for e in exc.errors)) from None
+        owner_user = SimulateCommand()._owner(owner)
+        _data, exp = run_experiment.load_spec(spec, owner_user)
         too_big = S.real_run_errors(exp)
         if too_big:
             raise CommandError("the spec is too big to run for real:\n" + "\n".join(f"  {e}" for e in too_big))
         out = self.stdout if json_out != "-" else io.StringIO()
         helper = SimulateCommand(stdout=out, stderr=self.stderr)
-        helper._measure_missing(spec, exp, {}, measure=True, short=short)
+        helper._measure_missing(spec, exp, {}, measure=True, short=short, owner=owner_user)
         device = devices.resolve_device(exp.device).name
-        profiles = simulation_profiles(S.TrialSpec(exp, exp.variants[0]), device)
+        profiles = simulation_profiles(S.TrialSpec(exp, exp.variants[0]), device, owner=owner_user)
         rows = []
         model_dir = Path(settings.MODEL_DIR)
         for v in exp.variants:
