@@ -85,17 +85,25 @@ def _dims(value_info) -> list[int | str]:
 
 
 def inspect_file(path: Path) -> Signature:
-    """Check an ONNX file and read its signature. Raises OnnxModelError with a reason a user can act on."""
+    """Check an ONNX file and read its signature. Raises OnnxModelError with a reason a user can act on.
+
+    The file is read as a skeleton (workers.onnx_skeleton: the graph with its weights counted and skipped, never
+    read), so memory stays bounded whatever the file's size; `onnx.checker` checks the skeleton.
+    """
     import onnx
     from google.protobuf.message import DecodeError
 
+    from workers.onnx_skeleton import STRIPPED_LOCATION, Malformed, SkeletonError, skeleton
+
     path = Path(path)
     try:
-        # External data is never followed: an entry's location is a path the file's author chose.
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-        raise OnnxModelError(f"not an ONNX model (the file does not parse as an ONNX protobuf: "
-                             f"{type(exc).__name__})") from exc
+        data = skeleton(path)
+        model = onnx.ModelProto.FromString(data)
+    except (Malformed, DecodeError, RuntimeError, ValueError, OSError) as exc:
+        detail = f"{type(exc).__name__}: {exc}" if isinstance(exc, Malformed) else type(exc).__name__
+        raise OnnxModelError(f"not an ONNX model (the file does not parse as an ONNX protobuf: {detail})") from exc
+    except SkeletonError as exc:
+        raise OnnxModelError(str(exc)) from exc
     if not model.HasField("graph") or not model.opset_import:
         raise OnnxModelError("not an ONNX model (no graph or no operator set)")
     domains = {o.domain for o in model.opset_import} | _node_domains(model.graph)
@@ -103,10 +111,6 @@ def inspect_file(path: Path) -> Signature:
     if custom:
         raise OnnxModelError(f"uses custom operator domain(s) {', '.join(custom)}: only the standard ONNX "
                              "operators can run here (no custom operator libraries)")
-    external = _external_locations(model.graph)
-    if external:
-        raise OnnxModelError(f"references external data ({', '.join(sorted(external)[:3])}): upload a model that "
-                             "holds its weights in the file itself (onnx.save(..., save_as_external_data=False))")
     initializers = {i.name for i in model.graph.initializer}
     inputs = [{"name": i.name, "shape": _dims(i), "dtype": _dtype_name(i.type.tensor_type.elem_type)}
               for i in model.graph.input if i.name not in initializers]
@@ -122,11 +126,16 @@ def inspect_file(path: Path) -> Signature:
                                  f"generated (supported: {', '.join(sorted(set(_DTYPES.values())))})")
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     dynamic = all(isinstance(i["shape"][0], str) for i in inputs)
-    del model  # the checker reads the file itself: never two copies of a large model in memory at once
-    try:
-        onnx.checker.check_model(str(path))
-    except onnx.checker.ValidationError as exc:
-        raise OnnxModelError(f"the ONNX checker refused the graph: {str(exc).splitlines()[0][:300]}") from exc
+    # The checker resolves the skeleton's external-data entries beside the file it checks: one empty file.
+    with tempfile.TemporaryDirectory(prefix="onnx-check-") as tmp:
+        (Path(tmp) / STRIPPED_LOCATION).touch()
+        checked = Path(tmp) / "skeleton.onnx"
+        checked.write_bytes(data)
+        del data, model
+        try:
+            onnx.checker.check_model(str(checked))
+        except onnx.checker.ValidationError as exc:
+            raise OnnxModelError(f"the ONNX checker refused the graph: {str(exc).splitlines()[0][:300]}") from exc
     return Signature(inputs=inputs, outputs=outputs, opset=int(opset), dynamic_batch=dynamic)
 
 
@@ -182,22 +191,6 @@ def _node_domains(graph) -> set[str]:
                 out |= _node_domains(attr.g)
             for g in attr.graphs:
                 out |= _node_domains(g)
-    return out
-
-
-def _external_locations(graph) -> set[str]:
-    import onnx
-
-    out: set[str] = set()
-    tensors = list(graph.initializer) + [a.t for n in graph.node for a in n.attribute if a.HasField("t")]
-    for t in tensors:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            loc = next((e.value for e in t.external_data if e.key == "location"), "?")
-            out.add(loc)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                out |= _external_locations(attr.g)
     return out
 
 
