@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -160,18 +161,32 @@ class CappedUploadHandler(FileUploadHandler):
 
 
 # ---- the whole request, under ASGI ------------------------------------------------------------------------
-class RequestSizeLimit:
-    """ASGI middleware: 413 for a declared Content-Length over REQUEST_MAX_BYTES before reading any of it; a
-    body that turns out longer while it streams is cut off (the app sees a disconnect). Django's ASGI handler
-    would otherwise spool any body, however large, to disk before a view or a limit sees it."""
+BODY_FILE = "slsbench.body_file"  # scope extension: the body, already spooled by the server (controlplane.webserver)
+BODY_MESSAGE_BYTES = 256 * 1024
 
-    def __init__(self, app):
+
+class RequestSizeLimit:
+    """ASGI middleware: 413 for a declared Content-Length over the bound before reading any of it; a body that
+    turns out longer while it streams is cut off (the app sees a disconnect). Django's ASGI handler would
+    otherwise spool any body, however large, to disk before a view or a limit sees it.
+
+    The bound is REQUEST_MAX_BYTES, or a route's own (`per_path`: a callable read at each request, so settings
+    changes apply): the model upload takes files far larger than any other body. `limit_for` is what the web
+    server (controlplane.webserver) applies while the body arrives; a body the server spooled itself comes as
+    the scope extension BODY_FILE and is read from it in BODY_MESSAGE_BYTES messages as the app asks."""
+
+    def __init__(self, app, per_path: dict[str, Callable[[], int]] | None = None):
         self.app = app
+        self.per_path = dict(per_path or {})
+
+    def limit_for(self, path: str) -> int:
+        route = self.per_path.get(path)
+        return route() if route is not None else settings.REQUEST_MAX_BYTES
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = settings.REQUEST_MAX_BYTES
+        limit = self.limit_for(scope.get("path", ""))
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             body = json.dumps({"detail": f"the request body is larger than {limit // (1024 * 1024)} MiB"}).encode()
@@ -180,6 +195,9 @@ class RequestSizeLimit:
             await send({"type": "http.response.body", "body": body})
             return None
         received = 0
+        spooled = (scope.get("extensions") or {}).get(BODY_FILE)
+        if spooled is not None:
+            receive = _spooled_receive(spooled, receive)
 
         async def limited_receive():
             nonlocal received
@@ -191,6 +209,30 @@ class RequestSizeLimit:
             return message
 
         return await self.app(scope, limited_receive, send)
+
+
+def _spooled_receive(body, receive):
+    """`receive` for a body the server spooled to a file: the server's own (empty, final) body message is taken
+    first, then the file's content in messages, then the server's messages again (a disconnect)."""
+    state = {"started": False, "done": False}
+
+    async def spooled_receive():
+        if not state["started"]:
+            state["started"] = True
+            first = await receive()
+            if first["type"] != "http.request":
+                state["done"] = True
+                return first
+        if state["done"]:
+            return await receive()
+        chunk = body.read(BODY_MESSAGE_BYTES)
+        more = len(chunk) == BODY_MESSAGE_BYTES
+        if not more:
+            state["done"] = True
+            body.close()
+        return {"type": "http.request", "body": chunk, "more_body": more}
+
+    return spooled_receive
 
 
 class BoundedLimitOffsetPagination(LimitOffsetPagination):

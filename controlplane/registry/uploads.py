@@ -20,8 +20,16 @@ from django.core.files.uploadhandler import FileUploadHandler, SkipFile, StopUpl
 CHUNK_BYTES = 1 << 20
 
 
+ENVELOPE_BYTES = 1 << 20  # the multipart boundaries, headers and the name field around the file
+
+
 def max_upload_bytes() -> int:
     return int(settings.MODEL_UPLOAD_MAX_BYTES)
+
+
+def max_request_bytes() -> int:
+    """The largest upload request: the file's cap plus its envelope (the ASGI guard's bound on this route)."""
+    return max_upload_bytes() + ENVELOPE_BYTES
 
 
 class TooBig(Exception):
@@ -96,7 +104,7 @@ class ModelUploadHandler(FileUploadHandler):
 
     def handle_raw_input(self, input_data, META, content_length, boundary, encoding=None):
         # A declared body far beyond the cap is refused before a byte is read.
-        if content_length and content_length > max_upload_bytes() + 1024 * 1024:
+        if content_length and content_length > max_request_bytes():
             self.too_big = f"larger than the {max_upload_bytes() / 2**30:g} GiB limit"
             raise StopUpload(connection_reset=False)
         return None
