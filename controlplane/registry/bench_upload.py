@@ -1,18 +1,24 @@
-"""`manage.py bench upload`: the web process's peak memory while it takes a large ONNX upload.
+"""`manage.py bench upload`: the memory of every process that handles a large ONNX upload.
 
-A fresh Python process (the "server") sets Django up and hands one multipart POST /api/models/ to Django's WSGI
-handler, with the request body streamed from a file on disk (the whole stack runs: middleware, authentication,
-the upload handler that streams to MEDIA_ROOT and hashes, the isolated check, the rename, the row). Its peak
-RSS (VmHWM) is read after the request; the baseline is the same process taking a tiny upload first, so the
-difference is what the large file cost. The check of the file runs in its own child process (see
-workers.onnx_models.inspect_file_isolated); its peak RSS is reported too, as the host's memory it needed.
+The web server runs as in production (`python -m controlplane.webserver`: daphne with bounded request bodies) in a
+process of its own; this process uploads a tiny model (the baseline) and then the large one with a streamed
+multipart POST /api/models/ (the whole stack runs: daphne, the ASGI guard, middleware, authentication, the upload
+handler that streams to MEDIA_ROOT and hashes, the isolated check, the rename, the row). Two processes handle an
+upload: the server, whose peak RSS (VmHWM in /proc/<pid>/status) is read after each upload, and the check's child
+process, which reports its own peak (the server logs it, `services.CHECK_LOG`). The figure of the goal is the
+larger of the two growths over the tiny upload, and each process's peak is printed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import io
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -80,89 +86,120 @@ class MultipartBody(io.RawIOBase):
         return out
 
 
-def _peak_rss_bytes() -> int:
-    from workers.onnx_models import _peak_rss_bytes as peak
+def peak_rss_bytes(pid: int) -> int:
+    """A process's peak RSS: VmHWM (exec resets it, unlike ru_maxrss)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("this host does not report VmHWM (/proc/<pid>/status): peak RSS cannot be measured")
 
-    value = peak()
-    if value is None:
-        raise RuntimeError("this host does not report VmHWM (/proc/self/status): peak RSS cannot be measured")
-    return value
+
+@contextlib.contextmanager
+def web_server(env: dict, log_path: Path, timeout_s: float = 90.0):
+    """The production web server (controlplane.webserver) on a free port: yields (process, port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**env, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "controlplane.webserver", "-b", "127.0.0.1", "-p", str(port),
+                                 "controlplane.asgi:application"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the web server did not start: {log_path.read_text()[-2000:]}")
+                time.sleep(0.1)
+            yield proc, port
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
 
-def _post(handler, token: str, path: Path, name: str) -> tuple[int, dict, float]:
+def upload(port: int, token: str, path: Path, name: str) -> tuple[int, dict, float]:
+    """POST a model to the server, the body streamed from the disk: (status, JSON body, seconds)."""
     body = MultipartBody(path, name)
-    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/api/models/", "SERVER_NAME": "localhost",
-               "SERVER_PORT": "80", "wsgi.url_scheme": "http", "wsgi.input": io.BufferedReader(body, 1 << 16), "HTTP_HOST": "localhost",
-               "CONTENT_TYPE": f"multipart/form-data; boundary={BOUNDARY}", "CONTENT_LENGTH": str(body.length),
-               "HTTP_AUTHORIZATION": f"Token {token}", "wsgi.errors": sys.stderr}
-    status: list[str] = []
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600, blocksize=1 << 20)
     started = time.perf_counter()
-    chunks = handler(environ, lambda s, h, *a: status.append(s))
-    payload = b"".join(chunks)
-    return int(status[0].split()[0]), json.loads(payload or b"{}"), time.perf_counter() - started
+    try:
+        conn.request("POST", "/api/models/", body=body, headers={
+            "Content-Type": f"multipart/form-data; boundary={BOUNDARY}", "Content-Length": str(body.length),
+            "Authorization": f"Token {token}"})
+        response = conn.getresponse()
+        payload = response.read()
+    finally:
+        conn.close()
+    return response.status, json.loads(payload or b"{}"), time.perf_counter() - started
 
 
-def child(small: str, big: str) -> int:
-    """The "server": Django set up, one tiny upload (baseline), one large upload; prints one JSON line."""
-    import django
+def _checker_peaks(log_path: Path) -> dict[str, int]:
+    """{model name: the check's child peak RSS} from the server's log lines (services.CHECK_LOG)."""
+    from .services import CHECK_LOG
 
-    django.setup()
+    pattern = re.escape(CHECK_LOG).replace("%s", "(\\S+)").replace("%d", "\\d+")
+    return {m.group(1): int(m.group(2)) for m in re.finditer(pattern, log_path.read_text(errors="replace"))
+            if m.group(2).isdigit()}
+
+
+def run(size_mb: int = 500, *, env: dict | None = None, server: tuple | None = None) -> dict:
+    """`env`: the server process's environment (default: this one's); `server`: (process, port, log path) of a
+    server already started with `web_server`, else one is started. Uses this process's database for the user and
+    its token, so the server must share it."""
     from django.contrib.auth import get_user_model
-    from django.core.handlers.wsgi import WSGIHandler
     from rest_framework.authtoken.models import Token
 
-    from controlplane.registry.models import Model
-    from controlplane.registry.services import model_delete
+    from .models import Model
+    from .services import model_delete
 
     user, _ = get_user_model().objects.get_or_create(username=BENCH_USER)
     token, _ = Token.objects.get_or_create(user=user)
-    handler = WSGIHandler()
-    out: dict = {"rss_after_setup_bytes": _peak_rss_bytes()}
     tag = uuid.uuid4().hex[:8]
-    code, body, _ = _post(handler, token.key, Path(small), f"bench-small-{tag}")
-    out["baseline_status"] = code
-    out["baseline_peak_rss_bytes"] = _peak_rss_bytes()
-    code, body, elapsed = _post(handler, token.key, Path(big), f"bench-big-{tag}")
-    out.update(status=code, elapsed_s=elapsed, peak_rss_bytes=_peak_rss_bytes(), detail=body.get("detail"),
-               sha256=body.get("sha256"), size_bytes=body.get("size_bytes"))
-    for m in Model.objects.filter(owner=user, name__startswith="bench-"):
-        model_delete(model=m)
-    print(json.dumps(out))
-    return 0
-
-
-def run(size_mb: int = 500, *, env: dict | None = None) -> dict:
-    """`env`: the server process's environment (default: this one's, with its import path)."""
-    from workers import onnx_models
-
-    with tempfile.TemporaryDirectory() as tmp:
+    small_name, big_name = f"bench-small-{tag}", f"bench-big-{tag}"
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         small = build_onnx(Path(tmp) / "small.onnx", 1)
         big = build_onnx(Path(tmp) / "big.onnx", size_mb)
-        env = {**(env if env is not None else os.environ), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        proc = subprocess.run([sys.executable, "-m", "controlplane.registry.bench_upload", str(small), str(big)],
-                              capture_output=True, text=True, env=env, timeout=1800)
-        if proc.returncode != 0 or not proc.stdout.strip():
-            raise RuntimeError(f"the server process failed: {proc.stderr[-2000:]}")
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        _sig, checker_peak = onnx_models.inspect_file_isolated(big)  # the same check, to report what it needed
+        if server is None:
+            log_path = Path(tmp) / "server.log"
+            proc, port = stack.enter_context(web_server(dict(env if env is not None else os.environ), log_path))
+        else:
+            proc, port, log_path = server
+        try:
+            setup_peak = peak_rss_bytes(proc.pid)
+            baseline_status, _body, _s = upload(port, token.key, small, small_name)
+            baseline_peak = peak_rss_bytes(proc.pid)
+            status, body, elapsed = upload(port, token.key, big, big_name)
+            server_peak = peak_rss_bytes(proc.pid)
+            checkers = _checker_peaks(Path(log_path))
+        finally:
+            for m in Model.objects.filter(owner=user, name__in=[small_name, big_name]):
+                model_delete(model=m)
         file_bytes = big.stat().st_size
     mib = 2**20
+    server_added = server_peak - baseline_peak
+    checker_added = (checkers[big_name] - checkers[small_name]) if {big_name, small_name} <= checkers.keys() else None
+    added = max(server_added, checker_added if checker_added is not None else 0)
     return {
         "benchmark": "upload",
         "file_mb": round(file_bytes / 1e6, 1),
-        "status": result["status"],
-        "detail": result.get("detail"),
-        "elapsed_s": round(result["elapsed_s"], 2),
-        "server_rss_after_setup_mib": round(result["rss_after_setup_bytes"] / mib, 1),
-        "server_peak_rss_baseline_mib": round(result["baseline_peak_rss_bytes"] / mib, 1),
-        "server_peak_rss_mib": round(result["peak_rss_bytes"] / mib, 1),
-        "server_added_by_upload_mib": round((result["peak_rss_bytes"] - result["baseline_peak_rss_bytes"]) / mib, 1),
-        "checker_child_peak_rss_mib": round(checker_peak / mib, 1) if checker_peak else None,
-        "goal": "server memory added by the upload under 100 MiB",
-        "goal_met": (result["peak_rss_bytes"] - result["baseline_peak_rss_bytes"]) < 100 * mib,
+        "status": status,
+        "baseline_status": baseline_status,
+        "detail": body.get("detail"),
+        "elapsed_s": round(elapsed, 2),
+        "server": "python -m controlplane.webserver (daphne)",
+        "server_peak_rss_before_mib": round(setup_peak / mib, 1),
+        "server_peak_rss_baseline_mib": round(baseline_peak / mib, 1),
+        "server_peak_rss_mib": round(server_peak / mib, 1),
+        "server_added_by_upload_mib": round(server_added / mib, 1),
+        "checker_peak_rss_baseline_mib": round(checkers[small_name] / mib, 1) if small_name in checkers else None,
+        "checker_peak_rss_mib": round(checkers[big_name] / mib, 1) if big_name in checkers else None,
+        "checker_added_by_upload_mib": round(checker_added / mib, 1) if checker_added is not None else None,
+        "goal": "every process's memory added by the upload (server, checker) under 100 MiB",
+        "goal_met": status == 201 and checker_added is not None and added < 100 * mib,
     }
-
-
-if __name__ == "__main__" and len(sys.argv) == 3:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
-    raise SystemExit(child(sys.argv[1], sys.argv[2]))

@@ -6,6 +6,7 @@ Problems are raised as `workers.spec.SpecError` with the field named ("name", "f
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,10 @@ from workers import spec as S
 from workers.onnx_models import OnnxModelError, inspect_file_isolated
 
 from .models import Model
+
+log = logging.getLogger(__name__)
+# What `manage.py bench upload` reads from the web server's log: the check's child process's peak memory.
+CHECK_LOG = "model check of %s (%d bytes): checker peak RSS %s bytes"
 
 
 def _error(path: str, message: str) -> S.SpecError:
@@ -44,9 +49,10 @@ def _register(*, owner, name: str, incoming: Path, sha256: str, size_bytes: int)
     if Model.objects.filter(owner=owner, name=name).exists():
         raise _error("name", f"you already have a model named {name!r}; delete it first or choose another name")
     try:
-        sig, _peak_rss = inspect_file_isolated(incoming)
+        sig, peak_rss = inspect_file_isolated(incoming)
     except OnnxModelError as exc:
         raise _error("file", str(exc)) from exc
+    log.info(CHECK_LOG, name, size_bytes, peak_rss)
     model = Model(owner=owner, name=name, sha256=sha256, size_bytes=size_bytes, inputs=sig.inputs,
                   outputs=sig.outputs, opset=sig.opset, dynamic_batch=sig.dynamic_batch)
     relative = f"models/{model.code}/model.onnx"

@@ -89,9 +89,9 @@ class Command(BaseCommand):
             env = {**os.environ, "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url,
                    "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "controlplane.settings"),
                    "PYTHONUNBUFFERED": "1"}
-            bin_dir = Path(sys.executable).parent
-            supervisor.start("web server (daphne)", [str(bin_dir / "daphne"), "-b", host, "-p", str(port),
-                                                     "controlplane.asgi:application"], env=env)
+            # daphne with request bodies bounded while they stream (controlplane/webserver.py)
+            supervisor.start("web server (daphne)", [sys.executable, "-m", "controlplane.webserver", "-b", host, "-p",
+                                                     str(port), "controlplane.asgi:application"], env=env)
             # One worker for everything in the demo: the device pools and simulated trials.
             supervisor.start("celery worker", celery_worker_argv([*all_queues(), services.SIM_QUEUE], self.worker_name),
                              env=env)
