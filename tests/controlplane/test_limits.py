@@ -187,8 +187,29 @@ def test_a_body_that_streams_past_the_limit_is_cut_off():
     assert received == ["http.request"] * 3 + ["http.disconnect"]
 
 
-def test_the_real_asgi_application_has_the_guard():
+def test_a_route_with_its_own_bound_takes_bodies_up_to_it(settings):
+    called = []
+
+    async def app(scope, receive, send):
+        called.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    settings.REQUEST_MAX_BYTES = 1000
+    guard = limits.RequestSizeLimit(app, per_path={"/api/experiments/": lambda: 5000})
+    start, _ = asgi_post(guard, [(b"content-length", b"5000")], [b""])
+    assert start["status"] == 200 and called == ["/api/experiments/"]
+    start, _ = asgi_post(guard, [(b"content-length", b"5001")], [b""])
+    assert start["status"] == 413 and len(called) == 1
+    assert guard.limit_for("/api/other/") == 1000
+
+
+def test_the_real_asgi_application_has_the_guard(settings):
     from controlplane.asgi import application
+    from controlplane.registry.uploads import max_request_bytes
 
     http_app = application.application_mapping["http"]
     assert isinstance(http_app, limits.RequestSizeLimit)
+    settings.MODEL_UPLOAD_MAX_BYTES = 3 * 2**30
+    assert http_app.limit_for("/api/models/") == max_request_bytes() > 3 * 2**30
+    assert http_app.limit_for("/api/experiments/") == settings.REQUEST_MAX_BYTES
