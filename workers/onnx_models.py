@@ -5,7 +5,7 @@ Three users:
 - the model registry (controlplane/registry) calls `inspect_file` on an upload before it is stored: the graph
   must pass `onnx.checker`, use only the standard operator domains, and hold all of its weights in the file
   itself (ONNX external-data entries are paths chosen by whoever made the file: an upload naming one is refused
-  rather than resolved);
+  rather than resolved). The file is read as a skeleton (workers.onnx_skeleton), never whole;
 - the engine calls `export_zoo_model` before the trial's clock starts, so a built-in zoo model can run under
   ONNX Runtime (`model_runtime: onnxruntime`): the model is built with its generated weights and exported once,
   with a dynamic batch axis, to a `.onnx` file cached beside the weights;
@@ -142,8 +142,9 @@ def inspect_file(path: Path) -> Signature:
 def inspect_file_isolated(path: Path, *, timeout_s: float = 600.0) -> tuple[Signature, int | None]:
     """`inspect_file` in a child process: (signature, the child's peak RSS in bytes).
 
-    Parsing an ONNX file holds all of it in memory (about twice its size); doing that in a child keeps the web
-    process's memory flat whatever the upload's size, and a parser crash on a hostile file kills only the child.
+    The check's memory is bounded (the skeleton, not the file), but it imports onnx and parses a file anyone may
+    have made: in a child, the web process stays as it was and a parser crash on a hostile file kills only the
+    child.
     """
     try:
         proc = subprocess.run([sys.executable, "-m", "workers.onnx_models", "inspect", str(path)],
@@ -161,23 +162,14 @@ def inspect_file_isolated(path: Path, *, timeout_s: float = 600.0) -> tuple[Sign
     return Signature(**answer["signature"]), answer.get("peak_rss_bytes")
 
 
-def _peak_rss_bytes() -> int | None:
-    """This process's peak RSS: VmHWM, which exec resets (ru_maxrss keeps a forking parent's high-water mark)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _inspect_main(path: str) -> int:
+    from workers.procstat import peak_rss_bytes
+
     try:
         out: dict = {"signature": inspect_file(Path(path)).as_dict()}
     except OnnxModelError as exc:
         out = {"error": str(exc)}
-    out["peak_rss_bytes"] = _peak_rss_bytes()
+    out["peak_rss_bytes"] = peak_rss_bytes()
     print(json.dumps(out))
     return 0
 
@@ -252,7 +244,7 @@ def export_zoo_model(key: str, *, input_shape=None, options: dict | None = None,
 def estimate_memory_bytes(path: Path, batch_size: int = 1) -> int:
     """Rough memory of one ONNX Runtime instance: the weights twice (the bytes read and the session's copy)
     plus a generous multiple of one batch's inputs for activations. An estimate for refusing what cannot fit."""
-    sig, _peak = inspect_file_isolated(path)  # parsing holds the whole file: not in the trial's process
+    sig, _peak = inspect_file_isolated(path)  # onnx is not imported in the trial's process
     per_sample = sum(math.prod(d if isinstance(d, int) else 1 for d in i["shape"][1 if sig.dynamic_batch else 0:])
                      * 8 for i in sig.inputs)
     return int(2 * Path(path).stat().st_size + 16 * per_sample * max(1, batch_size))

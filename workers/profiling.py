@@ -190,12 +190,11 @@ def instance_threads(device: devices.DeviceInfo, level: int) -> int:
 # ---- measuring ------------------------------------------------------------------------------------------------
 def _peak_rss_bytes(pid: int) -> int:
     """The process's peak resident set (VmHWM), else its current RSS."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    from workers.procstat import peak_rss_bytes
+
+    peak = peak_rss_bytes(pid)
+    if peak is not None:
+        return peak
     import psutil
 
     return int(psutil.Process(pid).memory_info().rss)

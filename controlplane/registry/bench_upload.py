@@ -87,11 +87,12 @@ class MultipartBody(io.RawIOBase):
 
 
 def peak_rss_bytes(pid: int) -> int:
-    """A process's peak RSS: VmHWM (exec resets it, unlike ru_maxrss)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("this host does not report VmHWM (/proc/<pid>/status): peak RSS cannot be measured")
+    from workers.procstat import peak_rss_bytes as peak
+
+    value = peak(pid)
+    if value is None:
+        raise RuntimeError("this host does not report VmHWM (/proc/<pid>/status): peak RSS cannot be measured")
+    return value
 
 
 @contextlib.contextmanager
