@@ -224,3 +224,74 @@ def test_deleting_the_user_closes_their_sockets(client, running, user, test_redi
     # Its trials go with it, so the trial's group may close the socket first (4404): closed either way.
     assert run(go) in ({"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED},
                        {"type": "websocket.close", "code": CLOSE_NOT_FOUND})
+
+
+def _closed_by(client, running, user, change) -> dict | bool:
+    """Connect the owner's socket, apply `change(user)` from a thread, and return what the socket got next (its close)
+    or True when nothing came within half a second."""
+    from asgiref.sync import sync_to_async
+
+    headers = headers_for(client, user)
+
+    async def go():
+        communicator, connected, _ = await connect(f"/ws/trials/{running.code}/", headers)
+        assert connected
+        await communicator.receive_json_from(timeout=5)
+        await sync_to_async(change)(user)
+        if await communicator.receive_nothing(timeout=0.5):
+            await communicator.disconnect()
+            return True
+        return await communicator.receive_output(timeout=5)
+
+    return run(go)
+
+
+def _set_password(user) -> None:
+    user.set_password("a new password 42")
+    user.save()
+
+
+def test_changing_the_password_closes_the_users_sockets(client, running, user, test_redis):
+    assert _closed_by(client, running, user, _set_password) == {"type": "websocket.close",
+                                                                "code": CLOSE_UNAUTHENTICATED}
+
+
+def test_the_password_change_page_closes_the_users_sockets(client, running, user, test_redis):
+    from django.test import Client
+
+    def change(u):
+        browser = Client()
+        browser.force_login(u)
+        page = browser.post("/accounts/password_change/", {
+            "old_password": "owner-pass-123", "new_password1": "Another-passw0rd-9", "new_password2": "Another-passw0rd-9"})
+        assert page.status_code == 302, page.content[:500]
+
+    assert _closed_by(client, running, user, change) == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
+
+
+def test_a_password_set_in_the_admin_closes_the_users_sockets(client, running, user, django_user_model, test_redis):
+    from django.test import Client
+
+    admin = django_user_model.objects.create_superuser(username="root", password="root-pass-123")
+
+    def change(u):
+        browser = Client()
+        browser.force_login(admin)
+        page = browser.post(f"/admin/auth/user/{u.pk}/password/", {
+            "password1": "Another-passw0rd-9", "password2": "Another-passw0rd-9"})
+        assert page.status_code == 302, page.content[:500]
+
+    assert _closed_by(client, running, user, change) == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
+
+
+def test_saving_other_fields_of_the_user_leaves_their_sockets_open(client, running, user, test_redis):
+    def change(u):
+        from django.contrib.auth import get_user_model
+        from django.contrib.auth.models import update_last_login
+
+        fresh = get_user_model().objects.get(pk=u.pk)
+        fresh.first_name = "Renamed"
+        fresh.save()  # every field written, the password unchanged
+        update_last_login(None, fresh)  # what each login does: save(update_fields=["last_login"])
+
+    assert _closed_by(client, running, user, change) is True
