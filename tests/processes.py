@@ -99,8 +99,10 @@ def start_celery_worker(env: dict, queues: list[str], log_path: Path, *, name: s
 
 
 def start_daphne(env: dict, port: int, log_path: Path) -> subprocess.Popen:
-    """The web server as production runs it: daphne with bounded request bodies (controlplane.webserver)."""
-    proc = start([sys.executable, "-m", "controlplane.webserver", "-b", "127.0.0.1", "-p", str(port),
-                  "controlplane.asgi:application"], env, log_path)
+    """The web server as production runs it: daphne with bounded request bodies (controlplane.webserver) and
+    WebSocket bounds."""
+    from controlplane.experiments.limits import daphne_argv
+
+    proc = start(daphne_argv("127.0.0.1", port), env, log_path)
     wait_for(lambda: port_open(port), 60, "daphne to listen", proc)
     return proc

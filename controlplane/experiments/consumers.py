@@ -5,7 +5,9 @@ Messages to the browser (JSON):
   {"kind": "window", "index": i, "window": {...}}                                         each second
   {"kind": "status", "status": {...}}                                                     on each change
 The browser de-duplicates windows by index (see below why it may see one twice).
-The socket is closed (4401) when its session logs out or its user is deleted, and (4404) when its trial is.
+The socket is closed (4401) when its session logs out, its user is deleted or changes password, and (4404) when its
+trial is. The page only listens: any message from it closes the socket (4400) unread, and the web server refuses
+one over limits.WEBSOCKET_MAX_MESSAGE_BYTES before the application sees it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from . import events, selectors
 # Close codes in the 4000-4999 range are ours to define; the page shows a message for each.
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
+CLOSE_INPUT_REFUSED = 4400  # this socket accepts no input (application codes must be 4000-4999 for daphne)
 
 
 @database_sync_to_async
@@ -67,8 +70,10 @@ class TrialConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         await self.send_json(await _snapshot(trial.id))
 
-    async def receive_json(self, content, **kwargs):
-        """The page only listens; anything it sends is ignored."""
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        """The page only listens: a message is refused unparsed (the JSON base class would decode it) and the
+        socket closed, so a socket cannot be used to push data at the server."""
+        await self.close(code=CLOSE_INPUT_REFUSED)
 
     async def trial_window(self, event: events.TrialWindowEvent):
         await self.send_json({"kind": "window", "index": event["index"], "window": event["window"]})

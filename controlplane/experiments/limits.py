@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,10 @@ from workers import spec as S
 MAX_DEPTH = 32  # a spec is about 5 levels deep; 32 leaves room and stays far below Python's recursion limit
 MAX_NODES = 200_000  # values in one document, aliases expanded; a 64-variant spec has a few thousand
 MAX_YAML_ALIASES = 100
+# WebSockets: the live pages only listen, so the web server (daphne) refuses any incoming message or frame over
+# this size as it reads the frame's header (close 1009, the payload never buffered), and the consumer closes a
+# socket on any message at all (consumers.CLOSE_INPUT_REFUSED). Every daphne command line uses daphne_argv.
+WEBSOCKET_MAX_MESSAGE_BYTES = 4096
 # The C parser when PyYAML was built with libyaml: the same safe constructors, about 10x faster.
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -35,6 +40,14 @@ _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _DELTA = np.zeros(256, dtype=np.int8)
 _DELTA[[ord("["), ord("{")]] = 1
 _DELTA[[ord("]"), ord("}")]] = -1
+
+
+def daphne_argv(host: str, port: int) -> list[str]:
+    """The web server's command line (the demo, the tests, docs/deploy.md): daphne with request bodies bounded while
+    they stream (controlplane.webserver, which takes daphne's arguments) and the WebSocket bounds."""
+    size = str(WEBSOCKET_MAX_MESSAGE_BYTES)
+    return [sys.executable, "-m", "controlplane.webserver", "-b", host, "-p", str(port),
+            "--websocket-max-message-size", size, "--websocket-max-frame-size", size, "controlplane.asgi:application"]
 
 
 def too_deep() -> S.SpecError:

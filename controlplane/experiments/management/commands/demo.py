@@ -23,7 +23,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from controlplane.experiments import services, spec_io, trials
+from controlplane.experiments import limits, services, spec_io, trials
 from controlplane.experiments.models import Experiment, Trial
 
 from .worker import (
@@ -89,9 +89,8 @@ class Command(BaseCommand):
             env = {**os.environ, "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url,
                    "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "controlplane.settings"),
                    "PYTHONUNBUFFERED": "1"}
-            # daphne with request bodies bounded while they stream (controlplane/webserver.py)
-            supervisor.start("web server (daphne)", [sys.executable, "-m", "controlplane.webserver", "-b", host, "-p",
-                                                     str(port), "controlplane.asgi:application"], env=env)
+            # daphne with request bodies bounded while they stream (controlplane/webserver.py), WebSocket bounds
+            supervisor.start("web server (daphne)", limits.daphne_argv(host, port), env=env)
             # One worker for everything in the demo: the device pools and simulated trials.
             supervisor.start("celery worker", celery_worker_argv([*all_queues(), services.SIM_QUEUE], self.worker_name),
                              env=env)
