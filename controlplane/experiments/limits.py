@@ -4,7 +4,8 @@ Every body is bounded in bytes while it arrives (`RequestSizeLimit` for the whol
 `CappedUploadHandler` for each uploaded file), then in nesting depth before it is parsed (JSON: a scan of
 the brackets; YAML: its event stream), then in nodes after it is parsed (a YAML alias counts its target
 again, so a "billion laughs" document is refused before anything walks it). Each refusal is a SpecError
-naming the problem, which the API and the pages show as a 400 like any other invalid input.
+naming the problem, which the API and the pages show as a 400 like any other invalid input. A NUL character in
+a query parameter or a url-encoded form field is refused with a 400 before any view (`RejectNulMiddleware`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import yaml
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler
+from django.http import HttpResponseBadRequest, JsonResponse
 from rest_framework.exceptions import APIException
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.parsers import JSONParser
@@ -171,6 +173,56 @@ class CappedUploadHandler(FileUploadHandler):
             return TooLargeUpload(name=self.file_name, size=self.received, content_type=self.content_type,
                                   charset=self.charset)
         return None  # the next handler completes it
+
+
+# ---- NUL characters -------------------------------------------------------------------------------------------
+NUL_MESSAGE = "NUL character in {where} {name}"
+
+
+def nul_in_request(request) -> str | None:
+    """The refusal for the first query parameter or form field whose name or value holds a NUL character, else
+    None. Form fields: url-encoded bodies everywhere, multipart bodies on the pages (whose CSRF check parses them
+    before the view anyway); an API view parses its own multipart body, with its own upload handlers."""
+    sources = [("query parameter", request.GET)]
+    form = request.content_type == "application/x-www-form-urlencoded" or (
+        request.content_type == "multipart/form-data" and not request.path.startswith("/api/"))
+    if form and request.method not in ("GET", "HEAD", "OPTIONS"):
+        sources.append(("form field", request.POST))
+    for where, params in sources:
+        for name, values in params.lists():
+            if "\x00" in name or any("\x00" in v for v in values):
+                return NUL_MESSAGE.format(where=where, name=name.replace("\x00", "\\x00"))
+    return None
+
+
+class RejectNulMiddleware:
+    """400 for a request whose query string or form fields decode to a NUL character, before any view:
+    PostgreSQL refuses NUL in text, so a filter or a stored field holding one was a 500 (SQLite takes it). The
+    API answers {"detail": ...}, the pages plain text."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        refusal = nul_in_request(request)
+        if refusal is None:
+            return self.get_response(request)
+        if request.path.startswith("/api/"):
+            return JsonResponse({"detail": refusal}, status=400)
+        return HttpResponseBadRequest(refusal, content_type="text/plain; charset=utf-8")
+
+
+def document_bad_request(result, generator, request, public):
+    """drf-spectacular postprocessing hook: every operation may answer 400 (RejectNulMiddleware refuses a NUL in any
+    query parameter or form field), so every operation documents it."""
+    bad_request = {"description": "Bad request (e.g. " + NUL_MESSAGE.format(where="query parameter", name="X") + ").",
+                   "content": {"application/json": {"schema": {
+                       "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}}}}
+    for methods in result.get("paths", {}).values():
+        for operation in methods.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                operation["responses"].setdefault("400", bad_request)
+    return result
 
 
 # ---- the whole request, under ASGI ------------------------------------------------------------------------
