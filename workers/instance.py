@@ -58,6 +58,29 @@ _OK = b"\x00"
 _ERR = b"\x01"
 
 
+def _status_bytes(pid: int, field: str) -> int | None:
+    """A memory figure of /proc/<pid>/status in bytes (VmRSS: resident now, VmHWM: the peak); None off Linux."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The process's peak resident set (VmHWM), else its current RSS."""
+    from workers.procstat import peak_rss_bytes as hwm
+
+    peak = hwm(pid)
+    if peak is not None:
+        return peak
+    import psutil
+
+    return int(psutil.Process(pid).memory_info().rss)
+
+
 def _read_exactly(fd: int, n: int) -> bytes:
     data = os.read(fd, n)
     while len(data) < n:  # a stream socket may split a message (never seen for 4 bytes, but possible)
@@ -271,7 +294,8 @@ class ProcessRunner:
         self.info = {"pid": self.proc.pid, "cores_requested": self.cores, "cores_actual": info["affinity"],
                      "torch_threads": info["torch_threads"], "env": dict(self.env)}
         return {"timings_ms": timings, "weights_bytes": int(info["weights_bytes"]),
-                "page_cache_resident": info["page_cache_resident"]}
+                "page_cache_resident": info["page_cache_resident"],
+                "baseline_rss_bytes": info.get("baseline_rss_bytes")}
 
     def _recv(self, timeout_s: float, should_abort=None):
         deadline = time.perf_counter() + timeout_s
@@ -367,6 +391,7 @@ def _child(fd: int, t_main: float) -> int:
             torch.empty(1)
         t_context = time.perf_counter()
         torch.set_num_threads(max(1, int(cfg["threads"])))
+        baseline_rss = _status_bytes(os.getpid(), "VmRSS")  # the runtime alone: what the model's memory adds to
         if cfg["user_models"]:
             zoo.register_user_models(cfg["user_models"])
         # Weights were generated before the trial's clock started; a missing file is generated here, outside
@@ -380,7 +405,7 @@ def _child(fd: int, t_main: float) -> int:
         conn.send(("ready", {"timings_ms": loaded.timings_ms, "weights_bytes": loaded.weights_bytes,
                              "marks": {"main": t_main, "imported": t_imported, "context": t_context},
                              "page_cache_resident": resident, "affinity": affinity,
-                             "torch_threads": torch.get_num_threads()}))
+                             "torch_threads": torch.get_num_threads(), "baseline_rss_bytes": baseline_rss}))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the cold start
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return 1

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from workers import devices, zoo
-from workers.instance import ProcessRunner
+from workers.instance import ProcessRunner, peak_rss_bytes
 from workers.records import COLD_START_PHASES
 from workers.spec import FunctionSpec
 
@@ -188,18 +188,6 @@ def instance_threads(device: devices.DeviceInfo, level: int) -> int:
 
 
 # ---- measuring ------------------------------------------------------------------------------------------------
-def _peak_rss_bytes(pid: int) -> int:
-    """The process's peak resident set (VmHWM), else its current RSS."""
-    from workers.procstat import peak_rss_bytes
-
-    peak = peak_rss_bytes(pid)
-    if peak is not None:
-        return peak
-    import psutil
-
-    return int(psutil.Process(pid).memory_info().rss)
-
-
 def _percentile(values: list[float], q: float) -> float:
     xs = sorted(values)
     if not xs:
@@ -382,7 +370,7 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
                     f"({len(xs)} samples)")
             service[str(level)] = cells
             if level == levels[0]:
-                memory_bytes = _peak_rss_bytes(runners[0].proc.pid)
+                memory_bytes = peak_rss_bytes(runners[0].proc.pid)
         for r in runners:
             r.close()
         runners = []

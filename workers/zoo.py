@@ -567,16 +567,28 @@ def make_batch(loaded: LoadedModel, batch_size: int) -> torch.Tensor:
 
 
 # ---- memory estimate -----------------------------------------------------------------------------------
-_estimate_cache: dict[str, tuple[int, int]] = {}
+# What one cold start adds to an instance process beyond the model's own tensors, measured on the CPU (VmHWM of
+# instance processes over their RSS after `import torch`, tests/workers/test_memory_estimate.py): the code of the
+# load path and of the kernels the forward runs, paged in from torch's libraries, and the allocator's pools.
+# A model whose forward runs no operator (the null model) pages in the load path only.
+RUNTIME_LOAD_BYTES = 5 * 2**20
+RUNTIME_KERNELS_BYTES = 4 * 2**20
+_estimate_cache: dict[str, tuple[int, int, int, bool]] = {}
 _estimate_lock = threading.Lock()
 
 
 def estimate_memory_bytes(key: str, *, input_shape=None, options: dict | None = None, batch_size: int = 1) -> int:
-    """Rough device memory for one instance running a batch: parameters + buffers + activations.
+    """Memory one instance of this model needs to load and run a batch of `batch_size`, beyond the runtime's
+    import (what the engine's PROCESS_OVERHEAD_BYTES covers):
 
-    Activations are measured by running one sample through the model on torch's "meta" device (no
-    memory, no compute) and summing the sizes of every leaf module's output. That sum over-counts
-    what inference keeps alive at once, which is the safe side for refusing batches that do not fit.
+      runtime   RUNTIME_LOAD_BYTES, plus RUNTIME_KERNELS_BYTES when the forward runs any operator
+      model     the larger of the load (the skeleton and the weights read from disk are both alive while
+                load_state_dict copies one into the other: twice the parameters and buffers) and a forward
+                (parameters + the input batch + the peak of the activations alive at once)
+
+    The activations' peak is traced on torch's "meta" device (no memory, no compute): every operator's output
+    is counted from its creation until it is freed, so what a forward releases as it goes is not counted twice.
+    It is traced at batch 1 and scales with the batch.
     """
     shape, opts = _resolve(key, input_shape, options)
     cache_key = f"{key}|{_fingerprint(key, shape, opts)}"
@@ -586,11 +598,44 @@ def estimate_memory_bytes(key: str, *, input_shape=None, options: dict | None = 
         cached = _measure_footprint(key, shape, opts)
         with _estimate_lock:
             _estimate_cache[cache_key] = cached
-    static_bytes, per_sample_bytes = cached
-    return int(static_bytes + max(1, batch_size) * per_sample_bytes)
+    static_bytes, input_bytes, act_bytes, runs_kernels = cached
+    b = max(1, batch_size)
+    runtime = RUNTIME_LOAD_BYTES + (RUNTIME_KERNELS_BYTES if runs_kernels else 0)
+    return int(runtime + max(2 * static_bytes, static_bytes + b * (input_bytes + act_bytes)))
 
 
-def _measure_footprint(key: str, shape: tuple[int, ...], opts: dict) -> tuple[int, int]:
+def _live_tensor_tracer():
+    """A dispatch mode that follows the bytes of operator outputs alive at once (views share their base's storage
+    and are not counted again); `peak` is the most alive at any moment, `ops` the operators run."""
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LiveTensors(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.live = self.peak = self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.ops += 1
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and not t._is_view():
+                    n = t.untyped_storage().nbytes()
+                    self.live += n
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(t, self._free, n)
+            return out
+
+        def _free(self, n: int) -> None:
+            self.live -= n
+
+    return LiveTensors()
+
+
+def _measure_footprint(key: str, shape: tuple[int, ...], opts: dict) -> tuple[int, int, int, bool]:
+    """(parameter and buffer bytes, input bytes per sample, peak activation bytes per sample, runs operators)."""
     import torch
 
     input_bytes = math.prod(shape) * 4
@@ -604,24 +649,15 @@ def _measure_footprint(key: str, shape: tuple[int, ...], opts: dict) -> tuple[in
         with torch.random.fork_rng(devices=[]):
             module = _build(key, shape, opts)
     static = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
-    act = 0
-
-    def hook(_mod, _inp, out) -> None:
-        nonlocal act
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                act += t.numel() * t.element_size()
-
-    handles = [m.register_forward_hook(hook) for m in module.modules() if not list(m.children())]
+    tracer = _live_tensor_tracer()
     try:
         module.eval()
         device = next((t.device for t in module.parameters()), torch.device("meta"))
-        with torch.inference_mode():
-            module(torch.empty((1, *shape), device=device))
+        x = torch.empty((1, *shape), device=device)
+        with torch.inference_mode(), tracer:
+            module(x)
+        act, runs = tracer.peak, tracer.ops > 0
     except Exception:
         # No meta forward (some fused kernels lack one): fall back to a generous multiple of the input.
-        act = 16 * input_bytes
-    finally:
-        for h in handles:
-            h.remove()
-    return static, input_bytes + act
+        act, runs = 16 * input_bytes, True
+    return static, input_bytes, act, runs

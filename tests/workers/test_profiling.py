@@ -100,14 +100,15 @@ def test_batch_sizes_stop_doubling_where_the_memory_estimate_no_longer_fits():
     sizes, why = profiling.plan_batch_sizes("transformer-small", {}, None, host, max_batch_size=64)
     assert sizes == [1, 2, 4, 8, 16, 32, 64] and why == "cap of 64"
     # A device with room for the process and batch 2 but not batch 4 (the estimate's own figures).
-    budget_for = {k: zoo.estimate_memory_bytes("transformer-base", batch_size=k) for k in (2, 4)}
+    budget_for = {k: zoo.estimate_memory_bytes("transformer-small", batch_size=k) for k in (2, 4)}
+    assert budget_for[4] > budget_for[2]
     from workers.engine import PROCESS_OVERHEAD_BYTES
     from workers.platform import MEMORY_HEADROOM
 
     between = (budget_for[2] + budget_for[4]) / 2 + PROCESS_OVERHEAD_BYTES
     small = devices.DeviceInfo(name="cpu", kind="cpu", index=None, description="small", cores=2,
                                total_memory_bytes=int(between / MEMORY_HEADROOM))
-    sizes, why = profiling.plan_batch_sizes("transformer-base", {}, None, small)
+    sizes, why = profiling.plan_batch_sizes("transformer-small", {}, None, small)
     assert sizes == [1, 2]
     assert why.startswith("batch 4 needs about")
 

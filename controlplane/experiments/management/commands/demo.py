@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import socket
-import sys
 import tempfile
 from pathlib import Path
 

@@ -1,0 +1,92 @@
+"""zoo.estimate_memory_bytes against what the real instance process measures: for each built-in model, at batch 1
+and at a larger batch, the peak resident set (VmHWM) of a ProcessRunner instance over its own RSS after
+`import torch` (reported by the child before it loads anything) is within 25 % of the estimate."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from workers import zoo
+from workers.instance import ProcessRunner, peak_rss_bytes
+from workers.spec import FunctionSpec
+
+TOLERANCE = 0.25
+# The larger batch of each built-in: big enough that its activations show, small enough for a few seconds on one core.
+LARGER_BATCH = {"null": 256, "mlp-small": 256, "cnn-small": 64, "transformer-small": 64, "transformer-base": 8}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    for key in LARGER_BATCH:
+        zoo.ensure_weights(key, model_dir=folder)  # before any measurement, as the engine does before its clock
+    return folder
+
+
+def measure(key: str, batches: tuple[int, ...], model_dir) -> dict[int, int]:
+    """Bytes the instance's peak RSS rose above its RSS after `import torch`, after the load and one batch of each size
+    (the load's warm-up runs batch 1, so batch 1's figure covers the load too)."""
+    runner = ProcessRunner(FunctionSpec(name="f", model=key), "cpu", model_dir, threads=1)
+    try:
+        base = runner.start()["baseline_rss_bytes"]
+        out = {}
+        for b in batches:
+            runner.run(b)
+            out[b] = peak_rss_bytes(runner.proc.pid) - base
+        return out
+    finally:
+        runner.close()
+
+
+# Known gaps, each off by more than 25 % (measured on a 2-core CPU host): mlp-small's load at batch 1 (estimated
+# as twice its 2.5 MiB of parameters, but the skeleton and the weights read fit in the heap torch's import left
+# free, so the load does not raise the peak by that much), and cnn-small at batch 64 (the convolutions' working
+# buffers and the code of the kernels they pick at that size, about 6 MiB the meta-device trace cannot see).
+KNOWN_GAPS = {("mlp-small", 1), ("cnn-small", 64)}
+
+
+@pytest.fixture(scope="module")
+def comparison(weights) -> dict[tuple[str, int], tuple[int, int]]:
+    """(model, batch) -> (estimate, measured), one instance process per model, all at once."""
+    measured: dict[str, dict[int, int]] = {}
+    errors: list[BaseException] = []
+
+    def one(key):
+        try:
+            measured[key] = measure(key, (1, LARGER_BATCH[key]), weights)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(key,)) for key in LARGER_BATCH]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    out = {}
+    for key, by_batch in measured.items():
+        for b, peak in by_batch.items():
+            est = zoo.estimate_memory_bytes(key, batch_size=b)
+            out[(key, b)] = (est, peak)
+            print(f"{key:18s} batch {b:3d}: estimate {est / 2**20:8.2f} MiB, peak RSS rise {peak / 2**20:8.2f} MiB, "
+                  f"estimate/measured {est / peak:.2f}")
+    return out
+
+
+def off_by_more_than_the_tolerance(comparison, cases) -> list[str]:
+    return [f"{key} batch {b}: estimate {est / 2**20:.2f} MiB, measured {peak / 2**20:.2f} MiB"
+            for (key, b), (est, peak) in comparison.items() if (key, b) in cases and abs(est - peak) > TOLERANCE * peak]
+
+
+def test_the_memory_estimate_of_each_builtin_holds_within_25_percent_of_its_peak_rss(comparison):
+    assert set(LARGER_BATCH) == set(zoo.BUILTIN_SHAPES)  # every built-in is measured
+    assert len(comparison) == 2 * len(LARGER_BATCH)
+    assert not off_by_more_than_the_tolerance(comparison, set(comparison) - KNOWN_GAPS)
+
+
+@pytest.mark.xfail(strict=True, reason="known gaps of the estimate (KNOWN_GAPS); remove them from the list once fixed")
+def test_the_known_gaps_of_the_estimate_are_closed(comparison):
+    assert not off_by_more_than_the_tolerance(comparison, KNOWN_GAPS)
