@@ -179,8 +179,8 @@ class CappedUploadHandler(FileUploadHandler):
 NUL_MESSAGE = "NUL character in {where} {name}"
 
 
-def nul_in_request(request) -> str | None:
-    """The refusal for the first query parameter or form field whose name or value holds a NUL character, else
+def nul_in_request(request) -> tuple[str, str] | None:
+    """(where, name) of the first query parameter or form field whose name or value holds a NUL character, else
     None. Form fields: url-encoded bodies everywhere, multipart bodies on the pages (whose CSRF check parses them
     before the view anyway); an API view parses its own multipart body, with its own upload handlers."""
     sources = [("query parameter", request.GET)]
@@ -191,7 +191,7 @@ def nul_in_request(request) -> str | None:
     for where, params in sources:
         for name, values in params.lists():
             if "\x00" in name or any("\x00" in v for v in values):
-                return NUL_MESSAGE.format(where=where, name=name.replace("\x00", "\\x00"))
+                return where, name.replace("\x00", "\\x00")
     return None
 
 
@@ -204,11 +204,14 @@ class RejectNulMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        refusal = nul_in_request(request)
-        if refusal is None:
+        found = nul_in_request(request)
+        if found is None:
             return self.get_response(request)
-        if request.path.startswith("/api/"):
-            return JsonResponse({"detail": refusal}, status=400)
+        where, name = found
+        refusal = NUL_MESSAGE.format(where=where, name=name)
+        if request.path.startswith("/api/"):  # the API's error shape (api.py), the parameter as the field path
+            return JsonResponse({"detail": refusal, "errors": [{"path": name, "message": "NUL character"}]},
+                                status=400)
         return HttpResponseBadRequest(refusal, content_type="text/plain; charset=utf-8")
 
 
@@ -217,7 +220,11 @@ def document_bad_request(result, generator, request, public):
     query parameter or form field), so every operation documents it."""
     bad_request = {"description": "Bad request (e.g. " + NUL_MESSAGE.format(where="query parameter", name="X") + ").",
                    "content": {"application/json": {"schema": {
-                       "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}}}}
+                       "type": "object", "required": ["detail", "errors"], "properties": {
+                           "detail": {"type": "string"},
+                           "errors": {"type": "array", "items": {
+                               "type": "object", "required": ["path", "message"],
+                               "properties": {"path": {"type": "string"}, "message": {"type": "string"}}}}}}}}}
     for methods in result.get("paths", {}).values():
         for operation in methods.values():
             if isinstance(operation, dict) and "responses" in operation:

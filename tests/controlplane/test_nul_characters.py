@@ -37,7 +37,7 @@ def test_a_nul_in_a_query_parameter_is_a_400_naming_it(owner, path, name):
     assert r.status_code == 400
     message = f"NUL character in query parameter {name}"
     if path.startswith("/api/"):
-        assert r.json() == {"detail": message}
+        assert r.json() == {"detail": message, "errors": [{"path": name, "message": "NUL character"}]}
     else:
         assert r["Content-Type"].startswith("text/plain") and r.content.decode() == message
 
