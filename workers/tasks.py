@@ -43,7 +43,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from controlplane.experiments import events, metrics
+from controlplane.experiments import capacity, events, metrics, services
 from controlplane.experiments.lease import (
     DeviceLease,
     LeaseBusy,
@@ -349,6 +349,25 @@ def simulation_profiles(spec: S.TrialSpec, device: str, *, pinned: dict | None =
     return out
 
 
+def run_trial_waiting(trial: Trial, *, worker: str, redis_conn: redis.Redis | None, stop: threading.Event,
+                      should_stop=None, on_wait=None) -> None:
+    """Run one queued trial in this process (`run_experiment --inline`, a capacity search's probes), waiting while
+    its device is leased by another trial: every 2 s it tries again, until `stop` is set or `should_stop()` says
+    so, which cancels the trial. on_wait(line): told once that it waits."""
+    waited = False
+    while True:
+        try:
+            run_trial_by_id(trial.id, worker=worker, redis_conn=redis_conn, publish=redis_conn is not None, stop=stop)
+            return
+        except LeaseBusy as exc:
+            if not waited and on_wait is not None:
+                on_wait(f"waiting: {exc}")
+            waited = True
+            if stop.wait(2.0) or (should_stop is not None and should_stop()):
+                services.trial_cancel(trial=trial)
+                return
+
+
 def _run_simulated_by_id(trial: Trial, *, worker: str, publish: bool, heartbeat_s: float,
                          stop: threading.Event | None) -> str:
     """A simulated trial: no device lease (nothing runs on the device), profiles of this host's device kind."""
@@ -607,3 +626,13 @@ def measure_profile_task(self, profile_id: int) -> str:
         return run_profile_by_id(profile_id, worker=worker, redis_conn=redis_client())
     except LeaseBusy as exc:
         raise _retry_when_leased(self, "profile", profile_id, exc) from None
+
+
+# ---- capacity searches ------------------------------------------------------------------------------------------
+@shared_task(bind=True, name="capacity.search", acks_late=True)
+def capacity_search_task(self, search_id: int) -> str:
+    """Run one capacity search (by id) with its probes in this process (controlplane.experiments.capacity): on the
+    device pool's queue for a real search (each probe takes the device lease as any trial), on `sim` for a simulated
+    one. Idempotent: a search that is not queued any more is skipped."""
+    worker = self.request.hostname or f"celery@{socket.gethostname()}"
+    return capacity.capacity_run_by_id(search_id, worker=worker, redis_conn=redis_client())

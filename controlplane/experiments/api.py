@@ -248,6 +248,65 @@ class TrialCancelView(SpecAPIView):
         return Response(_trial_body(trial, request))
 
 
+# ---- capacity at the SLO -------------------------------------------------------------------------------------
+def _capacity_body(search, request: Request) -> dict:
+    from .capacity import bracket
+
+    row = {"code": search.code, "experiment": search.experiment.code, "variant": search.variant_name,
+           "probes_experiment": search.probes_experiment.code if search.probes_experiment_id else None,
+           "simulated": search.simulated, "budget": search.budget, "probe_s": search.probe_s,
+           "tolerance": search.tolerance, "status": search.status, "progress": search.progress, "stage": search.stage,
+           "estimate_rps": search.estimate_rps, "bracket_rps": bracket(search.probes or []),
+           "probes": search.probes or [], "result": search.result, "error": search.error, "created": search.created,
+           "started_at": search.started_at, "finished_at": search.finished_at,
+           "url": reverse("api-capacity-detail", kwargs={"code": search.code}),
+           "html_url": request.build_absolute_uri(search.get_absolute_url())}
+    return ser.CapacitySearchSerializer(row).data
+
+
+class ExperimentCapacityView(SpecAPIView):
+    """Capacity at the SLO of one variant: POST starts a search (its probes are trials of the experiment
+    "<name> capacity <variant>"); GET lists the experiment's searches, newest first."""
+
+    parser_classes = [LimitedJSONParser]
+
+    @extend_schema(summary="The experiment's capacity searches", responses={200: ser.CapacitySearchSerializer(many=True),
+                                                                          404: NOT_FOUND})
+    def get(self, request: Request, code) -> Response:
+        experiment = selectors.experiment_get_for(user=request.user, code=code)
+        searches = experiment.capacity_searches.filter(owner=request.user).select_related(
+            "experiment", "probes_experiment")[:100]
+        return Response([_capacity_body(s, request) for s in searches])
+
+    @extend_schema(summary="Start a capacity search of one variant", request=ser.CapacityRequest,
+                   responses={202: ser.CapacitySearchSerializer, 400: ERRORS, 404: NOT_FOUND})
+    def post(self, request: Request, code) -> Response:
+        from .capacity import capacity_start
+
+        experiment = selectors.experiment_get_for(user=request.user, code=code)
+        body = _object_body(request, allowed=("variant", "simulated", "budget", "probe_s", "tolerance"))
+        search = capacity_start(experiment=experiment, user=request.user, options=body)
+        data = _capacity_body(search, request)
+        return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["url"]})
+
+
+class CapacityDetailView(SpecAPIView):
+    @extend_schema(summary="One capacity search: progress, probes and result",
+                   responses={200: ser.CapacitySearchSerializer, 404: NOT_FOUND})
+    def get(self, request: Request, code) -> Response:
+        return Response(_capacity_body(selectors.capacity_get_for(user=request.user, code=code), request))
+
+
+class CapacityCancelView(SpecAPIView):
+    @extend_schema(summary="Cancel a capacity search (a running one stops with its current probe)", request=None,
+                   responses={200: ser.CapacitySearchSerializer, 404: NOT_FOUND})
+    def post(self, request: Request, code) -> Response:
+        from .capacity import capacity_cancel
+
+        search = capacity_cancel(search=selectors.capacity_get_for(user=request.user, code=code))
+        return Response(_capacity_body(search, request))
+
+
 # ---- catalogues ---------------------------------------------------------------------------------------------
 class PriceListView(APIView):
     """The dated price catalogue (read-only here; staff edit it on the Prices page)."""

@@ -28,6 +28,9 @@ urlpatterns = [
          name="api-experiment-profile"),
     path("profiles/", profiles_api.ProfileListView.as_view(), name="api-profile-list"),
     path("profiles/<uuid:code>/", profiles_api.ProfileDetailView.as_view(), name="api-profile-detail"),
+    path("experiments/<uuid:code>/capacity/", api.ExperimentCapacityView.as_view(), name="api-experiment-capacity"),
+    path("capacity/<uuid:code>/", api.CapacityDetailView.as_view(), name="api-capacity-detail"),
+    path("capacity/<uuid:code>/cancel/", api.CapacityCancelView.as_view(), name="api-capacity-cancel"),
     path("prices/", api.PriceListView.as_view(), name="api-prices"),
     path("pins/", api.PinListView.as_view(), name="api-pins"),
 ]

@@ -8,7 +8,7 @@ recommendation and shapes the chart series. Pages and reports write the numbers 
 end (`cost_scale`, `format_ms`, `format_percent`, `format_change`) and `figures.format_usd` for money.
 
 Queries: a constant number whatever the number of trials (trials, their frozen spec parts, the price
-entries, the chart windows: 4, plus the run list for `experiment_comparison`). Latency CDFs read two
+entries, the chart windows, the latest capacity searches: 5, plus the run list for `experiment_comparison`). Latency CDFs read two
 columns of each trial's Parquet artifact once; the downsampled curve is cached in this process by
 (path, mtime, size).
 
@@ -68,6 +68,10 @@ never rounded. Shape (`ser.ComparisonSerializer` documents every field in the Op
         repeats        [{trial, repeat, status, url, included, verdict, reasons, slo_interval, figures
                         (metric key: value), price, repriced, dispatch_behind, notes}]
         representative the trial whose windows the time charts show (the median repeat by SLO percentile)
+        capacity       the latest succeeded capacity search of the variant (experiment and variant name), or None:
+                       {search, url, simulated, capacity_rps (optimistic), conservative_capacity_rps,
+                       p99_ms_at_capacity, cost_per_1k_usd_at_capacity (provisioned), serverless_per_1k_usd_at_capacity,
+                       stopped, finished_at}
     pareto             {x ("serverless_per_1k_usd"), y (slo.metric), slo_ms, points: [{key, label, x, y,
                         x_low, x_high, y_low, y_high, verdict, on_front}], front: [keys, cheapest first],
                         excluded: [{key, reason}]}: lower is better on both axes
@@ -83,7 +87,10 @@ never rounded. Shape (`ser.ComparisonSerializer` documents every field in the Op
         instances      {series: [{key, label, trial, repeat, points: [[t_s, starting, idle, busy]],
                         cold_starts: [[t_s, count]]}]}
         breakdown      {components: [keys], labels: {key: label}, modelled: [keys],
-                        series: [{key, label, values: {component: ms | None}}]}}
+                        series: [{key, label, values: {component: ms | None}}]}
+        knee           {slo_ms, series: [{key, label, search, simulated, capacity_rps, conservative_capacity_rps,
+                        points: [[offered rate req/s, p99_ms | None, verdict]]}]}: the probes that count of each
+                        row's capacity search (rows without one have no series)}
                        the two time charts show the `representative` trial of each row; more than
                        max_points windows are bucketed (p99: the bucket's max; instances: its mean;
                        cold starts: its sum)
@@ -108,7 +115,7 @@ from workers.cost import reprice
 from workers.records import OUTCOME_OK, json_safe
 from workers.statistics import MIN_CI_SECONDS, min_samples, repeats_interval
 
-from . import selectors
+from . import capacity, selectors
 from .figures import PER_MILLION_BELOW_USD, format_usd
 from .models import Experiment, PriceEntry, Trial, TrialWindow
 
@@ -205,6 +212,7 @@ def compare_trials(trials: QuerySet | Iterable[Trial | int], *, baseline: str | 
 
     rows: list[dict] = []
     not_repriced: list[dict] = []
+    row_variants: list[tuple[int, str]] = []  # (experiment id, variant) of each row: its capacity searches
     for (exp_id, run), group in groups.items():
         spec = specs.get((exp_id, run)) or {}
         order = {v.get("name"): i for i, v in enumerate(spec.get("variants") or [])}
@@ -218,6 +226,10 @@ def compare_trials(trials: QuerySet | Iterable[Trial | int], *, baseline: str | 
             variant_spec = next((v for v in spec.get("variants") or [] if v.get("name") == name), {})
             row = _row(key, label, ts, variant_spec, spec, entry, catalogue, not_repriced)
             rows.append(row)
+            row_variants.append((exp_id, name))
+    searches = capacity.latest_results(set(row_variants))
+    for row, pair in zip(rows, row_variants, strict=True):
+        row["capacity"] = capacity.capacity_cell(searches.get(pair))
 
     slo = _slo(specs, groups)
     base_key = _choose_baseline(rows, baseline)
@@ -246,6 +258,10 @@ def compare_trials(trials: QuerySet | Iterable[Trial | int], *, baseline: str | 
         "notes": _notes(rows, slo),
     }
     chart_data = _charts(rows, loaded, slo) if charts else None  # plain floats by construction: thousands of points
+    if chart_data is not None:
+        chart_data["knee"] = {"slo_ms": slo["latency_ms"], "series": json_safe([
+            capacity.knee_series(searches[pair], key=row["key"], label=row["label"])
+            for row, pair in zip(rows, row_variants, strict=True) if pair in searches])}
     for row in rows:  # what only the recommendation and the charts needed
         row.pop("_slo")
         for rep in row["repeats"]:

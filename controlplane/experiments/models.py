@@ -506,6 +506,76 @@ class Profile(models.Model):
         return reverse("profile-detail", kwargs={"code": self.code})
 
 
+class CapacitySearch(models.Model):
+    """A search for one variant's capacity at the SLO (workers.capacity): the highest offered rate at which it
+    still meets the SLO. Its probes are ordinary trials of the experiment `probes_experiment` ("<name> capacity
+    <variant>"), run one after another by the task `capacity.search` (controlplane.experiments.capacity), or in
+    the calling process by `manage.py capacity`. `probes` grows as they finish; `result` is
+    `CapacityResult.to_dict()` once the search ends."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="capacity_searches")
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="capacity_searches",
+                                   help_text="the experiment whose variant is searched (its comparison shows the result)")
+    variant_name = models.CharField(max_length=64)
+    probes_experiment = models.ForeignKey(Experiment, null=True, blank=True, on_delete=models.SET_NULL,
+                                          related_name="+", help_text="the experiment whose runs are the probes")
+    simulated = models.BooleanField(default=False)
+    budget = models.PositiveSmallIntegerField(help_text="most probes, repeats of inconclusive ones included")
+    probe_s = models.FloatField(null=True, blank=True, help_text="wall seconds per probe (stationary workloads)")
+    tolerance = models.FloatField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    cancel_requested = models.BooleanField(default=False)
+    queue = models.CharField(max_length=64, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    stage = models.CharField(max_length=200, blank=True, help_text="the last progress line")
+    estimate_rps = models.FloatField(null=True, blank=True)
+    probes = models.JSONField(default=list, blank=True, help_text="Probe.to_dict() of each finished probe, in order")
+    result = models.JSONField(null=True, blank=True, help_text="CapacityResult.to_dict() once the search ended")
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=["queued", "running", "succeeded", "failed", "cancelled"]),
+                                   name="capacity_status_known"),
+            models.CheckConstraint(condition=Q(budget__gte=1) & Q(budget__lte=50), name="capacity_budget_1_50"),
+            models.CheckConstraint(condition=Q(tolerance__gt=0) & Q(tolerance__lte=0.5),
+                                   name="capacity_tolerance_bounds"),
+            models.CheckConstraint(condition=~Q(status="succeeded") | Q(result__isnull=False),
+                                   name="capacity_succeeded_has_result"),
+        ]
+        indexes = [models.Index(fields=["experiment", "variant_name", "status", "-finished_at"],
+                                name="capacity_latest_finished")]
+
+    def __str__(self) -> str:
+        return f"capacity of {self.variant_name} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def progress(self) -> float:
+        """Probes run over the budget, 0 to 1 (1 once finished)."""
+        return 1.0 if self.is_finished else min(1.0, len(self.probes or []) / max(self.budget, 1))
+
+    def get_absolute_url(self) -> str:
+        return reverse("capacity-detail", kwargs={"code": self.code})
+
+
 class ShareLink(models.Model):
     """A read-only link to the HTML report of one run, for people without an account: a random token, an
     expiry date, revocable. `/share/<token>/` shows that report and nothing else."""

@@ -81,6 +81,19 @@ def experiment_list_for(*, user) -> QuerySet:
     return _with_run_status(Experiment.objects.filter(owner=user).select_related("accelerator", "owner"))
 
 
+def capacity_get_for(*, user, code: Any):
+    """The user's capacity search with this code; Http404 for unknown codes and for anyone else's."""
+    from .models import CapacitySearch
+
+    code = _uuid_or_404(code)
+    if not getattr(user, "is_authenticated", False):
+        raise Http404("No such capacity search.")
+    try:
+        return CapacitySearch.objects.select_related("experiment", "probes_experiment").get(code=code, owner=user)
+    except CapacitySearch.DoesNotExist:
+        raise Http404("No such capacity search.") from None
+
+
 def experiment_get_for(*, user, code: Any) -> Experiment:
     """The user's experiment with this code; Http404 for unknown codes and for anyone else's."""
     code = _uuid_or_404(code)

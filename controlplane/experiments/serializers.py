@@ -474,6 +474,69 @@ class ModelEntrySerializer(serializers.Serializer):
 
 
 # ---- the compare basket -------------------------------------------------------------------------------------
+class CapacityRequest(serializers.Serializer):
+    variant = serializers.CharField(help_text="The variant whose capacity at the SLO is searched.")
+    simulated = serializers.BooleanField(default=False, help_text="Probe on the simulator (stored profiles).")
+    budget = serializers.IntegerField(default=14, min_value=1, max_value=50,
+                                      help_text="Most probes, repeats of inconclusive ones included.")
+    probe_s = serializers.FloatField(required=False, allow_null=True,
+                                     help_text="Wall seconds per probe (constant/poisson/gamma workloads; default: "
+                                               "the spec's duration; under 10 s every probe is inconclusive).")
+    tolerance = serializers.FloatField(default=0.05, help_text="Stop when the bracket is this close (0 to 0.5).")
+
+
+class CapacityProbeSerializer(serializers.Serializer):
+    rate_rps = serializers.FloatField(help_text="Offered rate of this probe (req/s).")
+    factor = serializers.FloatField(help_text="Its rate over the spec's own.")
+    verdict = serializers.CharField(help_text="met, not_met or inconclusive.")
+    p99_ms = serializers.FloatField(allow_null=True)
+    run_s = serializers.FloatField()
+    trial = serializers.CharField(help_text="The probe's trial code.")
+    cost_per_1k_usd = serializers.FloatField(allow_null=True, help_text="Provisioned cost per 1,000 requests.")
+    serverless_per_1k_usd = serializers.FloatField(allow_null=True)
+    retry_of = serializers.IntegerField(allow_null=True, help_text="Index of the inconclusive probe it repeats.")
+    counted = serializers.BooleanField(help_text="False: inconclusive and repeated (the repeat counts).")
+
+
+class CapacityResultSerializer(serializers.Serializer):
+    capacity_rps = serializers.FloatField(allow_null=True, help_text="Optimistic: highest rate not `not_met`.")
+    conservative_capacity_rps = serializers.FloatField(allow_null=True, help_text="Highest rate whose probe was met.")
+    p99_ms_at_capacity = serializers.FloatField(allow_null=True)
+    cost_per_1k_usd_at_capacity = serializers.FloatField(allow_null=True,
+                                                         help_text="Provisioned cost per 1,000 requests there.")
+    serverless_per_1k_usd_at_capacity = serializers.FloatField(allow_null=True)
+    bracket_rps = serializers.ListField(child=serializers.FloatField(allow_null=True))
+    estimate_rps = serializers.FloatField()
+    stopped = serializers.CharField(help_text="converged, budget, no_passing_rate, limit or cancelled.")
+    probes = CapacityProbeSerializer(many=True)
+    tolerance = serializers.FloatField()
+
+
+class CapacitySearchSerializer(serializers.Serializer):
+    code = serializers.UUIDField()
+    experiment = serializers.UUIDField(help_text="The experiment whose variant is searched.")
+    variant = serializers.CharField()
+    probes_experiment = serializers.UUIDField(allow_null=True, help_text="The experiment whose runs are the probes.")
+    simulated = serializers.BooleanField()
+    budget = serializers.IntegerField()
+    probe_s = serializers.FloatField(allow_null=True)
+    tolerance = serializers.FloatField()
+    status = serializers.CharField(help_text="queued, running, succeeded, failed or cancelled.")
+    progress = serializers.FloatField(help_text="Probes run over the budget, 0 to 1.")
+    stage = serializers.CharField(help_text="The last progress line.")
+    estimate_rps = serializers.FloatField(allow_null=True, help_text="Where the search started.")
+    bracket_rps = serializers.ListField(child=serializers.FloatField(allow_null=True),
+                                        help_text="[highest passing, lowest failing] so far.")
+    probes = CapacityProbeSerializer(many=True, help_text="The probes finished so far.")
+    result = CapacityResultSerializer(allow_null=True, help_text="workers.capacity.CapacityResult, once it ended.")
+    error = serializers.CharField()
+    created = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    url = serializers.CharField(help_text="This search in the API.")
+    html_url = serializers.CharField(help_text="Its page.")
+
+
 class PinRequest(serializers.Serializer):
     trial = serializers.UUIDField(help_text="Code of one of your trials.")
 
@@ -730,6 +793,35 @@ class ComparisonRepeatSerializer(serializers.Serializer):
     notes = serializers.ListField(child=serializers.CharField())
 
 
+class ComparisonCapacitySerializer(serializers.Serializer):
+    search = serializers.UUIDField()
+    url = serializers.CharField(help_text="Its page.")
+    simulated = serializers.BooleanField()
+    capacity_rps = serializers.FloatField(allow_null=True, help_text="Optimistic: highest rate not `not_met`.")
+    conservative_capacity_rps = serializers.FloatField(allow_null=True, help_text="Highest rate whose probe was met.")
+    p99_ms_at_capacity = serializers.FloatField(allow_null=True)
+    cost_per_1k_usd_at_capacity = serializers.FloatField(allow_null=True, help_text="Provisioned, at that rate.")
+    serverless_per_1k_usd_at_capacity = serializers.FloatField(allow_null=True)
+    stopped = serializers.CharField(allow_null=True)
+    finished_at = serializers.CharField(allow_null=True)
+
+
+class ComparisonKneeSeriesSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    label = serializers.CharField()
+    search = serializers.UUIDField()
+    simulated = serializers.BooleanField()
+    capacity_rps = serializers.FloatField(allow_null=True)
+    conservative_capacity_rps = serializers.FloatField(allow_null=True)
+    points = serializers.ListField(child=serializers.ListField(), help_text="[offered rate req/s, p99_ms | null, "
+                                                                            "verdict] per probe that counts")
+
+
+class ComparisonKneeSerializer(serializers.Serializer):
+    slo_ms = serializers.FloatField()
+    series = ComparisonKneeSeriesSerializer(many=True)
+
+
 class ComparisonRowSerializer(serializers.Serializer):
     key = serializers.CharField(help_text="What baseline= takes.")
     label = serializers.CharField()
@@ -763,6 +855,8 @@ class ComparisonRowSerializer(serializers.Serializer):
     flags = ComparisonFlagSerializer(many=True)
     repeats = ComparisonRepeatSerializer(many=True)
     representative = serializers.UUIDField(allow_null=True, help_text="The trial the time charts show.")
+    capacity = ComparisonCapacitySerializer(allow_null=True, help_text="The variant's latest finished capacity "
+                                                                       "search (null: none).")
 
 
 class ComparisonParetoPointSerializer(serializers.Serializer):
@@ -887,6 +981,7 @@ class ComparisonChartsSerializer(serializers.Serializer):
     p99_over_time = ComparisonP99Serializer()
     instances = ComparisonInstancesSerializer()
     breakdown = ComparisonBreakdownChartSerializer()
+    knee = ComparisonKneeSerializer(help_text="p99 against offered rate from each row's capacity search.")
 
 
 class ComparisonSerializer(serializers.Serializer):

@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from . import comparison_views, pin_views, price_views, sweep_views, views
+from . import capacity_views, comparison_views, pin_views, price_views, sweep_views, views
 from .profiles import views as profile_views
 from .reports import views as report_views
 
@@ -40,6 +40,9 @@ urlpatterns = [
     path("profiles/", profile_views.profile_list, name="profile-list"),
     path("profiles/<uuid:code>/", profile_views.profile_detail, name="profile-detail"),
     path("profiles/<uuid:code>.json", profile_views.profile_json, name="profile-json"),
+    path("experiments/<uuid:code>/capacity/", capacity_views.experiment_capacity, name="experiment-capacity"),
+    path("capacity/<uuid:code>/", capacity_views.capacity_detail, name="capacity-detail"),
+    path("capacity/<uuid:code>/cancel/", capacity_views.capacity_cancel, name="capacity-cancel"),
     path("prices/", price_views.price_list, name="price-list"),
     path("prices/new/", price_views.price_create, name="price-create"),
     path("prices/<int:pk>/edit/", price_views.price_edit, name="price-edit"),

@@ -23,7 +23,6 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from controlplane.experiments import selectors, services, spec_io
-from controlplane.experiments.lease import LeaseBusy
 from controlplane.experiments.models import Experiment, Trial
 from workers import spec as S
 
@@ -182,20 +181,9 @@ class Command(BaseCommand):
         return stop.is_set()
 
     def _run_one_inline(self, trial: Trial, worker: str, conn, stop: threading.Event) -> None:
-        from workers.tasks import run_trial_by_id  # imports torch: only when running inline
+        from workers.tasks import run_trial_waiting  # imports torch: only when running inline
 
-        waited = False
-        while True:
-            try:
-                run_trial_by_id(trial.id, worker=worker, redis_conn=conn, publish=conn is not None, stop=stop)
-                return
-            except LeaseBusy as exc:
-                if not waited:
-                    self.stderr.write(f"waiting: {exc}")
-                    waited = True
-                if stop.wait(2.0):
-                    services.trial_cancel(trial=trial)
-                    return
+        run_trial_waiting(trial, worker=worker, redis_conn=conn, stop=stop, on_wait=self.stderr.write)
 
     # ---- via Celery -------------------------------------------------------------------------------------
     def _wait(self, run: list[Trial]) -> bool:
