@@ -30,6 +30,11 @@ from workers.statistics import window_latency
 # Telemetry fields copied into every window (None when the device or psutil cannot tell).
 TELEMETRY_FIELDS = ("cpu_util_pct", "rss_mb", "gpu_util_pct", "gpu_mem_used_mb", "power_w")
 STATE_FIELDS = ("queue_depth", "instances_starting", "instances_idle", "instances_busy")
+# Upper bounds (ms, inclusive) of the latency histogram each window carries: counts of the window's completed
+# requests per bucket, the last one above the largest bound (Prometheus `le` buckets are their running sums;
+# controlplane.experiments.metrics). Fixed, so windows of every trial add up.
+LATENCY_BUCKETS_MS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0)
+_BUCKET_EDGES = np.asarray(LATENCY_BUCKETS_MS)
 
 
 class Recorder:
@@ -93,6 +98,11 @@ class Recorder:
             "p50_ms": json_safe(pct["p50"]),
             "p95_ms": json_safe(pct["p95"]),
             "p99_ms": json_safe(pct["p99"]),
+            # the histogram of the same completions: one count per LATENCY_BUCKETS_MS bound (x <= bound) and the
+            # overflow, and their latency sum
+            "latency_buckets": np.bincount(np.searchsorted(_BUCKET_EDGES, lat_ms, side="left"),
+                                           minlength=len(_BUCKET_EDGES) + 1).tolist(),
+            "latency_sum_ms": json_safe(float(lat_ms.sum())),
             **{k: json_safe(state.get(k, 0)) for k in STATE_FIELDS},
             "cold_starts": int(cold),
             "dispatch_lag_p99_us": json_safe(lag_p99_us),

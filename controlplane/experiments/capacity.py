@@ -121,9 +121,22 @@ def capacity_start(*, experiment: Experiment, user, options: dict, enqueue: bool
 
 
 def _enqueue(search_id: int, queue: str, soft_s: float) -> None:
+    """Send the search's message (the broker from the settings each time, as `services.trials_enqueue` does). A
+    broker outage leaves it queued and says so on the search: start it again later."""
+    from django.conf import settings
+    from kombu.exceptions import KombuError, OperationalError
+
     from workers.tasks import capacity_search_task  # imported late: workers.tasks pulls in the Celery app
 
-    capacity_search_task.apply_async(args=[search_id], queue=queue, soft_time_limit=soft_s, time_limit=soft_s + 120)
+    try:
+        with capacity_search_task.app.connection_for_write(
+                settings.CELERY_BROKER_URL, transport_options=dict(settings.CELERY_BROKER_TRANSPORT_OPTIONS)) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=2)
+            capacity_search_task.apply_async(args=[search_id], queue=queue, soft_time_limit=soft_s,
+                                             time_limit=soft_s + 120, connection=conn, retry=False)
+    except (OperationalError, KombuError, OSError, ConnectionError) as exc:
+        log.warning("capacity search %s: broker unavailable (%s)", search_id, exc)
+        _fail(search_id, "the broker was unavailable when it was started: start it again")
 
 
 def capacity_cancel(*, search: CapacitySearch) -> CapacitySearch:

@@ -202,6 +202,20 @@ def _repeat(rep: dict, row: dict, data: dict, scale: dict, pinned: set[str]) -> 
     }
 
 
+def capacity_text(cap: dict | None) -> dict:
+    """The "capacity at SLO" cell of a row (pages and every report format): the optimistic capacity, the
+    conservative one, whether it was simulated; "—" when the variant has no finished search."""
+    if cap is None:
+        return {"text": "—", "conservative": "", "simulated": False, "url": None, "found": False}
+    text = (f"{_value_text('rps', 'capacity_rps', cap['capacity_rps'], {})} req/s" if cap["capacity_rps"] is not None
+            else "none found")
+    cons = cap["conservative_capacity_rps"]
+    return {"text": text, "found": True, "simulated": cap["simulated"], "url": cap["url"],
+            "conservative": f"conservative {_value_text('rps', 'capacity_rps', cons, {})} req/s" if cons is not None
+            else "conservative: no probe met",
+            "cost": format_usd_per_1k(cap["cost_per_1k_usd_at_capacity"], short=True)}
+
+
 def _live_text(row: dict, charts: dict | None) -> str:
     """A running row's latest second, from the selector's own time series (its figures come at the end)."""
     if row["status"] == "finished" or not charts:
@@ -248,10 +262,10 @@ def _table(data: dict, pinned: set[str]) -> dict:
             "runtime": r["runtime"], "device": r["device"], "on_cpu": r["on_cpu"], "cpu_label": r["cpu_label"],
             "cpu_priced_as_gpu": any(f["code"] == "cpu_priced_as_gpu" for f in r["flags"]),
             "cpu_price_text": next((f["text"] for f in r["flags"] if f["code"] == "cpu_priced_as_gpu"), ""),
-            "config": r["config"],
+            "config": r["config"], "capacity": capacity_text(r.get("capacity")),
             "repeats": [_repeat(rep, r, data, scale, pinned) for rep in r["repeats"]],
         })
-    return {"columns": cols, "rows": rows, "width": len(cols) + 4, "multi": len(data["scope"]["groups"]) > 1,
+    return {"columns": cols, "rows": rows, "width": len(cols) + 5, "multi": len(data["scope"]["groups"]) > 1,
             "groups": [{"name": g, "span": sum(1 for c in cols if c["group"] == g)} for g in ("latency", "cost", "load")]}
 
 

@@ -12,13 +12,17 @@ only aggregates processes of ONE host sharing a directory; the monitor already t
 it, and one scrape of the control plane then sees every trial wherever it runs. Each hash expires
 `TRIAL_TTL_S` after its last window, so a finished trial's series end within a minute.
 
-Latency is exposed as per-window quantile gauges, not a histogram: the windows carry exact percentiles of the
-second's requests, not bucket counts, and a histogram rebuilt from percentiles would invent buckets.
+Latency is exposed twice: a real histogram, `slsbench_trial_request_latency_seconds` (cumulative `le` buckets, sum and
+count of every request completed so far), from the bucket counts each window carries (`workers.recorder`
+LATENCY_BUCKETS_MS: the window's own completions, counted exactly, added with HINCRBYFLOAT like the counters), which
+`histogram_quantile` aggregates across trials and hosts; and per-window quantile gauges (`slsbench_trial_latency_ms`),
+the exact percentiles of the latest second's requests.
 """
 
 from __future__ import annotations
 
 import hmac
+import math
 import time
 
 import redis
@@ -27,8 +31,10 @@ from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from workers.recorder import LATENCY_BUCKETS_MS
 
 KEY_PREFIX = "slsbench:metrics"
 TRIAL_TTL_S = 60
@@ -42,6 +48,7 @@ GAUGES = {"queue_depth": "slsbench_trial_queue_depth", "cpu_util_pct": "slsbench
           "gpu_mem_used_mb": "slsbench_trial_gpu_memory_used_megabytes"}
 QUANTILES = {"p50_ms": "0.5", "p95_ms": "0.95", "p99_ms": "0.99"}
 INSTANCE_STATES = ("starting", "idle", "busy")
+HISTOGRAM = "slsbench_trial_request_latency_seconds"
 
 
 def key_prefix() -> str:
@@ -74,6 +81,11 @@ def record_windows(labels: dict, windows: list[dict], *, last_t_s: float, conn: 
         counts.update({k: w.get(k) or 0 for k in ("dropped", "errors", "late", "cold_starts")})
         for k, v in counts.items():
             pipe.hincrbyfloat(key, f"c:{k}", float(v))
+        for i, n in enumerate(w.get("latency_buckets") or []):
+            if n:
+                pipe.hincrbyfloat(key, f"b:{i}", float(n))
+        if w.get("latency_sum_ms"):
+            pipe.hincrbyfloat(key, "h:sum_ms", float(w["latency_sum_ms"]))
         gauges = {f"g:{k}": w[k] for k in (*GAUGES, *QUANTILES) if w.get(k) is not None}
         gauges.update({f"g:instances_{s}": w.get(f"instances_{s}") or 0 for s in INSTANCE_STATES})
         if gauges:
@@ -126,6 +138,8 @@ class _Collector:
                                     "completed requests (ms)", labels=[*LABELS, "quantile"])
         instances = GaugeMetricFamily("slsbench_trial_instances", "Instances by state (latest window)",
                                       labels=[*LABELS, "state"])
+        histogram = HistogramMetricFamily(HISTOGRAM, "Latency of the requests completed so far (intended arrival to "
+                                          "completion)", labels=list(LABELS))
         for key in self.conn.scan_iter(match=f"{key_prefix()}:trial:*", count=500):
             h = {k.decode(): v.decode() for k, v in self.conn.hgetall(key).items()}
             if not h:
@@ -141,10 +155,16 @@ class _Collector:
                     latency.add_metric([*lv, q], float(h[f"g:{k}"]))
             for s in INSTANCE_STATES:
                 instances.add_metric([*lv, s], float(h.get(f"g:instances_{s}", 0)))
+            running, buckets = 0.0, []
+            for i, le_ms in enumerate((*LATENCY_BUCKETS_MS, math.inf)):
+                running += float(h.get(f"b:{i}", 0.0))
+                buckets.append(("+Inf" if le_ms == math.inf else f"{le_ms / 1000:g}", running))
+            histogram.add_metric(lv, buckets, sum_value=float(h.get("h:sum_ms", 0.0)) / 1000)
         yield from fams.values()
         yield from gauges.values()
         yield latency
         yield instances
+        yield histogram
 
 
 def exposition(conn: redis.Redis | None = None) -> bytes:

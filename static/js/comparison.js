@@ -173,7 +173,8 @@
   }
 
   const CHARTS = { "chart-cdf": cdfConfig, "chart-pareto": paretoConfig, "chart-breakdown": breakdownConfig,
-    "chart-p99-time": p99Config, "chart-instances": instancesConfig };
+    "chart-p99-time": p99Config, "chart-instances": instancesConfig,
+    "chart-knee": function () { return window.slsbenchKneeConfig(data.charts.knee); } };
 
   function drawCharts() {
     if (!data.charts) { return; }
@@ -191,6 +192,11 @@
     });
     const unit = document.getElementById("chart-pareto-unit");
     if (unit) { unit.textContent = data.display.cost_scale.label; }
+    const knee = document.getElementById("cmp-knee");
+    if (knee) {
+      knee.hidden = !data.charts.knee.series.length;
+      knee.dataset.points = String(data.charts.knee.series.reduce(function (n, s) { return n + s.points.length; }, 0));
+    }
   }
 
   // ---- the table: repeats open on a click ------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // The knee chart: p99 against offered rate per variant, from a capacity search's probes, with the SLO line.
-// One drawing for the capacity search page and the comparison page: window.slsbenchKnee(canvas, knee) where knee is
+// One drawing for the capacity search page (drawn here from #knee-data) and the comparison page (comparison.js calls
+// window.slsbenchKneeConfig(knee)), where knee is
 // {slo_ms, series: [{key, label, simulated, capacity_rps, conservative_capacity_rps, points: [[rate, p99 | null,
 // verdict]]}]} (the comparison's charts.knee). A probe whose p99 lies beyond the run is drawn at the top edge.
 (function () {
@@ -38,14 +39,9 @@
         } } } } } };
   }
 
-  window.slsbenchKnee = function (canvas, knee, previous) {
-    if (previous) { previous.destroy(); }
-    if (!canvas || typeof Chart === "undefined" || !knee || !knee.series.length) { return null; }
-    const chart = new Chart(canvas, config(knee));
-    canvas.dataset.points = String(knee.series.reduce(function (n, s) { return n + s.points.length; }, 0));
-    return chart;
-  };
+  window.slsbenchKneeConfig = config;
 
   const own = document.getElementById("knee-data");
-  if (own) { window.slsbenchKnee(document.getElementById("chart-knee"), JSON.parse(own.textContent)); }
+  const canvas = document.getElementById("chart-knee");
+  if (own && canvas && typeof Chart !== "undefined") { new Chart(canvas, config(JSON.parse(own.textContent))); }
 })();

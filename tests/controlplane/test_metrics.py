@@ -79,11 +79,13 @@ def test_the_counters_move_during_a_real_trial(metrics_settings, user, spec_data
     labels = {"trial": str(trial.code), "experiment": experiment.name, "variant": trial.variant_name,
               "function": "classify"}
     seen: list[float] = []
+    histogram_counts: list[float] = []
     running_while_serving = 0
     deadline = time.monotonic() + 120
     while thread.is_alive() and time.monotonic() < deadline:
         samples = scrape(client)
         seen.append(total(samples, "slsbench_trial_requests_completed_total", **labels))
+        histogram_counts.append(total(samples, "slsbench_trial_request_latency_seconds_count", **labels))
         if seen[-1] > 0:
             running = total(samples, "slsbench_trials", status="running")
             # the thread outlives the trial by its last writes: a scrape there sees it succeeded
@@ -102,6 +104,21 @@ def test_the_counters_move_during_a_real_trial(metrics_settings, user, spec_data
     trial.refresh_from_db()
     assert abs(completed - trial.summary["completed"]) <= 0.02 * trial.summary["completed"] + 1
     assert (("slsbench_trial_latency_ms", tuple(sorted({**labels, "quantile": "0.99"}.items()))) in after)
+    # the histogram: its count moved while the trial ran and ends at every completed request; its buckets are
+    # cumulative, +Inf holding them all, and agree with the trial's own exact percentiles
+    assert len([b for a, b in zip(histogram_counts, histogram_counts[1:], strict=False) if b > a]) >= 2
+    count = total(after, "slsbench_trial_request_latency_seconds_count", **labels)
+    assert count == total(after, "slsbench_trial_request_latency_seconds_bucket", **labels, le="+Inf")
+    assert abs(count - trial.summary["completed"]) <= 0.02 * trial.summary["completed"] + 1
+    buckets = sorted((float(dict(lv)["le"]), v) for (n, lv), v in after.items()
+                     if n == "slsbench_trial_request_latency_seconds_bucket" and dict(lv)["trial"] == labels["trial"])
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets) and buckets[0][1] < count
+    p50_s = trial.summary["latency_ms"]["p50"] / 1000
+    below = next(v for le, v in buckets if le >= p50_s)  # the first bound at or above the exact median
+    assert below >= 0.5 * count - 1
+    mean_s = total(after, "slsbench_trial_request_latency_seconds_sum", **labels) / count
+    print(f"histogram: {count:.0f} requests, mean {mean_s * 1000:.2f} ms, exact p50 {p50_s * 1000:.2f} ms")
+    assert 0 < mean_s < 10 * trial.summary["latency_ms"]["p99"] / 1000
     assert total(after, "slsbench_trials", status="succeeded") == 1
 
 
@@ -118,13 +135,14 @@ def test_every_query_of_the_grafana_dashboard_names_a_metric_the_exposition_has(
     window = {"t_s": 1.0, "offered_rps": 10.0, "completed_rps": 9.0, "dropped": 1, "errors": 0, "late": 0,
               "p50_ms": 3.0, "p95_ms": 5.0, "p99_ms": 7.0, "queue_depth": 2, "instances_starting": 0,
               "instances_idle": 1, "instances_busy": 1, "cold_starts": 1, "cpu_util_pct": 50.0, "rss_mb": 300.0,
-              "gpu_util_pct": 10.0, "gpu_mem_used_mb": 1000.0}
+              "gpu_util_pct": 10.0, "gpu_mem_used_mb": 1000.0, "latency_buckets": [0, 1, 3, 4, 1] + [0] * 9,
+              "latency_sum_ms": 40.0}
     metrics.record_windows(metrics.trial_labels(queued_trials[0]), [window], last_t_s=0.0, conn=test_redis.client)
     names = {n for n, _ in scrape(Client())}
     dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text())
     queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     queries += [v["definition"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
-    assert len(queries) >= 12
+    assert len(queries) >= 13 and any("histogram_quantile" in q for q in queries)
     used = set()
     for q in queries:
         named = set(re.findall(r"\bslsbench_[a-z0-9_]+", q))

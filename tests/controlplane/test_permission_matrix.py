@@ -16,7 +16,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from controlplane.experiments import services
+from controlplane.experiments import capacity, services
 from controlplane.experiments.models import Pin, PriceEntry, ShareLink
 from controlplane.experiments.reports import exports
 from controlplane.experiments.routing import websocket_urlpatterns
@@ -86,6 +86,9 @@ MATRIX: dict[str, Entry] = {
     "profile-list": Entry(LIST),
     "profile-detail": Entry(OWNED, obj="profile"),
     "profile-json": Entry(OWNED, obj="profile"),  # download: the measured profile
+    "experiment-capacity": Entry(OWNED, ("POST",), obj=E),  # the comparison page's "Capacity at SLO" form
+    "capacity-detail": Entry(OWNED, obj="capacity"),
+    "capacity-cancel": Entry(OWNED, ("POST",), obj="capacity"),
     # API
     "api-schema": Entry(LIST, api=True),
     "api-docs": Entry(LIST),  # a page: login redirect
@@ -113,6 +116,9 @@ MATRIX: dict[str, Entry] = {
     "api-experiment-profile": Entry(OWNED, ("POST",), obj=E, api=True),
     "api-profile-list": Entry(LIST, api=True),
     "api-profile-detail": Entry(OWNED, obj="profile", api=True),
+    "api-experiment-capacity": Entry(OWNED, ("GET", "POST"), obj=E, api=True),
+    "api-capacity-detail": Entry(OWNED, obj="capacity", api=True),
+    "api-capacity-cancel": Entry(OWNED, ("POST",), obj="capacity", api=True),
     # Django's own account pages
     "login": Entry(PUBLIC, ("GET", "POST")),
     "metrics": Entry(TOKEN),  # Prometheus exposition (test_metrics: refused without the token, parsed with it)
@@ -176,10 +182,12 @@ def world(user, other_user, price_catalogue, media_root):
     link = exports.share_link_create(owner=user, experiment=experiment)
     Pin.objects.create(user=user, trial=trial)
     profile = stored(owner=user)
+    search = capacity.capacity_start(experiment=experiment, user=user, enqueue=False,
+                                     options={"variant": "always", "simulated": True})
     theirs = services.experiment_import(owner=other_user, data={**_spec(), "name": "outsiders-own"})
     return {"experiment": experiment, "trial": trial, "export": export, "share-link": link, "owner": user,
             "variant": experiment.variants.first(), "outsider": other_user, "theirs": theirs,
-            "profile": profile, "model": _uploaded_model(user, media_root)}
+            "profile": profile, "model": _uploaded_model(user, media_root), "capacity": search}
 
 
 def _uploaded_model(owner, media_root):
@@ -202,7 +210,7 @@ def _spec() -> dict:
 
 def url_for(name: str, entry: Entry, world: dict) -> str:
     obj = entry.obj
-    if obj in (E, T, X, "profile", "model"):
+    if obj in (E, T, X, "profile", "model", "capacity"):
         return reverse(name, kwargs={"code": world[obj].code})
     if obj == "variant":
         return reverse(name, kwargs={"code": world["experiment"].code, "variant_id": world["variant"].pk})
@@ -276,7 +284,7 @@ def test_lists_show_another_user_nothing_of_the_owners(name, world):
     url = url_for(name, entry, world)
     secrets = [world["experiment"].name, str(world["experiment"].code), str(world["trial"].code),
                str(world["export"].code), world["share-link"].token, str(world["profile"].code),
-               str(world["model"].code), "owners-model"]
+               str(world["model"].code), "owners-model", str(world["capacity"].code)]
     for method in entry.methods:
         response = call(as_user(world["outsider"]), method, url)
         assert response.status_code < 500, (method, url, response.status_code)

@@ -63,7 +63,7 @@ VERDICT_MARKERS = {"met": ("o", "#1a7f37"), "not_met": ("X", "#b42318"), "inconc
 BREAKDOWN_COLOURS = {"dispatch_lag": "#6e7781", "cold_start": "#1f77b4", "platform_delay_modelled": "#9467bd",
                      "batch_wait": "#ff7f0e", "queue_wait": "#d62728", "compute": "#2ca02c"}
 SVG_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
-ORDER = ("cdf", "pareto", "p99_over_time", "breakdown", "arrival_rate")
+ORDER = ("cdf", "pareto", "knee", "p99_over_time", "breakdown", "arrival_rate")
 
 
 @dataclass(frozen=True)
@@ -280,6 +280,37 @@ def p99_time_figure(comparison: dict) -> Figure | None:
     return fig
 
 
+def knee_figure(comparison: dict) -> Figure | None:
+    """p99 against offered rate per variant from its capacity search's probes (marker: the verdict), the SLO line."""
+    block = (comparison.get("charts") or {}).get("knee") or {}
+    series = [s for s in block.get("series") or [] if s.get("points")]
+    if not series:
+        return None
+    col = colours(comparison)
+    slo_ms = block["slo_ms"]
+    fig = _figure()
+    with rc_context(RC):
+        ax = fig.axes[0]
+        top = max([slo_ms * 1.5] + [p[1] for s in series for p in s["points"] if p[1] is not None])
+        top = min(top, slo_ms * 10)
+        for s in series:
+            x = np.asarray([p[0] for p in s["points"]], dtype=float)
+            y = np.asarray([top if p[1] is None else min(p[1], top) for p in s["points"]], dtype=float)
+            label = _label(s["label"]) + (" (simulated)" if s.get("simulated") else "")
+            ax.plot(x, y, color=col.get(s["key"]), linewidth=1.2, label=label)
+            for xi, yi, p in zip(x, y, s["points"], strict=True):
+                marker, colour = VERDICT_MARKERS.get(p[2], ("o", "#999"))[:2]
+                ax.scatter([xi], [yi], marker=marker, color=colour, s=28, zorder=3)
+        ax.axhline(slo_ms, color=SLO_COLOUR, linestyle="--", linewidth=1.2, label=f"SLO {format_ms(slo_ms)}")
+        ax.set_xlim(left=0)
+        ax.set_ylim(0, top * 1.05)
+        ax.yaxis.set_major_formatter(FuncFormatter(_ms_axis))
+        ax.set_xlabel("offered rate (req/s)")
+        ax.set_ylabel("p99 of the probe (ms)")
+        _legend(ax, len(series) + 1)
+    return fig
+
+
 def breakdown_figure(comparison: dict) -> Figure | None:
     charts = comparison.get("charts") or {}
     block = charts.get("breakdown") or {}
@@ -349,6 +380,10 @@ def _captions(comparison: dict) -> dict[str, tuple[str, str]]:
                    f"{slo.get('label', 'p99')} against serverless cost {scale}: marker shape is the SLO verdict, "
                    "bars the min – max across repeats, the grey line the Pareto front (no variant is both "
                    f"cheaper and faster), the dashed line the SLO." + (f" Not drawn: {ex}." if ex else "")),
+        "knee": ("p99 against offered rate", "Each variant's latest capacity search: p99 of each probe trial at its "
+                 "offered rate (the workload's shape, its rate scaled); marker shape is the probe's verdict, a probe "
+                 "whose p99 lay beyond the run is drawn at the top. Dashed: the SLO latency; the knee is where a "
+                 "curve crosses it. Simulated searches are labelled."),
         "p99_over_time": ("p99 over time", "p99 per window of each variant's median repeat (by its SLO "
                           "percentile); gaps are windows where no request finished. Dashed: the SLO latency."),
         "breakdown": ("Where a request's time goes", "Median across repeats of each component of a request's "
@@ -364,7 +399,7 @@ def report_charts(comparison: dict, *, workloads: Sequence[dict] = (), svg: bool
     `arrival_figure`. `only`: a subset of ORDER (slides take the two key charts). `svg_text`: see `render`."""
     captions = _captions(comparison)
     builders = {"cdf": lambda: cdf_figure(comparison), "pareto": lambda: pareto_figure(comparison),
-                "p99_over_time": lambda: p99_time_figure(comparison),
+                "knee": lambda: knee_figure(comparison), "p99_over_time": lambda: p99_time_figure(comparison),
                 "breakdown": lambda: breakdown_figure(comparison), "arrival_rate": lambda: arrival_figure(workloads)}
     out = []
     for key in ORDER:

@@ -150,7 +150,8 @@ def _scope_title(data: dict) -> str:
 
 
 TABLE_COLUMNS = (("variant", 2.3), ("verdict", 1.45), ("slo", 1.25), ("interval", 2.1), ("violation_rate", 1.2),
-                 ("serverless_per_1k_usd", 1.35), ("provisioned_per_1k_usd", 1.35), ("throughput_rps", 1.33))
+                 ("serverless_per_1k_usd", 1.35), ("provisioned_per_1k_usd", 1.35), ("throughput_rps", 1.33),
+                 ("capacity", 1.45))
 
 
 def table_rows(data: dict, page: dict) -> tuple[list[str], list[list[str]], list[str]]:
@@ -158,7 +159,7 @@ def table_rows(data: dict, page: dict) -> tuple[list[str], list[list[str]], list
     scale = data["display"]["cost_scale"]
     slo_metric = data["slo"]["metric"]
     header = ["Variant", "Verdict", data["slo"]["label"], "Interval", "Violations",
-              f"Serverless {scale['label']}", f"Provisioned {scale['label']}", "Throughput (req/s)"]
+              f"Serverless {scale['label']}", f"Provisioned {scale['label']}", "Throughput (req/s)", "Capacity at SLO"]
     rows, verdicts = [], []
     for r in page["rows"]:
         cells = {c["key"]: c for c in r["cells"]}
@@ -169,7 +170,8 @@ def table_rows(data: dict, page: dict) -> tuple[list[str], list[list[str]], list
 
         label = r["label"] + (" (baseline)" if r["baseline"] else "")
         rows.append([label, r["verdict"]["text"], text(slo_metric), r["interval"] or "—", text("violation_rate"),
-                     text("serverless_per_1k_usd"), text("provisioned_per_1k_usd"), text("throughput_rps")])
+                     text("serverless_per_1k_usd"), text("provisioned_per_1k_usd"), text("throughput_rps"),
+                     r["capacity"]["text"] + (" (simulated)" if r["capacity"]["simulated"] else "")])
         verdicts.append(r["verdict"]["verdict"])
     return header, rows, verdicts
 

@@ -33,6 +33,8 @@ from .. import spec_io
 from ..comparison_views import _value_text
 from ..models import Experiment, Trial
 
+# the variant's latest finished capacity search (comparison row `capacity`), repeated on each of its trials' lines
+CAPACITY_HEADERS = ("capacity at SLO (req/s)", "conservative capacity at SLO (req/s)", "capacity simulated")
 JSON_FORMAT = "slsbench.comparison-export"
 JSON_VERSION = 1
 PAGE_UNITS = {"ms": "ms", "fraction": "%", "rps": "req/s", "count": "count"}
@@ -82,9 +84,12 @@ IDENTITY_HEADERS = ("experiment", "experiment code", "run", "variant", "row", "b
 def csv_rows(data: dict) -> tuple[list[str], list[list[str]]]:
     scale = data["display"]["cost_scale"]
     metrics = data["metrics"]
-    header = [*IDENTITY_HEADERS, *(metric_header(m, scale) for m in metrics)]
+    header = [*IDENTITY_HEADERS, *(metric_header(m, scale) for m in metrics), *CAPACITY_HEADERS]
     out = []
     for row in data["rows"]:
+        cap = row.get("capacity") or {}
+        capacity = [plain(_value_text("rps", k, cap.get(k), scale)) for k in ("capacity_rps", "conservative_capacity_rps")]
+        capacity.append(("yes" if cap["simulated"] else "no") if cap else "")
         for rep in row["repeats"]:
             ci = rep.get("slo_interval") or [None, None]
             exp = row.get("experiment") or {}
@@ -95,7 +100,7 @@ def csv_rows(data: dict) -> tuple[list[str], list[list[str]]]:
                 "" if ci[0] is None else plain(C.format_ms(ci[0])), "" if ci[1] is None else plain(C.format_ms(ci[1])),
                 rep.get("price") or "", "yes" if rep.get("repriced") else "",
                 "yes" if rep.get("dispatch_behind") else "", "; ".join(rep.get("notes") or []),
-                *(trial_cell(m, rep["figures"] or {}, scale, included=rep["included"]) for m in metrics),
+                *(trial_cell(m, rep["figures"] or {}, scale, included=rep["included"]) for m in metrics), *capacity,
             ])
     return header, out
 
