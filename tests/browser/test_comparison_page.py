@@ -19,10 +19,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from controlplane.experiments import capacity, events
 from controlplane.experiments import comparison as C
-from controlplane.experiments import events
+from controlplane.experiments import comparison_views as V
 from controlplane.experiments.models import Experiment, Trial
 from tests import processes
+from tests.controlplane.test_profiles import stored
 
 pytestmark = [pytest.mark.browser, pytest.mark.celery, pytest.mark.django_db(transaction=True)]
 
@@ -217,6 +219,34 @@ def test_a_run_made_in_the_editor_is_compared_live_then_decided_and_re_priced(au
     assert "price=H100-80GB" in page.url and page.evaluate("window.notReloaded") is True
     # the repeats stay open across the redraw
     assert page.locator("tr.cmp-repeats[data-for='scale-to-zero']").is_visible()
+
+    # ---- capacity at SLO: a simulated search of one variant gives its column and the knee chart --------------------
+    assert page.inner_text("td.cmp-capacity[data-capacity='always-on'] .cmp-capacity-value") == "—"
+    assert page.locator("#cmp-knee").is_hidden()
+    assert page.locator("tr.cmp-row[data-key='always-on'] form.cmp-capacity-form input[name='variant']").get_attribute(
+        "value") == "always-on"
+    stored(model=experiment.functions.get().model_key, service_ms=5.0)  # the simulator's service time: the test's
+    search = capacity.capacity_start(experiment=experiment, user=user, enqueue=False,
+                                     options={"variant": "always-on", "simulated": True, "budget": 5, "probe_s": 10})
+    assert capacity.capacity_run_by_id(search.id, worker="browser-test", redis_conn=None) == "succeeded"
+    search.refresh_from_db()
+    page.reload()
+    page.wait_for_selector("body[data-cmp-ready='1']")
+    cell = page.locator("td.cmp-capacity[data-capacity='always-on']")
+    assert cell.locator(".cmp-capacity-value").inner_text() == V.capacity_text(
+        C.experiment_comparison(experiment=experiment)["rows"][0]["capacity"])["text"] != "—"
+    assert cell.locator(".cmp-capacity-simulated").count() == 1 and "conservative" in cell.inner_text()
+    assert page.inner_text("td.cmp-capacity[data-capacity='scale-to-zero'] .cmp-capacity-value") == "—"
+    assert page.locator("#cmp-knee").is_visible()
+    counted = [p for p in search.result["probes"] if p["counted"]]
+    knee = chart_points(page, "chart-knee")  # the search's probes that count, then the SLO line's two ends
+    assert knee == [len(counted), 2], (knee, counted)
+    # its page: the result and the same chart
+    cell.locator("a.cmp-capacity-value").click()
+    page.wait_for_selector("#capacity-result")
+    assert page.get_attribute("#capacity-status", "data-status") == "succeeded"
+    assert page.locator("#capacity-probes tbody tr").count() == len(search.result["probes"])
+    assert sum(chart_points(page, "chart-knee")) == len(counted) + 2
     assert not errors, errors
 
     # ---- timings ------------------------------------------------------------------------------------------------
