@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 
 from django.db import transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from controlplane.registry.selectors import uploaded_models_for
@@ -38,6 +39,7 @@ MIN_PROBE_S = 1.0
 # A probe is a trial: its run time plus the trials' margin (cold starts, drain, storing), and an inconclusive one is
 # repeated twice as long; the task's limit covers the budget of them.
 TASK_MARGIN_S = 300.0
+RUNNER_GONE_S = 60.0  # a running search with no probe unfinished and none finished for this long has no runner
 
 
 class ProbeFailed(RuntimeError):
@@ -141,15 +143,23 @@ def _enqueue(search_id: int, queue: str, soft_s: float) -> None:
 
 def capacity_cancel(*, search: CapacitySearch) -> CapacitySearch:
     """Cancel a search: a queued one at once; a running one stops before its next probe, and its running probe
-    trial is cancelled like any trial."""
+    trial is cancelled like any trial. A running search whose runner is gone (killed with its worker: no probe
+    unfinished and none finished for RUNNER_GONE_S) is closed at once."""
     now = timezone.now()
     with transaction.atomic():
         done = CapacitySearch.objects.filter(pk=search.pk, status=CapacitySearch.Status.QUEUED).update(
             status=CapacitySearch.Status.CANCELLED, cancel_requested=True, finished_at=now, stage="cancelled")
         if not done and CapacitySearch.objects.filter(pk=search.pk, status=CapacitySearch.Status.RUNNING).update(
                 cancel_requested=True):
+            probes = Trial.objects.filter(experiment_id=search.probes_experiment_id)
             if search.probes_experiment_id:
                 services.experiment_cancel(experiment=Experiment.objects.get(pk=search.probes_experiment_id))
+            last = probes.aggregate(m=Max("finished_at"))["m"] or search.started_at
+            if (not probes.exclude(status__in=Trial.FINISHED).exists() and last is not None
+                    and (now - last).total_seconds() > RUNNER_GONE_S):
+                CapacitySearch.objects.filter(pk=search.pk, status=CapacitySearch.Status.RUNNING).update(
+                    status=CapacitySearch.Status.CANCELLED, finished_at=now,
+                    stage="cancelled; its runner was gone (no probe for a while)")
     search.refresh_from_db()
     return search
 

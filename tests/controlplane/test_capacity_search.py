@@ -163,6 +163,16 @@ def test_the_options_are_checked_with_the_field_named_and_one_search_per_variant
     search = CapacitySearch.objects.filter(variant_name="one", status="queued").get()
     assert page.status_code == 302 and page["Location"] == search.get_absolute_url() and search.budget == 4
     assert 'http-equiv="refresh"' in client.get(search.get_absolute_url()).content.decode()  # polls while it runs
+    # a running search whose runner died (no probe for over a minute) is closed by Cancel; one that just started
+    # is only asked to stop
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    CapacitySearch.objects.filter(pk=search.pk).update(status="running", started_at=timezone.now())
+    assert capacity.capacity_cancel(search=search).status == "running" and search.cancel_requested
+    CapacitySearch.objects.filter(pk=search.pk).update(started_at=timezone.now() - timedelta(minutes=2))
+    assert capacity.capacity_cancel(search=search).status == "cancelled"
 
 
 @pytest.mark.django_db(transaction=True)  # the trial monitor writes from its own thread
