@@ -439,6 +439,10 @@ class WindowSerializer(serializers.Serializer):
     p50_ms = serializers.FloatField(allow_null=True, required=False)
     p95_ms = serializers.FloatField(allow_null=True, required=False)
     p99_ms = serializers.FloatField(allow_null=True, required=False)
+    latency_buckets = serializers.ListField(child=serializers.IntegerField(), required=False, help_text=(
+        "Requests completed in the window per latency bucket: <= 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, "
+        "5000, 10000 ms, and above."))
+    latency_sum_ms = serializers.FloatField(allow_null=True, required=False)
     queue_depth = serializers.IntegerField(allow_null=True, required=False)
     instances_starting = serializers.IntegerField(allow_null=True, required=False)
     instances_idle = serializers.IntegerField(allow_null=True, required=False)

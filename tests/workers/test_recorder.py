@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from workers.recorder import Recorder
+from workers.recorder import LATENCY_BUCKETS_MS, Recorder
 from workers.records import OUTCOME_DROPPED, OUTCOME_ERROR, OUTCOME_OK, ColdStart
 
 
@@ -49,6 +49,14 @@ def test_window_counts_what_finished_since_the_last_window():
     assert w["cold_starts"] == 1
     assert w["cpu_util_pct"] == 50.0 and w["gpu_util_pct"] is None and w["power_w"] is None
     assert w["cost_usd"] == 0.01
+    # The histogram of the window's completions (10, 20, 30 ms; not the error or the drop): the bucket bounds are
+    # inclusive, as Prometheus's `le`
+    bounds = list(LATENCY_BUCKETS_MS)
+    expected = [0] * (len(bounds) + 1)
+    expected[bounds.index(10.0)] += 1
+    expected[bounds.index(25.0)] += 1
+    expected[bounds.index(50.0)] += 1
+    assert w["latency_buckets"] == expected and w["latency_sum_ms"] == pytest.approx(60.0)
     # The next window sees only what finished after this one.
     rows["completed_s"][5] = 1.05
     rows["outcome"][5] = OUTCOME_OK
@@ -56,6 +64,7 @@ def test_window_counts_what_finished_since_the_last_window():
     w2 = rec.window(1.0, 2.0)
     assert w2["completed_rps"] == 1.0 and w2["errors"] == 0 and w2["dropped"] == 0
     assert w2["offered_rps"] == 5.0
+    assert sum(w2["latency_buckets"]) == 1  # 1.05 - 1.0 s: 50 ms
     # Requests intended in the window but never sent do not count toward its dispatch lag.
     assert w2["dispatch_lag_p99_us"] == pytest.approx(50.0, abs=1e-3)
 
@@ -78,6 +87,7 @@ def test_empty_window_is_json_safe():
     assert w["cpu_util_pct"] is None and isinstance(w["rss_mb"], float)
     text = json.dumps(w, allow_nan=False)
     assert "NaN" not in text
+    assert w.pop("latency_buckets") == [0] * (len(LATENCY_BUCKETS_MS) + 1) and w["latency_sum_ms"] == 0.0
     assert all(type(v) in (int, float, bool, type(None)) for v in w.values())
 
 
