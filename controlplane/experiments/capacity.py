@@ -192,7 +192,7 @@ def latest_results(pairs: set[tuple[int, str]]) -> dict[tuple[int, str], Capacit
 def knee_series(search: CapacitySearch, *, key: str | None = None, label: str | None = None) -> dict:
     """One variant's series of the knee chart (p99 against offered rate): the probes that count, by rate."""
     result = search.result or {}
-    probes = result.get("probes", search.probes) or []
+    probes = result["probes"] if "probes" in result else (search.probes or [])  # finished: no deferred field read
     return {"key": key or search.variant_name, "label": label or search.variant_name, "search": str(search.code),
             "simulated": search.simulated, "capacity_rps": result.get("capacity_rps"),
             "conservative_capacity_rps": result.get("conservative_capacity_rps"),
