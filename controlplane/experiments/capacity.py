@@ -154,7 +154,8 @@ def capacity_cancel(*, search: CapacitySearch) -> CapacitySearch:
             probes = Trial.objects.filter(experiment_id=search.probes_experiment_id)
             if search.probes_experiment_id:
                 services.experiment_cancel(experiment=Experiment.objects.get(pk=search.probes_experiment_id))
-            last = probes.aggregate(m=Max("finished_at"))["m"] or search.started_at
+            last = (probes.aggregate(m=Max("finished_at"))["m"]
+                    or CapacitySearch.objects.values_list("started_at", flat=True).get(pk=search.pk))
             if (not probes.exclude(status__in=Trial.FINISHED).exists() and last is not None
                     and (now - last).total_seconds() > RUNNER_GONE_S):
                 CapacitySearch.objects.filter(pk=search.pk, status=CapacitySearch.Status.RUNNING).update(

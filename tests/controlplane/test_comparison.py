@@ -570,7 +570,7 @@ def test_the_number_of_queries_does_not_grow_with_the_number_of_trials(user, pri
             result = C.experiment_comparison(experiment=experiment, price="test-gpu")
         counts.append(len(ctx.captured_queries))
         assert all(r["included"] == 3 for r in result["rows"])
-    assert counts[0] == counts[1] <= 5, counts
+    assert counts[0] == counts[1] <= 6, counts  # the rows' capacity searches: one query
 
 
 def test_ten_variants_of_three_repeats_compare_within_300_ms(user, prices, media_root, django_assert_max_num_queries):

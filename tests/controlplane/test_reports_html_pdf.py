@@ -373,6 +373,8 @@ def test_charts_render_to_svg_and_png_deterministically():
                                            "unfinished_share": 0.1}]},
                        "p99_over_time": {"series": [{"key": "a", "label": "a", "repeat": 0,
                                                      "points": [[1, 20.0], [2, None], [3, 30.0]]}]},
+                       "knee": {"slo_ms": 50.0, "series": [{"key": "a", "label": "a", "simulated": True, "points": [
+                           [10.0, 12.0, "met"], [20.0, 48.0, "inconclusive"], [40.0, None, "not_met"]]}]},
                        "breakdown": {"components": ["compute", "platform_delay_modelled"],
                                      "labels": {"compute": "compute", "platform_delay_modelled": "platform delay"},
                                      "modelled": ["platform_delay_modelled"],
