@@ -1,8 +1,20 @@
+import json
 import os
 
 import pytest
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+
+
+def frozen_run(experiment, data: dict | None = None) -> dict:
+    """The fields Run gives a run's trials (`services.run_fields`: the frozen spec, stored once, and the run time,
+    expected requests and time limit), for tests that store trials by hand. `data`: the spec dict to freeze
+    (default: the experiment as stored)."""
+    from controlplane.experiments import services, spec_io
+    from workers import spec as S
+
+    data = json.loads(json.dumps(data)) if data is not None else spec_io.experiment_to_dict(experiment)
+    return services.run_fields(experiment=experiment, spec=S.parse_experiment(data), data=data)
 
 
 @pytest.fixture

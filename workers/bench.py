@@ -125,9 +125,10 @@ def _pct(x: np.ndarray, q: float) -> float | None:
     return float(np.percentile(x, q)) if len(x) else None
 
 
-def verdicts(result: dict, *, enforced: bool = True) -> dict:
+def verdicts(result: dict, *, enforced: bool = True, goals: dict | None = None) -> dict:
+    """Each goal's verdict on the result's figure ({figure: (op, goal)}; default: this module's GOALS)."""
     out = {}
-    for key, (op, goal) in GOALS.items():
+    for key, (op, goal) in (GOALS if goals is None else goals).items():
         if key in result and result[key] is not None:
             v = result[key]
             out[key] = {"goal": f"{op} {goal:g}", "met": bool(v <= goal if op == "<=" else v >= goal),

@@ -673,9 +673,9 @@ def parse_workload(data: Any, path: str = "workload", ctx: _Ctx | None = None,
             trace = TraceSpec(format=fmt, content=content, filename=ctx.string(d, "trace_filename", path, max_len=200),
                               function_hash=fh)
             try:
-                from workers.workload import TraceError, parse_trace
+                from workers.workload import TraceError, parsed_trace
 
-                parsed = parse_trace(content, fmt, function_hash=fh)
+                parsed = parsed_trace(trace)
                 if duration:
                     ctx.requests[path] = float(parsed.invocations_before(duration))
             except TraceError as exc:
@@ -697,28 +697,38 @@ def parse_workload(data: Any, path: str = "workload", ctx: _Ctx | None = None,
     return spec
 
 
+def trial_run_s(exp: ExperimentSpec) -> float:
+    """Wall-clock seconds of workload in one trial: its longest workload's run time."""
+    return max((w.run_s for w in exp.workloads), default=0.0)
+
+
+def trial_requests(exp: ExperimentSpec) -> float:
+    """About how many arrivals one trial sends, over all workloads together (peak rate x duration, or a trace's
+    invocations inside the window): what MAX_REQUESTS caps. A trace is parsed once per content."""
+    from workers.workload import TraceError, expected_requests
+
+    total = 0.0
+    for w in exp.workloads:
+        if w.pattern == "trace" and w.trace is None:
+            continue
+        try:
+            total += expected_requests(w)
+        except TraceError:
+            pass  # a malformed trace was refused when the spec was parsed
+    return total
+
+
 def real_run_errors(exp: ExperimentSpec) -> list[FieldError]:
     """What makes a valid spec too big to RUN for real (a simulation may still cover it): a workload longer
     than MAX_RUN_S of wall time, or more than MAX_REQUESTS expected arrivals over all workloads."""
     errors = []
-    total = 0.0
     for i, w in enumerate(exp.workloads):
         path = "workload" if len(exp.workloads) == 1 and w.function is None else f"workloads[{i}]"
         if w.run_s > MAX_RUN_S + 1e-9:
             errors.append(FieldError(f"{path}.duration_s", f"runs {w.run_s:.0f} s of wall time; at most "
                                                            f"{MAX_RUN_S:.0f} s for a real run (raise time_compression, "
                                                            "shorten it, or simulate it)"))
-        if w.pattern == "trace" and w.trace is not None:
-            from workers.workload import TraceError, expected_requests
-
-            try:
-                total += expected_requests(w)
-            except TraceError:
-                pass  # a malformed trace was refused when the spec was parsed
-        else:
-            peak = peak_rate_rps(w)
-            if peak:
-                total += w.run_s * peak * w.time_compression
+    total = trial_requests(exp)
     if total > MAX_REQUESTS:
         errors.append(FieldError("workload", f"would send about {total:,.0f} requests; at most {MAX_REQUESTS:,} in "
                                              "one real trial (shorten it or simulate it)"))
@@ -1213,8 +1223,7 @@ class RunPlan:
 
 def run_plan(spec: ExperimentSpec, *, repeats: int | None = None) -> RunPlan:
     trials = sum(repeats if repeats is not None else v.repeats for v in spec.variants)
-    return RunPlan(variants=len(spec.variants), trials=trials,
-                   trial_run_s=max((w.run_s for w in spec.workloads), default=0.0), repeats=repeats)
+    return RunPlan(variants=len(spec.variants), trials=trials, trial_run_s=trial_run_s(spec), repeats=repeats)
 
 
 def duration_text(seconds: float) -> str:

@@ -99,7 +99,7 @@ class TrialMonitor(threading.Thread):
     """
 
     def __init__(self, trial: Trial, keeper: LeaseKeeper | None, *, interval_s: float = HEARTBEAT_S,
-                 publish: bool = True, stop: threading.Event | None = None):
+                 publish: bool = True, stop: threading.Event | None = None, functions: tuple[str, ...] = ()):
         super().__init__(name=f"trial-{trial.id}-monitor", daemon=True)
         self.trial_id = trial.id
         self.code = trial.code
@@ -115,7 +115,7 @@ class TrialMonitor(threading.Thread):
         self._index_lock = threading.Lock()
         self._done = threading.Event()
         self._wake = threading.Event()  # set by on_window and stop: flush now rather than at the next tick
-        self._metric_labels = metrics.trial_labels(trial)
+        self._metric_labels = metrics.trial_labels(trial, functions)
         self._metric_t_s = 0.0  # end of the last window folded into the metrics
 
     @property
@@ -456,7 +456,8 @@ def _execute(trial: Trial, spec: S.TrialSpec, lease: DeviceLease | None, *, publ
     keeper = LeaseKeeper(lease, interval_s=heartbeat_s) if lease is not None else None
     if keeper is not None:
         keeper.start()
-    monitor = TrialMonitor(trial, keeper, interval_s=heartbeat_s, publish=publish, stop=stop)
+    monitor = TrialMonitor(trial, keeper, interval_s=heartbeat_s, publish=publish, stop=stop,
+                           functions=tuple(f.name for f in spec.experiment.functions))
     monitor.start()
     artifact = artifact_path_for(trial)
     result = None

@@ -29,3 +29,4 @@ class ExperimentAdmin(admin.ModelAdmin):
 class TrialAdmin(admin.ModelAdmin):
     list_display = ("experiment", "variant_name", "run_number", "repeat", "status", "device", "started_at")
     list_filter = ("status",)
+    raw_id_fields = ("run_spec",)  # a select of every frozen spec would load them all

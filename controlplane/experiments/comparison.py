@@ -277,10 +277,10 @@ def _load_trials(trials) -> list[Trial]:
     """The trials with their experiments, in one query; the frozen spec (which can hold a whole trace) is
     not read here, only the parts of it that `_spec_parts` needs."""
     if isinstance(trials, QuerySet):
-        return list(trials.select_related("experiment").defer("spec"))
+        return list(trials.select_related("experiment"))
     items = list(trials)
     ids = [t.pk if isinstance(t, Trial) else int(t) for t in items]
-    found = {t.pk: t for t in Trial.objects.filter(pk__in=ids).select_related("experiment").defer("spec")}
+    found = {t.pk: t for t in Trial.objects.filter(pk__in=ids).select_related("experiment")}
     seen: set[int] = set()
     out = []
     for i in ids:
@@ -299,14 +299,14 @@ def _groups(trials: list[Trial]) -> dict[tuple[int, int], list[Trial]]:
 
 def _spec_parts(groups: dict) -> dict[tuple[int, int], dict]:
     """slo, variants, functions and accelerator of each group's frozen spec (one query; equal within a run)."""
-    first = {g[0].pk: key for key, g in groups.items()}
-    if not first:
-        return {}
-    rows = Trial.objects.filter(pk__in=list(first)).values_list(
-        "pk", "spec__slo", "spec__variants", "spec__functions", "spec__accelerator")
-    return {first[pk]: {"slo": slo if isinstance(slo, dict) else {}, "variants": variants or [],
-                        "functions": functions or [], "accelerator": accelerator}
-            for pk, slo, variants, functions, accelerator in rows}
+    parts = selectors.run_spec_parts({g[0].run_spec_id for g in groups.values()},
+                                     ("slo", "variants", "functions", "accelerator"))
+    out = {}
+    for key, g in groups.items():
+        p = parts.get(g[0].run_spec_id, {})
+        out[key] = {"slo": p.get("slo") if isinstance(p.get("slo"), dict) else {}, "variants": p.get("variants") or [],
+                    "functions": p.get("functions") or [], "accelerator": p.get("accelerator")}
+    return out
 
 
 def resolve_price(price: PriceEntry | int | str | None) -> PriceEntry | None:

@@ -27,8 +27,13 @@ PHASE_LABELS = (("platform_delay_modelled", "platform delay (modelled, not measu
                 ("warmup", "warm-up pass"), ("total", "total"))
 
 
-def _slo(trial: Trial) -> dict:
-    slo = (trial.spec or {}).get("slo") or {}
+def _frozen(trial: Trial) -> dict:
+    """The parts of the trial's frozen spec this page needs (not the whole spec: it may hold a trace)."""
+    return selectors.run_spec_parts([trial.run_spec_id], ("slo", "variants", "functions")).get(trial.run_spec_id, {})
+
+
+def _slo(spec: dict) -> dict:
+    slo = spec.get("slo") or {}
     rate = float(slo.get("max_violation_rate", DEFAULTS["slo.max_violation_rate"]))
     return {"percentile": float(slo.get("percentile", DEFAULTS["slo.percentile"])),
             "latency_ms": float(slo.get("latency_ms", DEFAULTS["slo.latency_ms"])),
@@ -36,10 +41,9 @@ def _slo(trial: Trial) -> dict:
             "min_throughput_rps": slo.get("min_throughput_rps")}
 
 
-def _prestart(trial: Trial) -> dict:
+def _prestart(trial: Trial, spec: dict) -> dict:
     """What the worker starts before the load begins, from the trial's frozen spec: the live page says so
     while it waits for the first window (each instance is a real process start, a second or two)."""
-    spec = trial.spec or {}
     variant = next((v for v in spec.get("variants") or [] if v.get("name") == trial.variant_name), {})
     per_function = int(variant.get("min_instances", DEFAULTS["variant.min_instances"]) or 0)
     functions = max(1, len(spec.get("functions") or []))
@@ -72,7 +76,8 @@ def _breakdown(summary: dict) -> list[dict]:
 def trial_detail(request, code):
     trial = selectors.trial_get_for(user=request.user, code=code)
     summary = trial.summary or {}
-    slo = _slo(trial)
+    frozen = _frozen(trial)
+    slo = _slo(frozen)
     row = selectors.trial_result_row(trial)
     page_data = {
         "trial": str(trial.code),
@@ -81,7 +86,7 @@ def trial_detail(request, code):
         "slo": slo,
         "windows": [{"index": w.pop("index"), "window": w} for w in selectors.trial_windows(trial)],
         "ws_path": f"/ws/trials/{trial.code}/",
-        "prestart": _prestart(trial),
+        "prestart": _prestart(trial, frozen),
         # How long it has been running when the page was rendered (server clock; the page counts on from it).
         "running_for_s": (timezone.now() - trial.started_at).total_seconds()
         if trial.status == Trial.Status.RUNNING and trial.started_at else None,

@@ -61,10 +61,10 @@ def _client() -> redis.Redis:
     return redis.Redis.from_url(settings.REDIS_URL)
 
 
-def trial_labels(trial) -> dict:
-    functions = (trial.spec or {}).get("functions") or []
-    return {"experiment": trial.experiment.name, "variant": trial.variant_name,
-            "function": ",".join(str(f.get("name", "")) for f in functions), "trial": str(trial.code)}
+def trial_labels(trial, functions=()) -> dict:
+    """A running trial's labels; `functions`: its function names (from the spec the worker already parsed)."""
+    return {"experiment": trial.experiment.name, "variant": trial.variant_name, "function": ",".join(functions),
+            "trial": str(trial.code)}
 
 
 def record_windows(labels: dict, windows: list[dict], *, last_t_s: float, conn: redis.Redis | None = None) -> float:

@@ -285,9 +285,32 @@ class Variant(models.Model):
         )
 
 
+class RunSpec(models.Model):
+    """An experiment spec dict frozen at Run (trace text inlined), stored ONCE: every trial of the run points at
+    it, and a later run of the unchanged experiment finds it by its hash (`services.run_spec_store`). So a trace
+    is stored once per distinct spec, never once per trial, and editing the experiment never changes what a
+    queued or finished trial runs. Read it as `trial.spec`; lists and polls never load it."""
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="run_specs")
+    sha256 = models.CharField(max_length=64, help_text="of the canonical JSON (sorted keys, compact)")
+    size_bytes = models.PositiveBigIntegerField(help_text="length of the canonical JSON")
+    spec = models.JSONField(help_text="experiment spec dict frozen at enqueue time")
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "sha256"], name="run_spec_unique_per_experiment"),
+        ]
+
+    def __str__(self) -> str:
+        return f"spec {self.sha256[:12]} of experiment {self.experiment_id}"
+
+
 class Trial(models.Model):
-    """One run of one variant (one repeat). `spec` is the frozen plain spec it runs, so later edits of the
-    experiment never change what a queued or finished trial measured."""
+    """One run of one variant (one repeat). `run_spec` is the frozen plain spec it runs (shared by the run's
+    trials), so later edits of the experiment never change what a queued or finished trial measured. What
+    lists, polls and the queue need from it is copied onto the row at Run: `run_s`, `expected_requests`,
+    `time_limit_s`."""
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -304,7 +327,12 @@ class Trial(models.Model):
     variant_name = models.CharField(max_length=64)  # kept when the variant is later deleted
     run_number = models.PositiveIntegerField(default=1)  # each press of Run is one run of the experiment
     repeat = models.PositiveSmallIntegerField(default=0)
-    spec = models.JSONField(help_text="experiment spec dict frozen at enqueue time")
+    run_spec = models.ForeignKey(RunSpec, on_delete=models.CASCADE, related_name="trials")
+    # From the frozen spec at Run, so nobody parses a spec to show or schedule a trial:
+    run_s = models.FloatField(help_text="wall-clock seconds of workload (the longest workload's run time)")
+    expected_requests = models.FloatField(help_text="about how many arrivals, over all workloads (what "
+                                                    "MAX_REQUESTS caps)")
+    time_limit_s = models.FloatField(help_text="the Celery soft time limit it is sent with (hard: 120 s more)")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     cancel_requested = models.BooleanField(default=False)
     queue = models.CharField(max_length=64, blank=True)
@@ -355,6 +383,11 @@ class Trial(models.Model):
     @property
     def simulated(self) -> bool:
         return self.simulation is not None
+
+    @property
+    def spec(self) -> dict:
+        """The frozen experiment spec dict this trial runs (its run's `RunSpec`; one query unless joined)."""
+        return self.run_spec.spec
 
     def get_absolute_url(self) -> str:
         return reverse("trial-detail", kwargs={"code": self.code})

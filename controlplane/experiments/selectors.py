@@ -8,6 +8,7 @@ Access rule: a user sees only their own experiments and trials; anything else is
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.db.models import (
@@ -27,7 +28,7 @@ from django.http import Http404
 
 from workers.records import COLD_START_PHASES
 
-from .models import Experiment, Pin, PriceEntry, Trial, TrialWindow
+from .models import Experiment, Pin, PriceEntry, RunSpec, Trial, TrialWindow
 
 STATUSES = ("draft", "queued", "running", "finished", "failed", "cancelled")
 LATENCY_KEYS = ("p50", "p90", "p95", "p99", "p999", "max", "mean")
@@ -140,6 +141,17 @@ def experiment_trials(*, experiment: Experiment, run_number: int | None = None) 
     return qs.filter(run_number=run_number) if run_number is not None else qs
 
 
+def run_spec_parts(run_spec_ids: Iterable[int], keys: Sequence[str]) -> dict[int, dict]:
+    """Top-level parts (`keys`: "slo", "variants"...) of frozen specs by RunSpec id, in one query, extracted by the
+    database: the rest of the spec, a trace of megabytes included, is never read. A trial's is `trial.run_spec_id`;
+    the whole spec is `trial.spec`."""
+    ids = set(run_spec_ids)
+    if not ids:
+        return {}
+    rows = RunSpec.objects.filter(pk__in=ids).values_list("pk", *(f"spec__{k}" for k in keys))
+    return {pk: dict(zip(keys, values, strict=True)) for pk, *values in rows}
+
+
 def trial_windows(trial: Trial, *, after_index: int | None = None) -> list[dict]:
     """The trial's per-second windows, oldest first, each with its `index` (`after_index`: only newer ones)."""
     qs = TrialWindow.objects.filter(trial=trial).order_by("index")
@@ -183,6 +195,9 @@ def trial_result_row(trial: Trial) -> dict:
         "device": trial.device or s.get("device") or None,
         "device_id": trial.device_id or None,  # the physical device (its lease): which of a pool's workers ran it
         "error": trial.error or None,
+        # From the row (Run copied them from the frozen spec): the planned run, known before any summary.
+        "run_s": trial.run_s,
+        "expected_requests": trial.expected_requests,
         "requests": s.get("requests"),
         "completed": s.get("completed"),
         "dropped": s.get("dropped"),
@@ -247,9 +262,13 @@ def experiment_results(*, experiment: Experiment, run_number: int | None = None)
     trials = list(experiment.trials.filter(run_number=run_number))
     if not trials:
         return []
-    # The order of the variants as they were when the run was queued (the frozen spec), not as edited since.
-    order = {v.get("name"): i for i, v in enumerate((trials[0].spec or {}).get("variants") or [])}
-    trials.sort(key=lambda t: (order.get(t.variant_name, len(order)), t.variant_name, t.repeat))
+    # The order of the variants as they were when the run was queued, not as edited since: Run creates a run's
+    # trials in its frozen spec's variant order (a sweep's expanded in place), so the first id of each says it.
+    # No spec is read: a list or a poll must not load megabytes of trace.
+    order: dict[str, int] = {}
+    for t in sorted(trials, key=lambda t: t.id):
+        order.setdefault(t.variant_name, len(order))
+    trials.sort(key=lambda t: (order[t.variant_name], t.repeat))
     return [trial_result_row(t) for t in trials]
 
 

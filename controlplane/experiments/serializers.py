@@ -347,6 +347,10 @@ class TrialRowSerializer(serializers.Serializer):
     device_id = serializers.CharField(allow_null=True, help_text="The physical device it ran on, as its lease "
                                                                  "names it (DEVICE_ID, a GPU's UUID, or host:device)")
     error = serializers.CharField(allow_null=True)
+    run_s = serializers.FloatField(help_text="Wall-clock seconds of workload the trial runs (its longest workload), "
+                                             "from its frozen spec.")
+    expected_requests = serializers.FloatField(help_text="About how many requests it sends over all workloads "
+                                                         "(what the per-trial cap counts), from its frozen spec.")
     requests = serializers.IntegerField(allow_null=True)
     completed = serializers.IntegerField(allow_null=True)
     dropped = serializers.IntegerField(allow_null=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import re
 from collections.abc import Iterable
@@ -26,7 +28,7 @@ from controlplane.registry.selectors import uploaded_models_for
 from workers import spec as S
 
 from . import spec_io
-from .models import Experiment, Function, Pin, PriceEntry, SLOTarget, Trial, Variant, Workload
+from .models import Experiment, Function, Pin, PriceEntry, RunSpec, SLOTarget, Trial, Variant, Workload
 from .trials import CANCEL_GONE_AFTER_HEARTBEATS, HEARTBEAT_S, WORKER_LOST, trial_announce
 
 log = logging.getLogger(__name__)
@@ -280,8 +282,9 @@ def experiment_run(*, experiment: Experiment, user, repeats: int | None = None,
                    simulate: dict | None = None) -> list[Trial]:
     """Queue one run: a Trial per variant x repeat, each enqueued on its device pool once this commits.
 
-    Each trial carries the experiment spec frozen now, so editing the experiment later never changes
-    what a queued or finished trial measures. `repeats` overrides every variant's own repeat count.
+    Each trial points at the experiment spec frozen now (one RunSpec for the whole run), so editing the
+    experiment later never changes what a queued or finished trial measures. `repeats` overrides every
+    variant's own repeat count.
     `enqueue=False`: the trials are created for a runner in this process (queue "inline") and sent to
     no broker. `simulate` (see simulation_options): the trials are simulated from measured profiles, on the
     `sim` queue, instead of run on the device.
@@ -320,9 +323,10 @@ def experiment_run(*, experiment: Experiment, user, repeats: int | None = None,
             if unknown:
                 raise S.SpecError([S.FieldError("simulate.profiles", f"no function named {unknown[0]!r}")])
         queue = (SIM_QUEUE if simulation is not None else device_queue(spec.device)) if enqueue else INLINE_QUEUE
+        row = run_fields(experiment=experiment, spec=spec, data=data)
         trials = [
             Trial(experiment=experiment, variant=rows[v.name], variant_name=v.name, run_number=last + 1,
-                  repeat=r, spec=data, queue=queue, simulation=simulation)
+                  repeat=r, queue=queue, simulation=simulation, **row)
             for v in chosen for r in range(repeats if repeats is not None else v.repeats)
         ]
         Trial.objects.bulk_create(trials)
@@ -342,12 +346,41 @@ def experiment_run(*, experiment: Experiment, user, repeats: int | None = None,
 TRIAL_TIME_MARGIN_S = 900.0
 
 
-def trial_time_limits_s(spec_data: dict, owner=None) -> tuple[float, float]:
-    """(soft, hard) Celery time limits for a trial of this frozen spec: its run time plus a margin, so a
-    long trial is not cut off by a global limit and a stuck short one is not left running for an hour."""
-    spec = S.parse_experiment(spec_data, uploaded_models=uploaded_models_for(owner))
-    soft = max(w.run_s for w in spec.workloads) + TRIAL_TIME_MARGIN_S
-    return soft, soft + 120.0
+TRIAL_HARD_LIMIT_AFTER_S = 120.0  # the hard time limit comes this long after the soft one
+
+
+def trial_time_limits_s(run_s: float) -> tuple[float, float]:
+    """(soft, hard) Celery time limits for a trial of `run_s` seconds of workload: its run time plus a margin, so
+    a long trial is not cut off by a global limit and a stuck short one is not left running for an hour. Run
+    stores the soft one on the trial (`Trial.time_limit_s`)."""
+    soft = run_s + TRIAL_TIME_MARGIN_S
+    return soft, soft + TRIAL_HARD_LIMIT_AFTER_S
+
+
+def canonical_spec_json(data: dict) -> bytes:
+    """The spec dict as canonical JSON (sorted keys, compact): what a RunSpec's hash and size are of."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def run_fields(*, experiment: Experiment, spec: S.ExperimentSpec, data: dict | None = None) -> dict:
+    """The fields every trial of a run shares: its frozen spec, stored once (`run_spec_store`), and what the queue
+    and the pages need from it, figured out once here (run time, expected requests, Celery time limit) so that
+    nobody parses a spec again to show or send a trial. `data`: the spec dict as validated (default: `spec`'s)."""
+    run_s = S.trial_run_s(spec)
+    return dict(run_spec=run_spec_store(experiment=experiment, data=data if data is not None else
+                                        S.experiment_to_dict(spec)),
+                run_s=run_s, expected_requests=S.trial_requests(spec), time_limit_s=trial_time_limits_s(run_s)[0])
+
+
+def run_spec_store(*, experiment: Experiment, data: dict) -> RunSpec:
+    """The experiment's RunSpec holding `data` (a validated spec dict): the stored one when an earlier run froze
+    the same spec, else a new one. Called under Run's row lock on the experiment."""
+    raw = canonical_spec_json(data)
+    digest = hashlib.sha256(raw).hexdigest()
+    found = RunSpec.objects.filter(experiment=experiment, sha256=digest).only("id", "experiment_id", "sha256").first()
+    if found is not None:
+        return found
+    return RunSpec.objects.create(experiment=experiment, sha256=digest, size_bytes=len(raw), spec=data)
 
 
 BROKER_UNAVAILABLE = "queued, broker unavailable, will retry"
@@ -378,10 +411,9 @@ def trials_enqueue(*, trial_ids: list[int]) -> int:
     from workers.tasks import execute_trial  # imported late: workers.tasks pulls in the Celery app
 
     rows = list(Trial.objects.filter(id__in=trial_ids, status=Trial.Status.QUEUED).exclude(queue=INLINE_QUEUE)
-                .values_list("id", "code", "queue", "experiment_id", "run_number").order_by("id"))
+                .values_list("id", "code", "queue", "time_limit_s").order_by("id"))
     if not rows:
         return 0
-    limits: dict[tuple[int, int], tuple[float, float]] = {}  # the trials of one run share their frozen spec
     sent: list[int] = []
     # The connection from the settings each time (not one cached at import): what the settings say is
     # what is used, in a web process, a worker's reaper and a test alike.
@@ -389,12 +421,8 @@ def trials_enqueue(*, trial_ids: list[int]) -> int:
         with execute_trial.app.connection_for_write(
                 settings.CELERY_BROKER_URL, transport_options=dict(settings.CELERY_BROKER_TRANSPORT_OPTIONS)) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.2, timeout=2)
-            for trial_id, code, queue, experiment_id, run_number in rows:
-                if (experiment_id, run_number) not in limits:
-                    trial = (Trial.objects.select_related("experiment__owner").only("spec", "experiment__owner")
-                             .get(id=trial_id))
-                    limits[experiment_id, run_number] = trial_time_limits_s(trial.spec, trial.experiment.owner)
-                soft_s, hard_s = limits[experiment_id, run_number]
+            for trial_id, code, queue, soft_s in rows:
+                hard_s = soft_s + TRIAL_HARD_LIMIT_AFTER_S
                 execute_trial.apply_async(args=[trial_id], queue=queue, soft_time_limit=soft_s, time_limit=hard_s,
                                           task_id=trial_task_id(code), connection=conn, retry=False)
                 sent.append(trial_id)

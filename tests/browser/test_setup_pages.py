@@ -7,6 +7,7 @@ import re
 import pytest
 
 from controlplane.experiments.models import Experiment
+from tests.conftest import frozen_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -164,14 +165,14 @@ def test_an_uploaded_trace_is_previewed_and_saved(page, tmp_path):
 
 
 def test_the_detail_page_refreshes_its_trials_while_one_is_active(page, user):
-    from controlplane.experiments import services, spec_io
+    from controlplane.experiments import services
     from controlplane.experiments.models import Trial
 
     experiment = services.experiment_import(owner=user, data={
         "name": "watched", "functions": [{"name": "f", "model": "null"}],
         "workload": {"pattern": "constant", "rate_rps": 5, "duration_s": 5}, "variants": [{"name": "only"}]})
     trial = Trial.objects.create(experiment=experiment, variant_name="only", run_number=1,
-                                 spec=spec_io.experiment_to_dict(experiment), status="running", device="cpu")
+                                 **frozen_run(experiment), status="running", device="cpu")
     page.goto(experiment.get_absolute_url())
     assert page.locator("#trials .badge-running").count() >= 1
     Trial.objects.filter(pk=trial.pk).update(status="succeeded", summary={

@@ -12,6 +12,7 @@ from django.urls import reverse
 from controlplane.experiments import services
 from controlplane.experiments.figures import format_usd, format_usd_per_1k, per_requests
 from controlplane.experiments.models import Trial
+from tests.conftest import frozen_run
 
 SPEC = {
     "name": "tiny costs", "device": "cpu", "accelerator": "cpu",
@@ -68,7 +69,8 @@ def tiny_run(db, user, price_catalogue):
                             "serverless_per_1k_usd": cost, "provisioned_per_1k_usd": cost * 3,
                             "serverless_per_1k_good_usd": cost * 1.01, "provisioned_per_1k_good_usd": cost * 5.05,
                             "monthly_serverless_usd": cost * 52_000, "monthly_provisioned_usd": 1234.5}}
-        trials[name] = Trial.objects.create(experiment=experiment, variant_name=name, run_number=1, spec=data,
+        trials[name] = Trial.objects.create(experiment=experiment, variant_name=name, run_number=1,
+                                            **frozen_run(experiment, data),
                                             status="succeeded", summary=summary)
     return experiment, trials
 

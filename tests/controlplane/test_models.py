@@ -9,6 +9,7 @@ from controlplane.experiments.models import (
     Experiment,
     Function,
     PriceEntry,
+    RunSpec,
     SLOTarget,
     Trial,
     TrialWindow,
@@ -168,7 +169,11 @@ def test_spec_fields_and_to_spec_are_each_others_reverse(experiment):
 
 
 def make_trial(experiment, **fields):
-    kwargs = {"variant_name": "v", "run_number": 1, "repeat": 0, "spec": {}, **fields}
+    # A bare experiment has no valid spec to freeze: an empty one, as rows made outside the services may hold.
+    run_spec, _ = RunSpec.objects.get_or_create(experiment=experiment, sha256="0" * 64,
+                                                defaults={"size_bytes": 2, "spec": {}})
+    kwargs = {"variant_name": "v", "run_number": 1, "repeat": 0, "run_spec": run_spec, "run_s": 1.0,
+              "expected_requests": 1.0, "time_limit_s": 901.0, **fields}
     return Trial.objects.create(experiment=experiment, **kwargs)
 
 

@@ -12,6 +12,7 @@ from django.urls import reverse
 
 from controlplane.experiments import services
 from controlplane.experiments.models import Experiment, Trial
+from tests.conftest import frozen_run
 from workers import spec as S
 
 pytestmark = pytest.mark.django_db
@@ -175,8 +176,9 @@ def test_the_login_page_renders_and_logs_in(client, user):
 def test_the_list_shows_only_my_experiments_with_their_latest_result(owner_client, user, other_user, experiment):
     services.experiment_import(owner=other_user, data=dict(SPEC, name="someone else's"))
     data = json.loads(json.dumps(SPEC))
+    run = frozen_run(experiment, data)
     for name, p99, met, cost in (("dedicated", 31.5, True, 0.012), ("batched", 44.0, True, 0.007)):
-        Trial.objects.create(experiment=experiment, variant_name=name, run_number=1, spec=data, status="succeeded",
+        Trial.objects.create(experiment=experiment, variant_name=name, run_number=1, status="succeeded", **run,
                              summary={"latency_ms": {"p50": 5.0, "p99": p99}, "slo_met": met,
                                       "cost": {"serverless_per_1k_usd": cost, "provisioned_per_1k_usd": cost * 2}})
     html = owner_client.get(reverse("experiment-list")).content.decode()
@@ -489,9 +491,10 @@ def test_cancel_stops_the_queued_trials(owner_client, experiment, django_capture
 
 def test_a_failed_trial_shows_its_error_and_figures_show_for_a_finished_one(owner_client, experiment):
     data = json.loads(json.dumps(SPEC))
-    Trial.objects.create(experiment=experiment, variant_name="dedicated", run_number=1, spec=data, status="failed",
+    run = frozen_run(experiment, data)
+    Trial.objects.create(experiment=experiment, variant_name="dedicated", run_number=1, status="failed", **run,
                          error="spatial sharing needs MPS: nvidia-cuda-mps-control not found")
-    Trial.objects.create(experiment=experiment, variant_name="batched", run_number=1, spec=data, status="succeeded",
+    Trial.objects.create(experiment=experiment, variant_name="batched", run_number=1, status="succeeded", **run,
                          summary={"latency_ms": {"p50": 4.24, "p99": 61.0}, "slo_met": False,
                                   "cost": {"serverless_per_1k_usd": 0.0123}})
     html = owner_client.get(reverse("experiment-trials", args=[experiment.code])).content.decode()
@@ -583,7 +586,7 @@ def test_import_with_nothing_chosen_says_so(owner_client):
 def test_trial_pages_show_the_three_way_verdict_and_percentiles_beyond_the_drain(owner_client, experiment):
     data = json.loads(json.dumps(SPEC))
     shed = Trial.objects.create(
-        experiment=experiment, variant_name="dedicated", run_number=1, spec=data, status="succeeded",
+        experiment=experiment, variant_name="dedicated", run_number=1, status="succeeded", **frozen_run(experiment, data),
         summary={"requests": 2000, "completed": 1958, "latency_ms": {
                      "p50": 4.0, "p90": 9.0, "p95": 12.0, "p99": None, "p999": None, "max": None, "mean": None,
                      "unfinished": 42, "unfinished_share": 0.021},
@@ -595,7 +598,7 @@ def test_trial_pages_show_the_three_way_verdict_and_percentiles_beyond_the_drain
                                                                    "target"]},
                  "slo_met": False, "drain_s": 2.5, "completed_in_drain": 17, "cost": {}})
     unsure = Trial.objects.create(
-        experiment=experiment, variant_name="batched", run_number=1, spec=data, status="succeeded",
+        experiment=experiment, variant_name="batched", run_number=1, status="succeeded", **frozen_run(experiment, data),
         summary={"latency_ms": {"p50": 5.0, "p99": 48.0, "unfinished": 0}, "slo_percentile_ci_ms": [44.0, 53.0],
                  "slo_verdict": {"verdict": "inconclusive", "reasons": ["p99 latency 48.0 ms: its 95 % interval "
                                                                         "44.0 ms – 53.0 ms straddles the 50 ms "

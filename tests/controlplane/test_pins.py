@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 
 from controlplane.experiments import selectors, services
 from controlplane.experiments.models import Pin, Trial
+from tests.conftest import frozen_run
 from workers import spec as S
 
 pytestmark = pytest.mark.django_db
@@ -28,7 +29,8 @@ SPEC = {
 def make_trials(owner, name: str, run_number: int = 1) -> list[Trial]:
     experiment = services.experiment_import(owner=owner, data=json.loads(json.dumps(dict(SPEC, name=name))))
     data = json.loads(json.dumps(SPEC))
-    return [Trial.objects.create(experiment=experiment, variant_name=v, run_number=run_number, spec=data,
+    return [Trial.objects.create(experiment=experiment, variant_name=v, run_number=run_number,
+                                 **frozen_run(experiment, data),
                                  status="succeeded", summary={"latency_ms": {"p50": 4.0, "p99": 21.5},
                                                               "slo_verdict": {"verdict": "met", "reasons": []},
                                                               "cost": {"serverless_per_1k_usd": 0.0123}})

@@ -11,6 +11,7 @@ from django.urls import reverse
 from controlplane.experiments import services
 from controlplane.experiments.models import Trial
 from controlplane.experiments.views import at_a_glance
+from tests.conftest import frozen_run
 from workers import spec as S
 
 pytestmark = pytest.mark.django_db
@@ -76,7 +77,7 @@ def owner_client(client, user):
 
 def store(experiment, variant: str, verdict: str, p99: float, cost: float, repeat: int = 0, run: int = 1) -> Trial:
     return Trial.objects.create(
-        experiment=experiment, variant_name=variant, run_number=run, repeat=repeat, spec=json.loads(json.dumps(SPEC)),
+        experiment=experiment, variant_name=variant, run_number=run, repeat=repeat, **frozen_run(experiment, SPEC),
         status="succeeded", summary={"latency_ms": {"p50": 5.0, "p99": p99},
                                      "slo_verdict": {"verdict": verdict, "reasons": REASONS[verdict]},
                                      "cost": {"serverless_per_1k_usd": cost}})
@@ -112,7 +113,7 @@ def test_the_trials_table_flags_a_verdict_resting_on_one_repeat(owner_client, us
     lone = store(e, "a", "not_met", 61, 0.01, run=1)
     for r in range(3):
         store(e, "a", "met", 40, 0.01, repeat=r, run=2)
-    queued = Trial.objects.create(experiment=e, variant_name="b", run_number=2, spec=json.loads(json.dumps(SPEC)))
+    queued = Trial.objects.create(experiment=e, variant_name="b", run_number=2, **frozen_run(e, SPEC))
     html = owner_client.get(reverse("experiment-trials", args=[e.code])).content.decode()
     run2 = html[html.index('data-run="2"'):html.index('data-run="1"')]
     run1 = html[html.index('data-run="1"'):]

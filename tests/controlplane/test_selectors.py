@@ -162,8 +162,8 @@ def test_a_finished_trial_row_carries_the_summarys_figures(user, experiment):
 def test_the_row_has_exactly_the_documented_keys(user, experiment):
     trial = services.experiment_run(experiment=experiment, user=user)[0]
     assert list(selectors.trial_result_row(trial)) == [
-        "trial", "variant", "repeat", "run_number", "status", "device", "device_id", "error", "requests", "completed",
-        "dropped", "errors", "latency_ms", "latency_completed_ms", "unfinished", "slo_percentile_ci_ms", "slo_met",
+        "trial", "variant", "repeat", "run_number", "status", "device", "device_id", "error", "run_s", "expected_requests",
+        "requests", "completed", "dropped", "errors", "latency_ms", "latency_completed_ms", "unfinished", "slo_percentile_ci_ms", "slo_met",
         "slo_verdict", "violation_rate", "throughput_rps", "goodput_rps", "drain_s", "completed_in_drain",
         "cold_starts", "cold_start_ms", "mean_batch_size", "cost", "cold_start_phases_ms", "prewarms",
         "requests_paid_cold_start", "dispatch", "notes", "time_compression", "runtime", "isolation",

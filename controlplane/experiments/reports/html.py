@@ -70,7 +70,7 @@ def _trial_records(comparison: dict) -> dict[str, dict]:
     codes = [rep["trial"] for r in comparison.get("rows") or [] for rep in r.get("repeats") or []]
     if not codes:
         return {}
-    trials = Trial.objects.filter(code__in=codes).defer("spec")
+    trials = Trial.objects.filter(code__in=codes)
     return {str(t.code): selectors.trial_result_row(t) for t in trials}
 
 
@@ -284,7 +284,7 @@ def workloads_of(experiment: Experiment | None, run: int | None) -> list:
         return []
     trial = None
     if run is not None:
-        trial = experiment.trials.filter(run_number=run).only("spec").order_by("id").first()
+        trial = experiment.trials.filter(run_number=run).select_related("run_spec").order_by("id").first()
     if trial is not None and trial.spec:
         try:
             from controlplane.registry.selectors import uploaded_models_for

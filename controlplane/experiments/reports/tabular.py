@@ -120,20 +120,20 @@ def _trial_codes(data: dict) -> list[str]:
 
 
 def run_spec(data: dict) -> dict | None:
-    """The experiment spec the run measured: its trials' frozen spec (the first trial's; every trial of a run
-    carries the same), else the experiment as stored now. None for a pinned set from several experiments."""
+    """The experiment spec the run measured: its trials' frozen spec (the one RunSpec they share), else the
+    experiment as stored now. None for a pinned set from several experiments."""
     scope = data["scope"]
     codes = _trial_codes(data)
     if scope.get("kind") == "run" and scope.get("experiment"):
-        spec = Trial.objects.filter(code__in=codes).order_by("id").values_list("spec", flat=True).first()
+        spec = Trial.objects.filter(code__in=codes).order_by("id").values_list("run_spec__spec", flat=True).first()
         if spec is not None:
             return spec
         exp = Experiment.objects.filter(code=scope["experiment"]["code"]).first()
         return spec_io.experiment_to_dict(exp) if exp else None
     experiments = {g["experiment"]["code"] for g in scope.get("groups") or []}
     if len(experiments) == 1:
-        spec = Trial.objects.filter(code__in=codes).order_by("-run_number", "id").values_list("spec", flat=True).first()
-        return spec
+        return (Trial.objects.filter(code__in=codes).order_by("-run_number", "id")
+                .values_list("run_spec__spec", flat=True).first())
     return None
 
 

@@ -4,6 +4,7 @@
     manage.py bench overhead --runtime onnxruntime   # the null model under ONNX Runtime (model runtime)
     manage.py bench report [--json]   # every export format of a 10-variant experiment (bench_report)
     manage.py bench upload [--size-mb 500] [--json]   # the web process's peak memory taking an ONNX upload
+    manage.py bench run-enqueue [--short] [--json]   # Run on 64 trials of an 8 MiB trace: seconds, database growth
 
 A thin wrapper over workers.bench (plain Python); see that module for what each benchmark measures and
 its goals. Every figure is printed, misses marked. A full run then exits with status 1 if a goal was
@@ -26,7 +27,7 @@ class Command(BaseCommand):
     help = "Measure the runtime's overhead, batching efficiency or load generator against a raw baseline."
 
     def add_arguments(self, parser):
-        parser.add_argument("name", choices=(*bench.NAMES, "report", "upload"))
+        parser.add_argument("name", choices=(*bench.NAMES, "report", "upload", "run-enqueue"))
         parser.add_argument("--size-mb", type=int, default=500, help="upload: size of the ONNX file (default 500)")
         parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
         parser.add_argument("--duration", type=float, default=None,
@@ -55,6 +56,15 @@ class Command(BaseCommand):
                 self.stdout.write(json.dumps(result))
             else:
                 self.stdout.write("\n".join(f"  {k:36} {v}" for k, v in result.items()))
+            return
+        if opts["name"] == "run-enqueue":  # Django-side: Run itself, against the database (bench_run)
+            from controlplane.experiments import bench_run
+
+            result = bench_run.run(short=opts["short"])
+            self.stdout.write(json.dumps(result) if opts["json"] else bench_run.format_table(result))
+            missed = bench.missed_goals(result)
+            if missed:
+                raise CommandError("missed goal(s): " + "; ".join(missed))
             return
         duration = opts["duration"]
         longest = 7 * 86_400 if opts["name"] == "simulate" else 600
