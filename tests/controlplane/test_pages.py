@@ -614,3 +614,43 @@ def test_trial_pages_show_the_three_way_verdict_and_percentiles_beyond_the_drain
     page = owner_client.get(reverse("trial-detail", args=[unsure.code])).content.decode()
     assert 'data-verdict="inconclusive"' in page and "SLO inconclusive" in page and "straddles" in page
     assert "44.00 – 53.00" in page
+
+
+# ---- no frozen spec in lists and polls ---------------------------------------------------------------------------
+def test_lists_and_polls_load_no_frozen_spec_and_pages_read_only_parts_of_it(owner_client, experiment, user,
+                                                                            settings, test_redis):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    settings.METRICS_TOKEN = "metrics-test-token"
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": test_redis.prefix}
+    services.experiment_run(experiment=experiment, user=user, enqueue=False)
+    trials = services.experiment_run(experiment=experiment, user=user, enqueue=False)
+    Trial.objects.filter(pk=trials[0].pk).update(status="succeeded", summary={"latency_ms": {"p50": 4.0, "p99": 20.0}})
+    code, trial = experiment.code, trials[0].code
+    lists_and_polls = [
+        reverse("experiment-list"), reverse("experiment-detail", args=[code]), reverse("experiment-trials", args=[code]),
+        reverse("experiment-sweep", args=[code]) + "?partial=1", reverse("api-experiment-list"),
+        reverse("api-experiment-trials", args=[code]), reverse("api-experiment-results", args=[code]),
+        reverse("api-trial-detail", args=[trial]), reverse("api-trial-windows", args=[trial]), reverse("api-pins"),
+    ]
+    with CaptureQueriesContext(connection) as read:
+        for url in lists_and_polls:
+            assert owner_client.get(url).status_code == 200, url
+        assert owner_client.get("/metrics", HTTP_AUTHORIZATION="Bearer metrics-test-token").status_code == 200
+    sql = [q["sql"] for q in read.captured_queries]
+    assert any('"experiments_trial"' in q for q in sql)  # the trials were read...
+    assert not [q for q in sql if "experiments_runspec" in q]  # ...and no frozen spec with them
+    # The trial page and the comparison read parts of it (slo, variants...), extracted by the database: the whole
+    # column, trace and all, is never selected.
+    with CaptureQueriesContext(connection) as read:
+        assert owner_client.get(reverse("trial-detail", args=[trial])).status_code == 200
+        assert owner_client.get(reverse("experiment-compare-data", args=[code])).status_code == 200
+    column = '"experiments_runspec"."spec"'
+    uses = [q for q in (q["sql"] for q in read.captured_queries) if column in q]
+    assert uses
+    for q in uses:
+        # SQLite: JSON_EXTRACT / JSON_TYPE("experiments_runspec"."spec", ...); PostgreSQL: ("...spec" -> ...)
+        for extraction in (f"JSON_EXTRACT({column}", f"JSON_TYPE({column}", f"{column} ->"):
+            q = q.replace(extraction, "")
+        assert column not in q, q

@@ -8,9 +8,11 @@ import pytest
 from django.db import transaction
 
 from controlplane.experiments import selectors, services, spec_io
-from controlplane.experiments.models import Experiment, Function, SLOTarget, Trial, Variant, Workload
+from controlplane.experiments.bench_run import trace_of_about
+from controlplane.experiments.models import Experiment, Function, RunSpec, SLOTarget, Trial, Variant, Workload
 from tests.controlplane.test_spec_io import azure_trace
 from workers import spec as S
+from workers.tasks import trial_spec
 
 pytestmark = pytest.mark.django_db
 
@@ -345,14 +347,42 @@ def test_a_stored_experiment_that_no_longer_validates_is_not_run(user, spec_data
     assert not Trial.objects.exists()
 
 
-def test_the_frozen_spec_does_not_change_when_the_experiment_is_edited(user, spec_data):
+def test_the_frozen_spec_does_not_change_when_the_experiment_is_edited(user, spec_data, price_catalogue):
     experiment = services.experiment_import(owner=user, data=spec_data)
     trial = services.experiment_run(experiment=experiment, user=user)[0]
     frozen = copy.deepcopy(trial.spec)
     spec_data["workload"]["rate_rps"] = 99
     services.experiment_import(owner=user, data=spec_data, experiment=experiment)
-    trial.refresh_from_db()
+    trial = Trial.objects.get(pk=trial.pk)
     assert trial.spec == frozen and trial.spec["workload"]["rate_rps"] == 20
+    # The worker runs exactly the spec frozen at Run; the next run freezes the edited one beside it.
+    assert trial_spec(trial).experiment.workloads[0].params["rate_rps"] == 20
+    edited = services.experiment_run(experiment=experiment, user=user)[0]
+    assert edited.run_spec_id != trial.run_spec_id and edited.spec["workload"]["rate_rps"] == 99
+    assert trial_spec(Trial.objects.get(pk=trial.pk)).experiment.workloads[0].params["rate_rps"] == 20
+
+
+def test_a_run_of_64_trials_stores_the_trace_text_once_and_each_trial_keeps_its_run_time(user, spec_data):
+    trace = trace_of_about(256 * 1024)
+    spec_data["workload"] = trace_workload(trace)
+    spec_data["variants"] = [{"name": f"v{i:02d}", "repeats": 4, "max_instances": 1 + i % 4} for i in range(16)]
+    experiment = services.experiment_import(owner=user, data=spec_data)
+    trials = services.experiment_run(experiment=experiment, user=user, enqueue=False)
+    assert len(trials) == 64
+    stored = RunSpec.objects.get()  # one frozen spec for the run, every trial pointing at it
+    assert {t.run_spec_id for t in trials} == {stored.id}
+    assert stored.spec["workload"]["trace_content"] == trace and stored.size_bytes < len(trace) + 10_000
+    # No trial row holds the trace, or any large value: the widest column of any row is the trace's 1/250th.
+    widest = max(len(str(v)) for row in Trial.objects.values() for v in row.values())
+    assert widest < len(trace) / 250
+    # What the queue and the pages need is on the row, figured out from the frozen spec at Run.
+    parsed = S.parse_experiment(stored.spec)
+    assert {(t.run_s, t.expected_requests, t.time_limit_s) for t in trials} == {
+        (12.0, S.trial_requests(parsed), services.trial_time_limits_s(12.0)[0])}
+    assert S.trial_requests(parsed) > 0
+    # A second run of the unchanged experiment finds the stored spec by its hash: still one copy.
+    again = services.experiment_run(experiment=experiment, user=user, enqueue=False)
+    assert {t.run_spec_id for t in again} == {stored.id} and RunSpec.objects.count() == 1
 
 
 def test_a_trace_experiment_freezes_the_trace_text_into_the_trial(user, spec_data):

@@ -202,6 +202,33 @@ def test_timestamps_replayed_as_recorded():
     assert a.times_s.tolist() == [0.0, 0.25, 1.0, 7.5, 20.0]
 
 
+def test_azure2019_rows_the_fast_reader_refuses_are_read_field_by_field_with_the_same_result():
+    header, row = azure_csv([("f1", {1: 3, 2: 5})]).splitlines()
+    plain = parse_trace(azure_csv([("f1", {1: 3, 2: 5})]), "azure2019")
+    # Spellings Python's int() takes and numpy's C reader does not: the same counts, not an error.
+    for spelled in (",+3,5,", ", 3 ,5,", ",3,5_0,"):
+        data = parse_trace(f"{header}\n" + row.replace(",3,5,", spelled, 1), "azure2019")
+        expected = 50 if "5_0" in spelled else 5
+        assert data.counts_per_min[:2].tolist() == [3, expected] and data.invocations == 3 + expected
+    assert plain.counts_per_min[:2].tolist() == [3, 5]
+    # A trailing comma is a 1,445th column, whichever reader sees it.
+    with pytest.raises(TraceError, match="line 2: expected 1444 columns"):
+        parse_trace(f"{header}\n{row},", "azure2019")
+    # A count numpy would saturate at int64's maximum is named as written.
+    with pytest.raises(TraceError, match=r"line 2: minute 2 has 99,999,999,999,999,999,999 invocations"):
+        parse_trace(f"{header}\n" + row.replace(",3,5,", ",3,99999999999999999999,", 1), "azure2019")
+
+
+def test_a_trace_is_parsed_once_per_content():
+    from workers.workload import clear_trace_cache, parsed_trace
+
+    clear_trace_cache()
+    trace = TraceSpec(format="azure2019", content=azure_csv([("f1", {1: 3})]))
+    first = parsed_trace(trace)
+    assert parsed_trace(TraceSpec(format="azure2019", content=azure_csv([("f1", {1: 3})]))) is first
+    assert parsed_trace(TraceSpec(format="azure2019", content=azure_csv([("f1", {1: 4})]))) is not first
+
+
 def test_spec_validation_uses_parse_trace():
     from workers.spec import SpecError
 
