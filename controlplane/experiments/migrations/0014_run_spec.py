@@ -62,7 +62,7 @@ def restore_trial_specs(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('experiments', '0012_trial_enqueued_at_lease'),
+        ('experiments', '0013_capacity_search'),
         ('registry', '0001_initial'),
     ]
 
