@@ -187,12 +187,16 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
     elif len(profiles) != n_fn:
         raise TrialFailed(f"a simulated trial needs one profile per function ({n_fn}), got {len(profiles)}")
     _preload_end_of_trial_modules(artifact_path is not None)
-    rec = Recorder(n, names, slo_latency_ms=exp.slo.latency_ms)
     first = float(arrivals.times_s[0])
+    run_end = max(float(arrivals.run_s) - first, float(arrivals.times_s[-1]) - first)
+    stream = None
+    if profiles is not None:  # simulated: no row per request (workers.recorder), the summary from histograms
+        seconds = int(math.floor(float(arrivals.times_s[-1]) - first)) + 1
+        stream = {"arrival_s": run_end, "seconds": seconds, "unit_s": math.ceil(seconds / statistics.MAX_CI_UNITS)}
+    rec = Recorder(n, names, slo_latency_ms=exp.slo.latency_ms, stream=stream)
     intended = rec.rows["intended_s"]
     intended[:] = arrivals.times_s - first  # run clock: 0 is the first intended arrival
     rec.rows["function"][:] = arrivals.function_idx
-    run_end = max(float(arrivals.run_s) - first, float(intended[-1]))
     grace = default_drain_grace_s(exp.slo.latency_ms) if drain_grace_s is None else float(drain_grace_s)
     ctx = _Context(spec=spec, names=names, notes=notes, device=device, plan=plan, share=share, runtime=runtime,
                    rec=rec, run_end=run_end, grace=grace, on_window=on_window, artifact_path=artifact_path,
@@ -377,22 +381,33 @@ def _finish(ctx: _Context, platform, *, status: str, k: int, end_s: float, windo
     """The summary of a finished run (real or simulated) from its recorder, and the Parquet artifact."""
     spec, rec, notes = ctx.spec, ctx.rec, ctx.notes
     exp, var = spec.experiment, spec.variant
-    rows = {c: a[:k] for c, a in rec.rows.items()}
     run_s = ctx.run_end if status == "succeeded" else max(min(end_s, ctx.run_end), 1e-3)
-    summary = statistics.summarize(rows, function_names=ctx.names, slo=exp.slo, arrival_s=run_s, end_s=end_s,
-                                   cold_starts=list(rec.cold_starts), n_batches=rec.n_batches)
-    ok = rows["outcome"] == OUTCOME_OK
-    lat_ms = (rows["completed_s"][ok] - rows["intended_s"][ok]) * 1e3
-    good = int(np.count_nonzero(lat_ms <= exp.slo.latency_ms))
+    if rec.stream is not None:
+        requests = rec.settle(k)
+        st = rec.stream
+        seconds = int(math.floor(float(rec.rows["intended_s"][k - 1]))) + 1 if k else 0
+        summary = statistics.summarize_streamed(st, function_names=ctx.names, slo=exp.slo, arrival_s=run_s,
+                                                end_s=end_s, cold_starts=list(rec.cold_starts),
+                                                n_batches=rec.n_batches, requests=requests,
+                                                seconds=seconds)
+        completed, good, paid_cold = st.all.hist.n, st.all.good, st.paid_cold_start
+    else:
+        rows = {c: a[:k] for c, a in rec.rows.items()}
+        summary = statistics.summarize(rows, function_names=ctx.names, slo=exp.slo, arrival_s=run_s, end_s=end_s,
+                                       cold_starts=list(rec.cold_starts), n_batches=rec.n_batches)
+        ok = rows["outcome"] == OUTCOME_OK
+        lat_ms = (rows["completed_s"][ok] - rows["intended_s"][ok]) * 1e3
+        completed, good = int(np.count_nonzero(ok)), int(np.count_nonzero(lat_ms <= exp.slo.latency_ms))
+        paid_cold = int(np.count_nonzero(rows["cold_wait_s"] > 0))
     summary["cost"] = cost_mod.trial_cost(
         instances=list(rec.instances), price=spec.price, end_s=end_s, devices=devices,
-        completed=int(np.count_nonzero(ok)), good=good, sharing=var.sharing,
+        completed=completed, good=good, sharing=var.sharing,
         time_compression=max(float(w.time_compression) for w in exp.workloads))
     summary["cold_start_phases_ms"] = _cold_start_phases(rec.cold_starts)
     # Cold starts count every load during the run, pre-warms included (they cost); these say how many
     # were histogram pre-warms and how many requests actually waited for one.
     summary["prewarms"] = int(platform.prewarms)
-    summary["requests_paid_cold_start"] = int(np.count_nonzero(rows["cold_wait_s"] > 0))
+    summary["requests_paid_cold_start"] = paid_cold
     summary["dispatch"] = dispatch
     if platform.errors:
         notes.append(f"{platform.errors} error event(s); first: {platform.error_messages[0]}")
@@ -475,7 +490,7 @@ def _run_simulated(ctx: _Context, profiles: list[dict], function_idx: np.ndarray
     if sim.stopped:
         k = int(np.searchsorted(rec.rows["intended_s"], end_s, side="right"))  # requests not yet arrived: unsent
         ctx.notes.append(f"cancelled at simulated time {end_s:.1f} s")
-    left = int(np.count_nonzero(rec.rows["outcome"] == 0))
+    left = rec.pending()
     if left:
         ctx.notes.append(f"{left} request(s) not finished {ctx.grace:g} s after the last arrival were dropped "
                          "(drain grace period)")

@@ -1,5 +1,10 @@
 """Recorder: one preallocated row per request, per-second windows, and the Parquet artifact.
 
+With stream=True (the simulated driver: millions of requests) it keeps per request only what the scheduling core
+reads and the artifact's latency (function, intended_s, sent_s, outcome, latency_ms as float32: 23 bytes a request)
+and nothing else: finished batches are kept as one tuple each until the next window, which computes their waits
+and latencies at once and adds them to the summary's tallies (workers.histograms: HDR histograms, counts, sums).
+
 The platform writes rows by index (numpy arrays from `records.empty_rows`) from its threads without a
 lock: each request's row is written by exactly one thread (the one that ran or dropped it), and the
 window reader only looks at rows after they were announced through `finished()` (a list append, atomic
@@ -15,12 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from workers import records
+from workers.histograms import GroupTally, UnitHistograms, tally_completed
 from workers.records import (
     COLD_START_PHASES,
     OUTCOME_DROPPED,
     OUTCOME_ERROR,
     OUTCOME_NAMES,
     OUTCOME_OK,
+    OUTCOME_PENDING,
     ColdStart,
     InstanceLife,
     json_safe,
@@ -37,23 +44,133 @@ LATENCY_BUCKETS_MS = (1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000
 _BUCKET_EDGES = np.asarray(LATENCY_BUCKETS_MS)
 
 
+STREAM_COLUMNS = ("function", "intended_s", "sent_s", "outcome")
+BREAKDOWN_PARTS = ("dispatch_lag", "cold_start", "platform_delay_modelled", "batch_wait", "queue_wait", "compute")
+
+
+class Stream:
+    """The summary's tallies of a streamed run: all requests, each function, per-unit histograms for the interval,
+    sums of the latency breakdown (seconds) and the count of requests that waited for a cold start."""
+
+    def __init__(self, n_functions: int, slo_latency_ms: float, arrival_s: float, seconds: int, unit_s: int):
+        self.slo_latency_ms = float(slo_latency_ms)
+        self.arrival_s = float(arrival_s)
+        self.all = GroupTally()
+        self.functions = [GroupTally() for _ in range(n_functions)]
+        self.units = UnitHistograms(-(-int(seconds) // int(unit_s)), unit_s)
+        self.breakdown_sums = dict.fromkeys(BREAKDOWN_PARTS, 0.0)
+        self.paid_cold_start = 0
+        self._buffer: list[tuple] = []  # completed (function, latency, completion, intended) not yet in histograms
+        self._buffered = 0
+
+    def completed(self, function: np.ndarray, latency_ms: np.ndarray, completed_s: np.ndarray,
+                  intended_s: np.ndarray, *, now: bool = False) -> None:
+        """Completed requests, added to the histograms in bulk (about a million at a time, or now)."""
+        if len(latency_ms):
+            self._buffer.append((function, latency_ms, completed_s, intended_s))
+            self._buffered += len(latency_ms)
+        if self._buffer and (now or self._buffered >= 1 << 20):
+            fn, lat, done, intended = (np.concatenate(c) for c in zip(*self._buffer, strict=True))
+            self._buffer, self._buffered = [], 0
+            tally_completed(self.functions, self.all, fn, lat, done, slo_latency_ms=self.slo_latency_ms,
+                            arrival_s=self.arrival_s)
+            self.units.record(intended, lat)
+
+
 class Recorder:
-    def __init__(self, n_requests: int, function_names: Sequence[str], *, slo_latency_ms: float | None = None):
+    def __init__(self, n_requests: int, function_names: Sequence[str], *, slo_latency_ms: float | None = None,
+                 stream: dict | None = None):
+        """stream: {"arrival_s", "seconds", "unit_s"} to record without a row per request (see the module
+        docstring); arrival_s is the arrival window (throughput), seconds the span of the arrivals, unit_s the
+        block bootstrap's unit."""
         self.n = int(n_requests)
         self.slo_latency_ms = slo_latency_ms  # windows count completions over it as "late"
         self.function_names = list(function_names)
-        self.rows: dict[str, np.ndarray] = records.empty_rows(self.n)
+        if stream is None:
+            self.rows: dict[str, np.ndarray] = records.empty_rows(self.n)
+            self.stream = None
+        else:
+            self.rows = records.empty_rows(self.n, columns=STREAM_COLUMNS)
+            self.rows["latency_ms"] = np.full(self.n, np.nan, dtype=np.float32)
+            self.stream = Stream(len(self.function_names), slo_latency_ms, stream["arrival_s"], stream["seconds"],
+                                 stream["unit_s"])
         self.cold_starts: list[ColdStart] = []
         self.cold_start_began: list[float] = []  # run-clock start of each cold start during the load
         self.instances: list[InstanceLife] = []
         self.n_batches = 0
         # Index arrays of requests whose outcome (ok / error / dropped) was just written, in finishing order.
         self._finished: list[np.ndarray | int] = []
+        self._batches: list[tuple] = []  # stream: finished batches not yet tallied
+        self._window_lat: list[np.ndarray] = []  # stream: tallied, not yet reported by a window
+        self._window_not_ok: list = []
 
     # -- written by the platform ----------------------------------------------------------------------
     def finished(self, idx: np.ndarray | int) -> None:
         """Announce requests whose rows are complete (call after writing them)."""
         self._finished.append(idx)
+
+    def batch(self, idx: np.ndarray, t_start: float, t_end: float, inst) -> None:
+        """stream: a batch ended well (the simulated driver); tallied at the next window or flush()."""
+        self._batches.append((idx, t_start, t_end, inst.held_from, inst.taken_s, inst.ready_s, inst.cs_start_s,
+                              inst.delay_end_s))
+
+    def flush(self) -> None:
+        """stream: tally the batches that ended since the last call (outcome, latency, waits, histograms, sums) and
+        the requests that ended without running; the next window reports them."""
+        new, self._finished = self._finished, []
+        if new:
+            self._not_ok(np.concatenate([np.atleast_1d(np.asarray(x, dtype=np.int64)) for x in new]))
+            self._window_not_ok += new
+        batches, self._batches = self._batches, []
+        if not batches:
+            return
+        from workers.platform.core import batch_waits
+
+        rows, st = self.rows, self.stream
+        self.n_batches += len(batches)
+        sizes = np.fromiter((len(b[0]) for b in batches), dtype=np.int64, count=len(batches))
+        idx = np.concatenate([b[0] for b in batches])
+        cols = np.array([(*b[1:3], np.nan if b[3] is None else b[3], *b[4:]) for b in batches], dtype=np.float64)
+        t_start, t_end, held, taken, ready, cs, dend = np.repeat(cols, sizes, axis=0).T
+        intended = rows["intended_s"][idx]
+        sent = rows["sent_s"][idx]
+        bwait, cold, modelled = batch_waits(sent, held, taken, ready, cs, dend)
+        lat = (t_end - intended) * 1e3
+        rows["outcome"][idx] = OUTCOME_OK
+        rows["latency_ms"][idx] = lat
+        st.completed(rows["function"][idx], lat, t_end, intended)
+        sums = st.breakdown_sums
+        sums["dispatch_lag"] += float((sent - intended).sum())
+        sums["cold_start"] += float((cold - modelled).sum())
+        sums["platform_delay_modelled"] += float(modelled.sum())
+        sums["batch_wait"] += float(bwait.sum())
+        sums["queue_wait"] += float(((t_start - sent) - cold - bwait).sum())
+        sums["compute"] += float((t_end - t_start).sum())
+        st.paid_cold_start += int(np.count_nonzero(cold > 0))
+        self._window_lat.append(lat)
+
+    def _not_ok(self, idx: np.ndarray) -> None:
+        """stream: count requests that ended without running (dropped, errors) in the tallies."""
+        st = self.stream
+        outcome = self.rows["outcome"][idx]
+        fn = self.rows["function"][idx]
+        for code, attr in ((OUTCOME_ERROR, "errors"), (OUTCOME_DROPPED, "dropped")):
+            mine = outcome == code
+            setattr(st.all, attr, getattr(st.all, attr) + int(np.count_nonzero(mine)))
+            for f, c in enumerate(np.bincount(fn[mine], minlength=len(st.functions))):
+                setattr(st.functions[f], attr, getattr(st.functions[f], attr) + int(c))
+
+    def settle(self, k: int) -> list[int]:
+        """stream, at the end: tally what is left, count the k requests sent per unit of arrival time (the
+        interval's denominators); returns the requests sent per function."""
+        self.flush()
+        self.stream.completed(np.empty(0, dtype=np.int16), np.empty(0), np.empty(0), np.empty(0), now=True)
+        for a in range(0, k, 1 << 20):
+            self.stream.units.add_requests(self.rows["intended_s"][a:min(k, a + (1 << 20))])
+        return np.bincount(self.rows["function"][:k], minlength=len(self.function_names)).tolist()
+
+    def pending(self) -> int:
+        return int(np.count_nonzero(self.rows["outcome"] == OUTCOME_PENDING))
 
     # -- per-second windows -----------------------------------------------------------------------------
     def window(self, t0_s: float, t1_s: float, *, state: dict | None = None, telemetry: dict | None = None,
@@ -63,16 +180,24 @@ class Recorder:
         are those of requests intended in [t0_s, t1_s)."""
         dt = max(t1_s - t0_s, 1e-9)
         rows = self.rows
-        end = len(self._finished)
-        new = self._finished[:end]
-        del self._finished[:end]  # consumed: a day of requests must not keep one object each (appends go on after end)
+        if self.stream is not None:
+            self.flush()
+            new, self._window_not_ok = self._window_not_ok, []
+        else:
+            end = len(self._finished)
+            new = self._finished[:end]
+            del self._finished[:end]  # consumed: a day of requests must not keep one object each (appends go on)
         if new:
             idx = np.concatenate([np.atleast_1d(np.asarray(x, dtype=np.int64)) for x in new])
         else:
             idx = np.empty(0, dtype=np.int64)
         outcome = rows["outcome"][idx]
-        ok = idx[outcome == OUTCOME_OK]
-        lat_ms = (rows["completed_s"][ok] - rows["intended_s"][ok]) * 1e3
+        if self.stream is not None:
+            lat_ms = np.concatenate(self._window_lat) if self._window_lat else np.empty(0)
+            self._window_lat = []
+        else:
+            ok = idx[outcome == OUTCOME_OK]
+            lat_ms = (rows["completed_s"][ok] - rows["intended_s"][ok]) * 1e3
         pct = window_latency(lat_ms)  # exact, from every sample completed in the window
 
         intended = rows["intended_s"]
@@ -88,7 +213,7 @@ class Recorder:
         out = {
             "t_s": json_safe(t1_s),
             "offered_rps": json_safe((hi - lo) / dt),
-            "completed_rps": json_safe(len(ok) / dt),
+            "completed_rps": json_safe(len(lat_ms) / dt),
             "dropped": int(np.count_nonzero(outcome == OUTCOME_DROPPED)),
             "errors": int(np.count_nonzero(outcome == OUTCOME_ERROR)),
             # Completed in the window but later than the SLO target, plus errors: with dropped, the requests
@@ -124,14 +249,17 @@ class Recorder:
         cols = {name: arr[:k] for name, arr in self.rows.items()}
         # from_pandas: NaN (never started / not completed) becomes a Parquet null, not a float NaN.
         table = {name: pa.array(arr, from_pandas=True) for name, arr in cols.items()}
-        table["latency_ms"] = pa.array((cols["completed_s"] - cols["intended_s"]) * 1e3, from_pandas=True)
+        if "completed_s" in cols:
+            table["latency_ms"] = pa.array((cols["completed_s"] - cols["intended_s"]) * 1e3, from_pandas=True)
         fn_idx = cols["function"].astype(np.int32)
         table["function_name"] = pa.DictionaryArray.from_arrays(pa.array(fn_idx), pa.array(names, pa.string()))
         # The phases of the cold start a request waited for (that of the instance that then ran it), so each row
         # says where its cold wait went; null for requests that waited for none.
-        waited = (cols["cold_wait_s"] > 0) & (cols["instance"] >= 0)
-        n_inst = max([c.instance for c in self.cold_starts] + [int(cols["instance"].max()) if k else -1]) + 1
-        for phase in COLD_START_PHASES:
+        # A streamed run (simulated) has no per-request cold wait or instance: its artifact has neither.
+        phases = COLD_START_PHASES if "cold_wait_s" in cols else ()
+        waited = (cols["cold_wait_s"] > 0) & (cols["instance"] >= 0) if phases else None
+        n_inst = max([c.instance for c in self.cold_starts] + [int(cols["instance"].max()) if k and phases else -1]) + 1
+        for phase in phases:
             by_instance = np.full(max(n_inst, 1), np.nan, dtype=np.float32)
             for c in self.cold_starts:
                 v = (c.timings_ms or {}).get(phase)

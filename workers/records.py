@@ -40,11 +40,14 @@ OUTCOME_ERROR = 3  # the model raised during its batch
 OUTCOME_NAMES = {OUTCOME_PENDING: "pending", OUTCOME_OK: "ok", OUTCOME_DROPPED: "dropped", OUTCOME_ERROR: "error"}
 
 
-def empty_rows(n: int) -> dict[str, np.ndarray]:
-    rows = {name: np.zeros(n, dtype=dt) for name, dt in ROW_COLUMNS.items()}
+def empty_rows(n: int, columns=None) -> dict[str, np.ndarray]:
+    """Preallocated rows: every column of ROW_COLUMNS, or the named ones."""
+    rows = {name: np.zeros(n, dtype=dt) for name, dt in ROW_COLUMNS.items() if columns is None or name in columns}
     for name in ("sent_s", "batch_start_s", "completed_s"):
-        rows[name].fill(np.nan)
-    rows["instance"].fill(-1)
+        if name in rows:
+            rows[name].fill(np.nan)
+    if "instance" in rows:
+        rows["instance"].fill(-1)
     return rows
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from workers.histograms import CI_DIGITS, GroupTally, UnitHistograms
 from workers.records import OUTCOME_DROPPED, OUTCOME_ERROR, OUTCOME_OK, OUTCOME_PENDING, ColdStart
 from workers.spec import SLOSpec
 
@@ -288,12 +289,114 @@ def block_bootstrap_ci(latency_ms: np.ndarray, intended_s: np.ndarray, percentil
     point = tail_percentiles(fin, n, [percentile])[0] if estimate is _UNSET else estimate
     q_per_unit = q * np.bincount(sec, minlength=n_units).astype(np.float64)
     at_point = fin <= point if point is not None else np.ones(m, dtype=bool)
-    block = int(round(politis_white_block_length(np.bincount(fsec[at_point], minlength=n_units) - q_per_unit)))
-    block = max(1, min(block, n_units // 3))
+    block, evaluate = _block_test(np.bincount(fsec[at_point], minlength=n_units) - q_per_unit, q_per_unit, q,
+                                  alpha, resamples, seed)
     info["block_s"] = block * unit
     if m == 0:
         return [None, None], info
 
+    # Candidates: finite order statistics in a window of ranks around the estimate, widened until both
+    # ends of the interval are provably inside it (or it reaches the ends of the data).
+    spread = math.sqrt(q * (1.0 - q) / n) * math.sqrt(block) * 20.0 + 20.0 / n
+    down = up = spread
+    for _ in range(40):
+        ra = max(0, math.floor((q - down) * n))
+        rb = min(m - 1, math.ceil((q + up) * n))
+        ra = min(ra, rb)  # a window wholly among the unfinished starts at the largest finite value
+        xa, xb = (float(val) for val in np.partition(fin, [ra, rb])[[ra, rb]])
+        below = fin < xa
+        base = np.bincount(fsec[below], minlength=n_units).astype(np.float64)
+        inside = ~below & (fin <= xb)
+        order = np.argsort(fin[inside], kind="stable")
+        w = fin[inside][order]
+        wsec = fsec[inside][order]
+
+        def at(j: int, pivot: bool = True, w=w, wsec=wsec, base=base) -> tuple[float, float, float]:
+            """T and the pivot's quantiles at the candidate threshold w[j]."""
+            cut = int(np.searchsorted(w, w[j], side="right"))
+            return evaluate(base + np.bincount(wsec[:cut], minlength=n_units), pivot)
+
+        first, last = at(0), at(w.size - 1)
+        widen_down = first[0] >= first[1] and ra > 0
+        widen_up = last[0] <= last[2] and rb < m - 1
+        if not (widen_down or widen_up):
+            break
+        down = down * 4.0 if widen_down else down
+        up = up * 4.0 if widen_up else up
+
+    fine = max(1, w.size // 16)
+    lo_j = _first_reaching(at, w.size, first, last, fine, 1)
+    hi_j = _first_reaching(at, w.size, first, last, fine, 2)
+    lo_b = None if lo_j is None else float(w[lo_j])
+    hi_b = None if hi_j is None else float(w[hi_j])
+    if point is None:
+        hi_b = None
+    else:  # contain the estimate
+        lo_b = point if lo_b is None else min(lo_b, point)
+        hi_b = None if hi_b is None else max(hi_b, point)
+    return [_f(lo_b), _f(hi_b)], info
+
+
+def block_bootstrap_ci_binned(units: UnitHistograms, percentile: float, *, seconds: int, estimate: float | None,
+                              confidence: float = CI_CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
+                              seed: int = BOOTSTRAP_SEED) -> tuple[list[float | None] | None, dict]:
+    """block_bootstrap_ci from per-unit histograms instead of a row per request (simulated runs): the same test, the
+    same block rule and resamples, inverted over the histograms' bucket edges instead of the order statistics. A
+    bound is known to its bucket (2 significant digits) and rounded outwards: the low bound to its bucket's lowest
+    value, the high bound to its highest. seconds: the span of the arrivals (floor of the last one + 1)."""
+    n = int(units.requests.sum())
+    q = percentile / 100.0
+    alpha = 1.0 - confidence
+    info: dict = {"method": CI_METHOD, "interval": "studentized (bootstrap-t) test inverted over thresholds",
+                  "block_s": None, "resamples": int(resamples), "confidence": confidence, "seconds": int(seconds),
+                  "thresholds": f"HDR histogram buckets, {CI_DIGITS} significant digits, bounds rounded outwards"}
+    if n == 0:
+        return None, {**info, "reason": "no requests"}
+    need_n = min_samples(percentile, confidence)
+    if n < need_n:
+        return None, {**info, "reason": f"{n} requests; a {_pct_key(percentile)} needs at least {need_n}"}
+    if seconds < MIN_CI_SECONDS:
+        return None, {**info, "reason": f"arrivals span {seconds} s; the block bootstrap needs at least "
+                                        f"{MIN_CI_SECONDS} one-second blocks"}
+    q_per_unit = q * units.requests.astype(np.float64)
+    per_bucket = units.counts.sum(axis=0)
+    used = np.flatnonzero(per_bucket)  # candidate thresholds: the buckets that hold a latency
+    cum = np.cumsum(units.counts[:, used], axis=1, dtype=np.int64) if used.size else None
+    if estimate is None or not used.size:
+        j_point = used.size - 1
+    else:
+        j_point = int(np.searchsorted(used, units.bucket_of(estimate), side="right")) - 1
+    at_point = cum[:, j_point] if cum is not None and j_point >= 0 else np.zeros(units.n_units)
+    block, evaluate = _block_test(at_point - q_per_unit, q_per_unit, q, alpha, resamples, seed)
+    info["block_s"] = block * units.unit_s
+    if not used.size:
+        return [None, None], info
+
+    def at(j: int, pivot: bool = True) -> tuple[float, float, float]:
+        return evaluate(cum[:, j].astype(np.float64), pivot)
+
+    first, last = at(0), at(used.size - 1)
+    fine = max(1, used.size // 16)
+    lo_j = _first_reaching(at, used.size, first, last, fine, 1)
+    hi_j = _first_reaching(at, used.size, first, last, fine, 2)
+    lo_b = None if lo_j is None else units.bucket_range_ms(used[lo_j])[0]
+    hi_b = None if hi_j is None else units.bucket_range_ms(used[hi_j])[1]
+    if estimate is None:
+        hi_b = None
+    else:
+        lo_b = estimate if lo_b is None else min(lo_b, estimate)
+        hi_b = None if hi_b is None else max(hi_b, estimate)
+    return [_f(lo_b), _f(hi_b)], info
+
+
+def _block_test(series_at_point: np.ndarray, q_per_unit: np.ndarray, q: float, alpha: float, resamples: int,
+                seed: int):
+    """The block length (Politis & White on the per-unit series at the estimate) and evaluate(counts_le, pivot):
+    T(t) from the per-unit counts of latencies <= t, and the a/2 and 1 - a/2 quantiles of its moving-block
+    resampled T* (NaN when pivot is False). Shared by the per-request and the per-unit-histogram intervals."""
+    n_units = int(q_per_unit.size)
+    block = int(round(politis_white_block_length(series_at_point)))
+    block = max(1, min(block, n_units // 3))
     # How often each resample drew each run of L units (float32: small counts are exact), so that a
     # resampled total is one matrix-vector product; einsum, not BLAS, whose threads crawl on a busy host.
     k = n_units // block
@@ -327,68 +430,32 @@ def block_bootstrap_ci(latency_ms: np.ndarray, intended_s: np.ndarray, percentil
             t_star = np.where(se_star > 0, dev / se_star, np.where(dev == 0, 0.0, np.sign(dev) * 1e12))
         lo, hi = np.quantile(t_star, [lo_q, hi_q])
         return t_obs, float(lo), float(hi)
+    return block, evaluate
 
-    # Candidates: finite order statistics in a window of ranks around the estimate, widened until both
-    # ends of the interval are provably inside it (or it reaches the ends of the data).
-    spread = math.sqrt(q * (1.0 - q) / n) * math.sqrt(block) * 20.0 + 20.0 / n
-    down = up = spread
-    for _ in range(40):
-        ra = max(0, math.floor((q - down) * n))
-        rb = min(m - 1, math.ceil((q + up) * n))
-        ra = min(ra, rb)  # a window wholly among the unfinished starts at the largest finite value
-        xa, xb = (float(val) for val in np.partition(fin, [ra, rb])[[ra, rb]])
-        below = fin < xa
-        base = np.bincount(fsec[below], minlength=n_units).astype(np.float64)
-        inside = ~below & (fin <= xb)
-        order = np.argsort(fin[inside], kind="stable")
-        w = fin[inside][order]
-        wsec = fsec[inside][order]
 
-        def at(j: int, pivot: bool = True, w=w, wsec=wsec, base=base) -> tuple[float, float, float]:
-            """T and the pivot's quantiles at the candidate threshold w[j]."""
-            cut = int(np.searchsorted(w, w[j], side="right"))
-            return evaluate(base + np.bincount(wsec[:cut], minlength=n_units), pivot)
-
-        first, last = at(0), at(w.size - 1)
-        widen_down = first[0] >= first[1] and ra > 0
-        widen_up = last[0] <= last[2] and rb < m - 1
-        if not (widen_down or widen_up):
-            break
-        down = down * 4.0 if widen_down else down
-        up = up * 4.0 if widen_up else up
-
-    fine = max(1, w.size // 16)
-
-    def first_reaching(side: int) -> float | None:
-        """Smallest candidate t with T(t) >= the pivot's quantile at t (side 1: a/2, side 2: 1 - a/2)."""
-        if last[0] < last[side]:
-            return None  # not even at the largest finite latency: the bound lies beyond the run
-        if first[0] >= first[side]:
-            return float(w[0])
-        lo, hi = 0, w.size - 1  # invariant: T < its quantile at w[lo], T >= its quantile at w[hi]
-        level_lo, level_hi = first[side], last[side]
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if hi - lo > fine:
-                t_obs, *levels = at(mid)
-                level = levels[side - 1]
-            else:  # close in: the pivot's quantiles change slowly, interpolate them between lo and hi
-                t_obs = at(mid, pivot=False)[0]
-                level = level_lo + (level_hi - level_lo) * (mid - lo) / (hi - lo)
-            if t_obs >= level:
-                hi, level_hi = mid, level
-            else:
-                lo, level_lo = mid, level
-        return float(w[hi])
-
-    lo_b = first_reaching(1)
-    hi_b = first_reaching(2)
-    if point is None:
-        hi_b = None
-    else:  # contain the estimate
-        lo_b = point if lo_b is None else min(lo_b, point)
-        hi_b = None if hi_b is None else max(hi_b, point)
-    return [_f(lo_b), _f(hi_b)], info
+def _first_reaching(at, size: int, first: tuple, last: tuple, fine: int, side: int) -> int | None:
+    """Smallest candidate index j with T(t_j) >= the pivot's quantile at t_j (side 1: a/2, side 2: 1 - a/2), by
+    bisection over the candidates (sorted thresholds; at(j, pivot) evaluates one); None when not even the largest
+    reaches it (the bound lies beyond the run)."""
+    if last[0] < last[side]:
+        return None
+    if first[0] >= first[side]:
+        return 0
+    lo, hi = 0, size - 1  # invariant: T < its quantile at lo, T >= its quantile at hi
+    level_lo, level_hi = first[side], last[side]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if hi - lo > fine:
+            t_obs, *levels = at(mid)
+            level = levels[side - 1]
+        else:  # close in: the pivot's quantiles change slowly, interpolate them between lo and hi
+            t_obs = at(mid, pivot=False)[0]
+            level = level_lo + (level_hi - level_lo) * (mid - lo) / (hi - lo)
+        if t_obs >= level:
+            hi, level_hi = mid, level
+        else:
+            lo, level_lo = mid, level
+    return hi
 
 
 def repeats_interval(values: Sequence[float | None]) -> dict:
@@ -578,6 +645,81 @@ def summarize(rows: dict[str, np.ndarray], *, function_names: Sequence[str], slo
         "mean_batch_size": _f(served / n_batches) if n_batches > 0 else None,
         "breakdown_ms": breakdown,
         "per_function": per_function,
+    }
+
+
+def _group_streamed(t: GroupTally, requests: int, slo: SLOSpec, arrival_s: float) -> dict:
+    """_group's figures from a GroupTally (histogram percentiles: see workers.histograms for their precision)."""
+    h = t.hist
+    ok = h.n
+    k = requests - ok
+    pcts = list(SUMMARY_PERCENTILES.values())
+    *every_p, at_slo = h.percentiles([*pcts, slo.percentile], requests)
+    done_p = h.percentiles(pcts, ok)
+    exact = {"max": _f(h.max_ms) if ok else None, "mean": _f(h.sum_ms / ok) if ok else None}
+    every = {**dict(zip(SUMMARY_PERCENTILES, every_p, strict=True)),
+             **(exact if k == 0 else dict.fromkeys(exact)),
+             "unfinished_share": _f(k / requests) if requests else None, "unfinished": k}
+    return {
+        "requests": requests,
+        "completed": ok,
+        "dropped": requests - ok - t.errors,  # pending after the run included, as in _group
+        "errors": t.errors,
+        "latency_ms": every,
+        "latency_completed_ms": {**dict(zip(SUMMARY_PERCENTILES, done_p, strict=True)), **exact},
+        "slo_percentile_ms": at_slo,
+        "violation_rate": _f((requests - t.good) / requests) if requests else None,
+        "throughput_rps": _f(t.done_in_window / arrival_s) if arrival_s > 0 else None,
+        "goodput_rps": _f(t.good_in_window / arrival_s) if arrival_s > 0 else None,
+        "completed_in_drain": ok - t.done_in_window,
+    }
+
+
+def summarize_streamed(stream, *, function_names: Sequence[str], slo: SLOSpec, arrival_s: float, end_s: float,
+                       cold_starts: Sequence[ColdStart], n_batches: int, requests: Sequence[int],
+                       seconds: int, seed: int = BOOTSTRAP_SEED) -> dict:
+    """summarize() for a run recorded without a row per request (workers.recorder.Recorder(stream=True), what the
+    simulated driver uses): the same keys, counts exact, latency percentiles from HDR histograms (3 significant
+    digits), max and mean exact, the SLO percentile's interval from per-unit histograms (block_bootstrap_ci_binned).
+    requests: sent requests per function; seconds: the span of their arrivals."""
+    arrival_s = float(arrival_s)
+    total = int(sum(requests))
+    g = _group_streamed(stream.all, total, slo, arrival_s)
+    ci, ci_info = block_bootstrap_ci_binned(stream.units, slo.percentile, seconds=seconds,
+                                            estimate=g["slo_percentile_ms"], seed=seed)
+    verdict = slo_verdict(g, ci, ci_info, slo)
+    during = [c for c in cold_starts if c.during_load]
+    prestarts = [c for c in cold_starts if not c.during_load]
+    ok = g["completed"]
+    per_function: dict[str, dict] = {}
+    for i, name in enumerate(function_names):
+        fg = _group_streamed(stream.functions[i], int(requests[i]), slo, arrival_s)
+        fg["cold_starts"] = sum(1 for c in during if c.function == i)
+        per_function[str(name)] = fg
+    parts = stream.breakdown_sums
+    return {
+        **{k: g[k] for k in ("requests", "completed", "dropped", "errors", "latency_ms", "latency_completed_ms",
+                             "slo_percentile_ms")},
+        "slo_percentile_ci_ms": ci,
+        "slo_percentile_ci": ci_info,
+        "violation_rate": g["violation_rate"],
+        "slo_verdict": verdict,
+        "slo_met": verdict["verdict"] == "met",
+        "slo_reasons": list(verdict["reasons"]),
+        "throughput_rps": g["throughput_rps"],
+        "goodput_rps": g["goodput_rps"],
+        "arrival_s": _f(arrival_s),
+        "drain_s": _f(max(0.0, float(end_s) - arrival_s)),
+        "completed_in_drain": g["completed_in_drain"],
+        "cold_starts": len(during),
+        "cold_start_ms": _p50_max([c.duration_ms for c in during]),
+        "prestarts": len(prestarts),
+        "prestart_ms": _p50_max([c.duration_ms for c in prestarts]),
+        "mean_batch_size": _f((ok + g["errors"]) / n_batches) if n_batches > 0 else None,
+        "breakdown_ms": {k: (_f(v / ok * 1000.0) if ok else None) for k, v in parts.items()},
+        "per_function": per_function,
+        "latency_histogram": {"format": "HdrHistogram V2 compressed base64", "unit": "us",
+                              "significant_digits": 3, "encoded": stream.all.hist.encode()},
     }
 
 

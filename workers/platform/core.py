@@ -795,20 +795,35 @@ def record_batch(rows: dict[str, np.ndarray], inst: InstanceState, idx: np.ndarr
     rows["batch_start_s"][idx] = t_start
     rows["instance"][idx] = inst.id
     rows["batch_size"][idx] = k
-    if inst.held_from is not None:
-        # Only the time the batcher held them while an instance was free; wake-up and bookkeeping overheads
-        # stay in queue_wait, where they belong.
-        rows["batch_wait_s"][idx] = np.maximum(0.0, inst.taken_s - np.maximum(sent, inst.held_from))
-    if sent[0] < inst.ready_s:  # oldest first: if any waited for the cold start, the first did
-        waited_from = np.maximum(sent, inst.cs_start_s)
-        rows["cold_wait_s"][idx] = np.clip(inst.ready_s - waited_from, 0.0, None)
-        if inst.delay_end_s > inst.cs_start_s:
-            rows["modelled_wait_s"][idx] = np.clip(inst.delay_end_s - waited_from, 0.0, None)
+    bwait, cold, modelled = batch_waits(sent, inst.held_from, inst.taken_s, inst.ready_s, inst.cs_start_s,
+                                        inst.delay_end_s)
+    rows["batch_wait_s"][idx] = bwait
+    rows["cold_wait_s"][idx] = cold
+    rows["modelled_wait_s"][idx] = modelled
     if ok:
         rows["completed_s"][idx] = t_end
         rows["outcome"][idx] = OUTCOME_OK
     else:
         rows["outcome"][idx] = OUTCOME_ERROR
+
+
+def batch_waits(sent, held_from, taken_s, ready_s, cs_start_s, delay_end_s):
+    """(batch wait, cold wait, its modelled part) of requests sent at `sent` that ran on an instance whose batch the
+    batcher released at taken_s after holding it since held_from (None or NaN: not held), ready at ready_s after a
+    cold start from cs_start_s whose modelled delay ended at delay_end_s. Arrays broadcast: the simulated driver's
+    recorder computes a window's batches at once (workers.recorder)."""
+    sent = np.asarray(sent, dtype=np.float64)
+    if held_from is None:
+        bwait = np.zeros_like(sent)
+    else:
+        # Only the time the batcher held them while an instance was free; wake-up and bookkeeping overheads
+        # stay in queue_wait, where they belong.
+        bwait = np.nan_to_num(np.maximum(0.0, taken_s - np.maximum(sent, held_from)), nan=0.0)
+    waited_from = np.maximum(sent, cs_start_s)
+    waited = sent < ready_s
+    cold = np.where(waited, np.clip(ready_s - waited_from, 0.0, None), 0.0)
+    modelled = np.where(waited, np.clip(delay_end_s - waited_from, 0.0, None), 0.0)
+    return bwait, cold, modelled
 
 
 def cold_start_record(inst: InstanceState, t_ready: float, timings_ms: dict, *, platform_delay_s: float,

@@ -36,7 +36,6 @@ from workers.platform.core import (
     InstanceState,
     SchedulingCore,
     cold_start_record,
-    record_batch,
 )
 from workers.recorder import Recorder
 from workers.spec import FunctionSpec, VariantSpec
@@ -258,9 +257,7 @@ class SimPlatform:
         core = inst.driver
         self._busy[core.device] -= 1
         if not core.closed:
-            record_batch(self.rec.rows, inst, idx, t_start, now, True)
-            self.rec.finished(idx)
-        self.rec.n_batches += 1
+            self.rec.batch(idx, t_start, now, inst)
         self._apply(core.batch_done(inst, now, t_start, True), now, core)
 
     # ---- the run ----------------------------------------------------------------------------------------
@@ -287,6 +284,7 @@ class SimPlatform:
             due = np.maximum.accumulate(intended + draws)
         else:
             due = intended
+        sent[:] = due  # each request reaches the scheduler when due (the rows of those never sent are reset below)
         fidx = self.core.fidx
         n = len(intended)
         route = self._route
@@ -342,7 +340,6 @@ class SimPlatform:
                 next_win += window_s
             now = t
             if t_arr <= t_ev:
-                sent[i] = t_arr
                 if one is not None:
                     self._apply(one.arrival(0, 1, t_arr), t_arr, one)
                 else:
@@ -365,6 +362,9 @@ class SimPlatform:
                 core = payload.driver
                 self._apply(core.released(payload, now), now, core)
         end_s = now
+        if i < n:
+            sent[i:] = np.nan  # stopped: never sent
+        self.rec.flush()  # outcomes of the batches that ended: close() drops only what is still pending
         for core in cores:
             core.stop(end_s)
             for a in core.close(end_s):
