@@ -54,6 +54,7 @@ class BatchDecision:
 
 
 _NOTHING = BatchDecision()
+_TAKE_ONE = BatchDecision(take=1)
 
 
 class Batcher:
@@ -82,7 +83,7 @@ class NoBatcher(Batcher):
     max_batch_size = 1
 
     def decide(self, now_s, n_queued, oldest_sent_s, intended_s=None):
-        return BatchDecision(take=1) if n_queued > 0 else _NOTHING
+        return _TAKE_ONE if n_queued > 0 else _NOTHING
 
 
 class FixedBatcher(Batcher):

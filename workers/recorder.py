@@ -14,6 +14,7 @@ what finished since the previous one, so a long run costs the same per second as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -96,6 +97,7 @@ class Recorder:
                                  stream["unit_s"])
         self.cold_starts: list[ColdStart] = []
         self.cold_start_began: list[float] = []  # run-clock start of each cold start during the load
+        self._cold_seen = 0  # cold_start_began[:_cold_seen] all lie before the last window's end
         self.instances: list[InstanceLife] = []
         self.n_batches = 0
         # Index arrays of requests whose outcome (ok / error / dropped) was just written, in finishing order.
@@ -111,8 +113,7 @@ class Recorder:
 
     def batch(self, idx: np.ndarray, t_start: float, t_end: float, inst) -> None:
         """stream: a batch ended well (the simulated driver); tallied at the next window or flush()."""
-        self._batches.append((idx, t_start, t_end, inst.held_from, inst.taken_s, inst.ready_s, inst.cs_start_s,
-                              inst.delay_end_s))
+        self._batches.append((idx, t_start, t_end, inst.held_from, inst.taken_s, inst))
 
     def flush(self) -> None:
         """stream: tally the batches that ended since the last call (outcome, latency, waits, histograms, sums) and
@@ -128,10 +129,14 @@ class Recorder:
 
         rows, st = self.rows, self.stream
         self.n_batches += len(batches)
-        sizes = np.fromiter((len(b[0]) for b in batches), dtype=np.int64, count=len(batches))
-        idx = np.concatenate([b[0] for b in batches])
-        cols = np.array([(*b[1:3], np.nan if b[3] is None else b[3], *b[4:]) for b in batches], dtype=np.float64)
-        t_start, t_end, held, taken, ready, cs, dend = np.repeat(cols, sizes, axis=0).T
+        idxs, t_starts, t_ends, helds, takens, insts = zip(*batches, strict=True)
+        sizes = np.fromiter(map(len, idxs), dtype=np.int64, count=len(idxs))
+        idx = np.concatenate(idxs)
+        # An instance's ready, cold-start and delay times do not change once it ran a batch; its hold does.
+        per_batch = np.array([t_starts, t_ends, [math.nan if h is None else h for h in helds], takens,
+                              [i.ready_s for i in insts], [i.cs_start_s for i in insts],
+                              [i.delay_end_s for i in insts]], dtype=np.float64)
+        t_start, t_end, held, taken, ready, cs, dend = np.repeat(per_batch, sizes, axis=1)
         intended = rows["intended_s"][idx]
         sent = rows["sent_s"][idx]
         bwait, cold, modelled = batch_waits(sent, held, taken, ready, cs, dend)
@@ -207,7 +212,14 @@ class Recorder:
         lag_p99_us = float(np.percentile(lag, 99.0)) * 1e6 if len(lag) else None
 
         # Counted in the second the cold start began, even when it ends seconds later.
-        cold = sum(1 for t in list(self.cold_start_began) if t0_s <= t < t1_s)
+        # Windows come in order: entries before the first one not yet past this window were counted already (a day
+        # of cold starts must not be rescanned at every window).
+        began = self.cold_start_began[self._cold_seen:]
+        cold = sum(1 for t in began if t0_s <= t < t1_s)
+        for t in began:
+            if t >= t1_s:
+                break
+            self._cold_seen += 1
         state = state or {}
         telemetry = telemetry or {}
         out = {

@@ -179,7 +179,8 @@ class SchedulingCore:
 
     def arrival(self, f: int, count: int, now: float) -> list:
         fn = self.fns[f]
-        if self.log is not None:
+        log = self.log
+        if log is not None:
             self._log("arrival", now, f, count)
         out: list = []
         if self.closed:
@@ -195,12 +196,13 @@ class SchedulingCore:
         if self.exclusive:
             self._exclusive_step(now, out)
         else:
-            self._dispatch(fn, now, out)
-            if fn.alive < self.autoscaler.max_instances:
+            if fn.idle:
+                self._dispatch(fn, now, out)
+            if fn.n_starting + fn.n_idle + fn.n_busy < self.autoscaler.max_instances:
                 self._autoscale(fn, now, out)
             if fn.wait_until is not None:
                 out.append((TIMER, fn.wait_until))
-        return self._out(out)
+        return out if log is None else self._out(out)
 
     def instance_ready(self, inst: InstanceState, now: float, ok: bool = True, error: str = "") -> list:
         fn = inst.fn
@@ -228,7 +230,9 @@ class SchedulingCore:
     def batch_done(self, inst: InstanceState, now: float, t_start: float, ok: bool = True) -> list:
         """The instance's batch (inst.current) ended at now; rows were written by the driver (record_batch)."""
         fn = inst.fn
-        self._log("batch_done", now, inst.id, t_start, ok)
+        log = self.log
+        if log is not None:
+            self._log("batch_done", now, inst.id, t_start, ok)
         out: list = []
         k = len(inst.current)
         if ok and not self.closed:
@@ -243,11 +247,11 @@ class SchedulingCore:
             fn.n_busy -= 1
             fn.n_idle += 1
             inst.state = IDLE
-        if fn.queued == 0 and fn.in_flight == 0:
+        if fn.tail == fn.head and fn.in_flight == 0:
             fn.quiet_since = now
         if inst.state == IDLE:
             self._became_idle(inst, now, out)
-        return self._out(out)
+        return out if log is None else self._out(out)
 
     def released(self, inst: InstanceState, now: float) -> list:
         """An evicted (or failed) instance is gone: free its memory and slot; blocked starts retry."""
@@ -361,7 +365,7 @@ class SchedulingCore:
     def _dispatch(self, fn: FunctionState, now: float, out: list) -> bool:
         """Give fn's queued work to its idle instances while the batcher releases batches. True if any ran."""
         ran = False
-        while fn.idle and fn.queued > 0 and not self.stopping:
+        while fn.idle and fn.tail > fn.head and not self.stopping:
             inst = fn.idle[-1]
             idx = self._decide(fn, now, out)
             if idx is None:
@@ -389,11 +393,12 @@ class SchedulingCore:
         if self.exclusive:
             self._exclusive_step(now, out)
             return
-        if fn.queued:
+        if fn.tail > fn.head:
             self._dispatch(fn, now, out)
             if fn.wait_until is not None:
                 out.append((TIMER, fn.wait_until))
-        if inst.state == IDLE and not inst.evict and fn.queued == 0 and fn.alive > self.autoscaler.min_instances:
+        if inst.state == IDLE and not inst.evict and fn.tail == fn.head and \
+                fn.n_starting + fn.n_idle + fn.n_busy > self.autoscaler.min_instances:
             deadline = self.evict_deadline(inst)
             if now >= deadline:
                 self._evict(inst, now, out)
@@ -405,13 +410,13 @@ class SchedulingCore:
         says when to ask again, None for 'on the next arrival')."""
         rows = self.rows
         fn.wait_until = None
-        while fn.queued > 0:
-            oldest = fn.order[fn.head]
+        while fn.tail > fn.head:
+            queued = fn.tail - fn.head
             intended = None
             if self._needs_intended[fn.idx]:
-                view = min(fn.queued, fn.batcher.max_batch_size * _ADAPTIVE_VIEW + 64)
+                view = min(queued, fn.batcher.max_batch_size * _ADAPTIVE_VIEW + 64)
                 intended = rows["intended_s"][fn.order[fn.head:fn.head + view]]
-            d = fn.batcher.decide(now, fn.queued, float(rows["sent_s"][oldest]), intended)
+            d = fn.batcher.decide(now, queued, rows["sent_s"][fn.order[fn.head]].item(), intended)
             if d.drop:
                 k = min(d.drop, fn.queued)
                 out.append((FINISH, fn.order[fn.head:fn.head + k], OUTCOME_DROPPED))
@@ -431,7 +436,7 @@ class SchedulingCore:
 
     def _take(self, fn: FunctionState, k: int, now: float) -> np.ndarray:
         """The next k queued requests become a batch."""
-        k = min(k, fn.queued)
+        k = min(k, fn.tail - fn.head)
         idx = fn.order[fn.head:fn.head + k]
         fn.head += k
         fn.in_flight += k

@@ -41,6 +41,8 @@ from workers.recorder import Recorder
 from workers.spec import FunctionSpec, VariantSpec
 
 _ARRIVAL, _READY, _DONE, _RELEASED, _TIMER = 0, 1, 2, 3, 4
+ARRIVAL_CHUNK = 1 << 16  # arrivals turned into Python floats this many at a time
+SERVICE_BLOCK = 4096  # service times drawn at once per (batch size, level)
 COLD_PHASES = ("process_start", "import", "device_context", "build", "load", "to_device", "warmup")
 
 
@@ -81,37 +83,29 @@ class ServiceModel:
         self.dispatch_lag_s = np.sort(np.asarray(lag, dtype=float)) / 1e3 if len(lag) else None
         self._cold_phases = {p: np.asarray(cold[p], dtype=float) for p in COLD_PHASES
                              if p in cold and len(cold[p]) == len(total)}
-        self._over = self._overhead.tolist() if self._overhead is not None else None
-        self._plans: dict[tuple[int, int], tuple] = {}
-        self._ubuf: list[float] = []
-        self._ui = 0
-
-    def _u(self) -> float:
-        """The next uniform draw (drawn from the generator in blocks: a draw per call costs more than the rest)."""
-        if self._ui >= len(self._ubuf):
-            self._ubuf = self.rng.random(8192).tolist()
-            self._ui = 0
-        self._ui += 1
-        return self._ubuf[self._ui - 1]
+        self._blocks: dict[tuple[int, int], list[float]] = {}
 
     def service_s(self, batch: int, level: int) -> float:
         """One batch's time on the instance as the platform sees it: a draw of the measured service time, plus a
-        draw of the platform's own overhead when the profile has it."""
-        plan = self._plans.get((batch, level))
-        if plan is None:
-            plan = self._plans[(batch, level)] = self._plan(batch, level)
-        lo, hi, w, scale, lin = plan
-        u = self._u()
-        s1 = lo[int(u * len(lo))]
+        draw of the platform's own overhead when the profile has it. Drawn in blocks per (batch size, level),
+        vectorised: one list pop per batch."""
+        block = self._blocks.get((batch, level))
+        if not block:
+            block = self._blocks[(batch, level)] = self._draw(batch, level, SERVICE_BLOCK)
+        return block.pop()
+
+    def _draw(self, batch: int, level: int, size: int) -> list[float]:
+        lo, hi, w, scale, lin = self._plan(batch, level)
+        u = self.rng.random(size)
+        s1 = lo[(u * len(lo)).astype(np.int64)]
         if hi is None:
             s = s1 * scale
         else:
-            s2 = hi[int(u * len(hi))]
-            s = scale * (max(s2, s2 + (s2 - s1) * w) if lin else s1 + (s2 - s1) * w)
-        over = self._over
-        if over is not None:
-            s += over[int(self._u() * len(over))]
-        return s
+            s2 = hi[(u * len(hi)).astype(np.int64)]
+            s = scale * (np.maximum(s2, s2 + (s2 - s1) * w) if lin else s1 + (s2 - s1) * w)
+        if self._overhead is not None:
+            s = s + self._overhead[(self.rng.random(size) * len(self._overhead)).astype(np.int64)]
+        return s.tolist()
 
     def _plan(self, batch: int, level: int) -> tuple:
         """How to draw a batch's service time at a level: (samples, samples of the next size or None, weight, scale,
@@ -123,7 +117,7 @@ class ServiceModel:
             lv = self.levels[-1]
             scale = level / lv
         sizes, arrays = self._cells[lv]
-        lists = [a.tolist() for a in arrays]
+        lists = arrays
         j = int(np.searchsorted(sizes, batch))
         if j < len(sizes) and sizes[j] == batch:
             return lists[j], None, 0.0, scale, False
@@ -216,17 +210,17 @@ class SimPlatform:
         heapq.heappush(self._heap, (t, self._seq, kind, payload))
 
     def _apply(self, actions: list, now: float, core: SchedulingCore) -> None:
-        rows = self.rec.rows
         for a in actions:
             kind = a[0]
             if kind == RUN:
                 inst, idx = a[1], a[2]
                 d = core.device
-                self._busy[d] += 1
-                svc = self.models[inst.fn.gidx].service_s(len(idx), self._busy[d])
-                self._push(now + svc, _DONE, (inst, idx, now))
+                busy = self._busy[d] = self._busy[d] + 1
+                self._seq += 1
+                heapq.heappush(self._heap, (now + self.models[inst.fn.gidx].service_s(len(idx), busy), self._seq,
+                                            _DONE, (inst, idx, now)))
             elif kind == FINISH:
-                rows["outcome"][a[1]] = a[2]
+                self.rec.rows["outcome"][a[1]] = a[2]
                 self.rec.finished(a[1])
             elif kind == TIMER:
                 # Only the earliest: when it fires, the core asks again for whatever is due after it.
@@ -252,13 +246,6 @@ class SimPlatform:
         if not core.closed:
             self.rec.cold_starts.append(cold_start_record(inst, now, phases, platform_delay_s=self.platform_delay_s))
         self._apply(core.instance_ready(inst, now), now, core)
-
-    def _done(self, inst: InstanceState, idx: np.ndarray, t_start: float, now: float) -> None:
-        core = inst.driver
-        self._busy[core.device] -= 1
-        if not core.closed:
-            self.rec.batch(idx, t_start, now, inst)
-        self._apply(core.batch_done(inst, now, t_start, True), now, core)
 
     # ---- the run ----------------------------------------------------------------------------------------
     def run(self, *, drain_grace_s: float, run_end_s: float, cold_drain_extra_s: float = 120.0,
@@ -289,7 +276,6 @@ class SimPlatform:
         n = len(intended)
         route = self._route
         cores = self.cores
-        one = self.core if len(cores) == 1 and self.core.single else None
         heap = self._heap
         # Prestart at run time 0 minus the time it takes (the real engine waits for min instances before t0).
         for core in cores:
@@ -309,10 +295,19 @@ class SimPlatform:
             heapq.heapify(heap)
             self._next_timer = [t - t_pre for t in self._next_timer]
         last = float(intended[-1]) if n else 0.0
-        next_win = window_s
-        i = 0
+        inf = math.inf
+        next_win = window_s if on_window is not None else inf
         now = 0.0
         steps = 0
+        # The hot loop: one core call per arrival and per event, arrivals read from lists a chunk at a time.
+        targets = [(cores[c].arrival, int(local), cores[c]) for c, local in route.tolist()]
+        apply = self._apply
+        batch = self.rec.batch
+        busy = self._busy
+        pop = heapq.heappop
+        base, j = 0, 0
+        due_l, fn_l = due[:ARRIVAL_CHUNK].tolist(), fidx[:ARRIVAL_CHUNK].tolist()
+        m = len(due_l)
         while True:
             steps += 1
             if should_stop is not None and not steps & 1023 and time.perf_counter() >= wall_next:
@@ -320,14 +315,34 @@ class SimPlatform:
                 if should_stop():
                     self.stopped = True
                     break
-            t_arr = float(due[i]) if i < n else math.inf
-            t_ev = heap[0][0] if heap else math.inf
-            t = min(t_arr, t_ev)
-            if i >= n:
+            if j < m:
+                t_arr = due_l[j]
+            elif base + m < n:
+                base += m
+                due_l = due[base:base + ARRIVAL_CHUNK].tolist()
+                fn_l = fidx[base:base + ARRIVAL_CHUNK].tolist()
+                j, m = 0, len(due_l)
+                t_arr = due_l[0]
+            else:
+                t_arr = inf
+            t_ev = heap[0][0] if heap else inf
+            if t_arr <= t_ev and t_arr < inf:
+                while t_arr >= next_win:
+                    on_window(next_win - window_s, next_win)
+                    next_win += window_s
+                now = t_arr
+                arrive, local, core = targets[fn_l[j]]
+                acts = arrive(local, 1, t_arr)
+                if acts:
+                    apply(acts, t_arr, core)
+                j += 1
+                continue
+            t = t_ev
+            if t_arr == inf:
                 # The drain rule of the real engine: grace after the last arrival, extended while a cold start runs
                 # (bounded) and counted again from the end of the last one.
                 starting = self.state()["instances_starting"] > 0
-                if self.pending() == 0 and t >= run_end_s or t == math.inf:
+                if self.pending() == 0 and t >= run_end_s or t == inf:
                     now = max(now, run_end_s)
                     break
                 extra_end = last + cold_drain_extra_s + self.platform_delay_s
@@ -335,32 +350,29 @@ class SimPlatform:
                 if t > max(limit, run_end_s):
                     now = max(limit, run_end_s)
                     break
-            while on_window is not None and t >= next_win:
+            while t >= next_win:
                 on_window(next_win - window_s, next_win)
                 next_win += window_s
             now = t
-            if t_arr <= t_ev:
-                if one is not None:
-                    self._apply(one.arrival(0, 1, t_arr), t_arr, one)
-                else:
-                    c, local = route[fidx[i]]
-                    core = cores[c]
-                    self._apply(core.arrival(int(local), 1, t_arr), t_arr, core)
-                i += 1
-                continue
-            _, _, kind, payload = heapq.heappop(heap)
+            _, _, kind, payload = pop(heap)
             if kind == _DONE:
                 inst, idx, t_start = payload
-                self._done(inst, idx, t_start, now)
+                core = inst.driver
+                busy[core.device] -= 1
+                batch(idx, t_start, t, inst)
+                acts = core.batch_done(inst, t, t_start, True)
+                if acts:
+                    apply(acts, t, core)
             elif kind == _READY:
                 self._ready(payload[0], payload[1], now)
             elif kind == _TIMER:
                 if now >= self._next_timer[payload.device]:
-                    self._next_timer[payload.device] = math.inf
+                    self._next_timer[payload.device] = inf
                     self._apply(payload.timer(now), now, payload)
             elif kind == _RELEASED:
                 core = payload.driver
                 self._apply(core.released(payload, now), now, core)
+        i = base + j
         end_s = now
         if i < n:
             sent[i:] = np.nan  # stopped: never sent
@@ -371,6 +383,7 @@ class SimPlatform:
                 rows["outcome"][a[1]] = a[2]
                 self.rec.finished(a[1])
         if on_window is not None:
+            next_win = max(next_win, window_s)
             while end_s >= next_win:
                 on_window(next_win - window_s, next_win)
                 next_win += window_s
