@@ -376,7 +376,7 @@ def block_bootstrap_ci_binned(units: UnitHistograms, percentile: float, *, secon
         return evaluate(cum[:, j].astype(np.float64), pivot)
 
     first, last = at(0), at(used.size - 1)
-    fine = max(1, used.size // 16)
+    fine = 1  # buckets span the whole range of latencies: evaluate the pivot at every step, never interpolate it
     lo_j = _first_reaching(at, used.size, first, last, fine, 1)
     hi_j = _first_reaching(at, used.size, first, last, fine, 2)
     lo_b = None if lo_j is None else units.bucket_range_ms(used[lo_j])[0]
