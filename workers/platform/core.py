@@ -148,7 +148,10 @@ class SchedulingCore:
         self.fidx = fidx
         self.fns: list[FunctionState] = []
         for i, f in enumerate(functions):
-            order = np.arange(len(fidx), dtype=np.int64) if self.single else np.flatnonzero(fidx == gids[i])
+            # int32: a trial has at most 2 x 50 M requests (workload.generate_arrivals), and a simulated day's
+            # indices in int64 would cost 8 bytes a request
+            order = np.arange(len(fidx), dtype=np.int32) if self.single else \
+                np.flatnonzero(fidx == gids[i]).astype(np.int32)
             mem = int(mem_per_instance[i]) if mem_per_instance is not None else 0
             self.fns.append(FunctionState(idx=i, gidx=gids[i], spec=f, order=order, mem_bytes=mem,
                                           batcher=make_batcher(variant.batching, slo_latency_ms=slo_latency_ms)))

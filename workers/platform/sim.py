@@ -266,12 +266,16 @@ class SimPlatform:
         # The dispatcher's measured lateness: each request reaches the scheduler a draw of it after it was due, and
         # never before the one ahead of it (one dispatcher thread sends them in order).
         lag = next((m.dispatch_lag_s for m in self.models if m.dispatch_lag_s is not None), None)
-        if lag is not None and len(intended):
-            draws = lag[np.minimum(len(lag) - 1, (self.rng.random(len(intended)) * len(lag)).astype(np.int64))]
-            due = np.maximum.accumulate(intended + draws)
-        else:
-            due = intended
-        sent[:] = due  # each request reaches the scheduler when due (the rows of those never sent are reset below)
+        # Each request reaches the scheduler when due: sent_s is written here, a chunk at a time (a day's arrays of
+        # temporaries would not fit the memory bound); the rows of those never sent are reset below.
+        ahead = -math.inf
+        for a in range(0, len(intended), ARRIVAL_CHUNK * 16):
+            part = intended[a:a + ARRIVAL_CHUNK * 16]
+            if lag is not None:
+                part = part + lag[np.minimum(len(lag) - 1, (self.rng.random(len(part)) * len(lag)).astype(np.int64))]
+            np.maximum.accumulate(np.maximum(part, ahead), out=sent[a:a + len(part)])
+            ahead = sent[a + len(part) - 1]
+        due = sent
         fidx = self.core.fidx
         n = len(intended)
         route = self._route
