@@ -144,11 +144,24 @@ class TrialMonitor(threading.Thread):
                 if self._done.is_set():
                     break
                 if time.monotonic() >= next_tick:
-                    self._tick()
+                    stored = self._tick()
                     next_tick = time.monotonic() + self.interval_s
                 else:  # woken by a new window
-                    self._flush_or_retry_later()
-            self._flush_or_retry_later()
+                    stored = self._flush_or_retry_later(limit=FLUSH_CHUNK)
+                if stored and not self._windows.empty():
+                    # A simulated run hands over thousands of windows in seconds: storing and publishing them
+                    # all in one go kept the heartbeat waiting past TRIAL_STALE_AFTER_S on a busy host (the
+                    # reaper then failed a live simulation as "stopped heart-beating"). One chunk a turn, and
+                    # the heartbeat's turn comes between chunks (after a failed store: at the next tick).
+                    self._wake.set()
+            # The rest, still a chunk at a time with the heartbeat between: a simulation ends with thousands of
+            # windows not yet published, and storing them took longer than TRIAL_STALE_AFTER_S on a busy host.
+            while not self._windows.empty():
+                if time.monotonic() >= next_tick:
+                    self._heartbeat()
+                    next_tick = time.monotonic() + self.interval_s
+                if not self._flush_or_retry_later(limit=FLUSH_CHUNK):
+                    break  # the database is down: the engine's caller stores what is left (pending_windows)
         except BaseException as exc:  # noqa: BLE001 - the engine must learn that nobody watches it any more
             self.died = f"the trial's monitor thread died: {type(exc).__name__}: {exc}"
             self._died.set()
@@ -161,7 +174,11 @@ class TrialMonitor(threading.Thread):
         self._wake.set()
         self.join()
 
-    def _tick(self) -> None:
+    def _tick(self) -> bool:
+        self._heartbeat()
+        return self._flush_or_retry_later(limit=FLUSH_CHUNK)
+
+    def _heartbeat(self) -> None:
         try:
             if trial_heartbeat(trial_id=self.trial_id):
                 self.cancel_requested.set()
@@ -169,26 +186,29 @@ class TrialMonitor(threading.Thread):
             # A database blip must not kill a trial that is measuring fine; the next tick tries again.
             log.warning("trial %s: heartbeat failed", self.trial_id, exc_info=True)
             _close_db()
-        self._flush_or_retry_later()
 
-    def _flush_or_retry_later(self) -> None:
+    def _flush_or_retry_later(self, limit: int | None = None) -> bool:
         try:
-            self.flush()
+            self.flush(limit)
+            return True
         except DatabaseError:
             log.warning("trial %s: storing windows failed; retrying at the next tick", self.trial_id, exc_info=True)
             _close_db()
+            return False
 
-    def pending_windows(self) -> list[tuple[int, dict]]:
-        """Windows not stored yet (the database was down): the result file keeps them."""
+    def pending_windows(self, limit: int | None = None) -> list[tuple[int, dict]]:
+        """Windows not stored yet (the database was down): the result file keeps them. `limit`: at most that
+        many, the oldest first."""
         out = []
-        while True:
+        while limit is None or len(out) < limit:
             try:
                 out.append(self._windows.get_nowait())
             except queue.Empty:
-                return out
+                break
+        return out
 
-    def flush(self) -> None:
-        batch = self.pending_windows()
+    def flush(self, limit: int | None = None) -> None:
+        batch = self.pending_windows(limit)
         if not batch:
             return
         try:
@@ -208,6 +228,7 @@ class TrialMonitor(threading.Thread):
 
 
 _NEVER = threading.Event()  # lease_lost of a trial run without a lease
+FLUSH_CHUNK = 200  # windows stored and published per turn of the trial monitor (see TrialMonitor.run)
 
 
 def _close_db() -> None:
