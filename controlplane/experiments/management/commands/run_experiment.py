@@ -108,15 +108,19 @@ class Command(BaseCommand):
         except S.SpecError as exc:
             raise CommandError(f"{spec}: invalid experiment spec:\n" + "\n".join(f"  {e}" for e in exc.errors)) \
                 from None
-        self.stdout.write(f"{experiment.name}: run {run[0].run_number}, {len(run)} trial(s)"
-                          f"{' inline' if inline else ' via Celery'}")
-        # What it will take, before it starts: inline runs one trial after another here; via Celery, every live
-        # worker of the pool takes one at a time.
-        plan = selectors.experiment_plan(spec=spec_io.experiment_to_spec(experiment), repeats=repeats,
-                                         workers=None if inline else selectors.pool_workers(experiment.device))
-        self.stdout.write(f"{plan['text']} (workload time; cold starts come on top)")
-        self.stdout.write(header())
-        interrupted = self._run_inline(run) if inline else self._wait(run)
+        try:
+            self.stdout.write(f"{experiment.name}: run {run[0].run_number}, {len(run)} trial(s)"
+                              f"{' inline' if inline else ' via Celery'}")
+            # What it will take, before it starts: inline runs one trial after another here; via Celery, every live
+            # worker of the pool takes one at a time.
+            plan = selectors.experiment_plan(spec=spec_io.experiment_to_spec(experiment), repeats=repeats,
+                                             workers=None if inline else selectors.pool_workers(experiment.device))
+            self.stdout.write(f"{plan['text']} (workload time; cold starts come on top)")
+            self.stdout.write(header())
+        except KeyboardInterrupt:  # Ctrl-C before the wait began: the trials are queued (or running) already
+            interrupted = self._cancel_pending({t.id for t in run})
+        else:
+            interrupted = self._run_inline(run) if inline else self._wait(run)
         self._finish(run, experiment, json_out, interrupted)
 
     def _finish(self, run: list[Trial], experiment: Experiment, json_out: str | None, interrupted: bool) -> None:
@@ -202,19 +206,23 @@ class Command(BaseCommand):
                 if pending:
                     time.sleep(POLL_S)
         except KeyboardInterrupt:
-            self.stderr.write("interrupted: cancelling unfinished trials…")
-            for trial in Trial.objects.filter(id__in=pending):
-                services.trial_cancel(trial=trial)
-            deadline = time.monotonic() + CANCEL_WAIT_S
-            while pending and time.monotonic() < deadline:
-                for trial in Trial.objects.filter(id__in=pending, status__in=Trial.FINISHED):
-                    pending.discard(trial.id)
-                    self._print(trial)
-                time.sleep(0.5)
-            for trial in Trial.objects.filter(id__in=pending):
-                self.stderr.write(f"  {trial.variant_name} #{trial.repeat} is still {trial.status}")
-            return True
+            return self._cancel_pending(pending)
         return False
+
+    def _cancel_pending(self, pending: set[int]) -> bool:
+        """Ctrl-C: cancel the unfinished trials and wait a little for them to close. Returns True (interrupted)."""
+        self.stderr.write("interrupted: cancelling unfinished trials…")
+        for trial in Trial.objects.filter(id__in=pending):
+            services.trial_cancel(trial=trial)
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while pending and time.monotonic() < deadline:
+            for trial in Trial.objects.filter(id__in=pending, status__in=Trial.FINISHED):
+                pending.discard(trial.id)
+                self._print(trial)
+            time.sleep(0.5)
+        for trial in Trial.objects.filter(id__in=pending):
+            self.stderr.write(f"  {trial.variant_name} #{trial.repeat} is still {trial.status}")
+        return True
 
     def _progress(self, pending: set[int]) -> str:
         parts = []
