@@ -619,14 +619,16 @@ def summarize(rows: dict[str, np.ndarray], *, function_names: Sequence[str], slo
         fg["cold_starts"] = sum(1 for c in during if c.function == i)
         per_function[str(name)] = fg
 
+    return _summary(g, ci, ci_info, verdict, arrival_s=arrival_s, end_s=end_s, during=during, prestarts=prestarts,
+                    served=served, n_batches=n_batches, breakdown=breakdown, per_function=per_function)
+
+
+def _summary(g: dict, ci, ci_info: dict, verdict: dict, *, arrival_s: float, end_s: float, during: list,
+             prestarts: list, served: int, n_batches: int, breakdown: dict, per_function: dict) -> dict:
+    """The summary's keys, in order, from the whole run's group figures (summarize and summarize_streamed)."""
     return {
-        "requests": g["requests"],
-        "completed": g["completed"],
-        "dropped": g["dropped"],
-        "errors": g["errors"],
-        "latency_ms": g["latency_ms"],
-        "latency_completed_ms": g["latency_completed_ms"],
-        "slo_percentile_ms": g["slo_percentile_ms"],
+        **{k: g[k] for k in ("requests", "completed", "dropped", "errors", "latency_ms", "latency_completed_ms",
+                             "slo_percentile_ms")},
         "slo_percentile_ci_ms": ci,
         "slo_percentile_ci": ci_info,
         "violation_rate": g["violation_rate"],
@@ -698,26 +700,10 @@ def summarize_streamed(stream, *, function_names: Sequence[str], slo: SLOSpec, a
         per_function[str(name)] = fg
     parts = stream.breakdown_sums
     return {
-        **{k: g[k] for k in ("requests", "completed", "dropped", "errors", "latency_ms", "latency_completed_ms",
-                             "slo_percentile_ms")},
-        "slo_percentile_ci_ms": ci,
-        "slo_percentile_ci": ci_info,
-        "violation_rate": g["violation_rate"],
-        "slo_verdict": verdict,
-        "slo_met": verdict["verdict"] == "met",
-        "slo_reasons": list(verdict["reasons"]),
-        "throughput_rps": g["throughput_rps"],
-        "goodput_rps": g["goodput_rps"],
-        "arrival_s": _f(arrival_s),
-        "drain_s": _f(max(0.0, float(end_s) - arrival_s)),
-        "completed_in_drain": g["completed_in_drain"],
-        "cold_starts": len(during),
-        "cold_start_ms": _p50_max([c.duration_ms for c in during]),
-        "prestarts": len(prestarts),
-        "prestart_ms": _p50_max([c.duration_ms for c in prestarts]),
-        "mean_batch_size": _f((ok + g["errors"]) / n_batches) if n_batches > 0 else None,
-        "breakdown_ms": {k: (_f(v / ok * 1000.0) if ok else None) for k, v in parts.items()},
-        "per_function": per_function,
+        **_summary(g, ci, ci_info, verdict, arrival_s=arrival_s, end_s=end_s, during=during, prestarts=prestarts,
+                   served=ok + g["errors"], n_batches=n_batches,
+                   breakdown={k: (_f(v / ok * 1000.0) if ok else None) for k, v in parts.items()},
+                   per_function=per_function),
         "latency_histogram": {"format": "HdrHistogram V2 compressed base64", "unit": "us",
                               "significant_digits": 3, "encoded": stream.all.hist.encode()},
     }
