@@ -546,14 +546,8 @@ class CapacitySearch(models.Model):
     the calling process by `manage.py capacity`. `probes` grows as they finish; `result` is
     `CapacityResult.to_dict()` once the search ends."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"
-        CANCELLED = "cancelled"
-
-    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+    Status = Trial.Status  # a search's states are a trial's: one set of names for both
+    FINISHED = Trial.FINISHED
 
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="capacity_searches")
