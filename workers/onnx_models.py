@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,9 +246,14 @@ def estimate_memory_bytes(path: Path, batch_size: int = 1) -> int:
     """Rough memory of one ONNX Runtime instance: the weights twice (the bytes read and the session's copy)
     plus a generous multiple of one batch's inputs for activations. An estimate for refusing what cannot fit."""
     sig, _peak = inspect_file_isolated(path)  # onnx is not imported in the trial's process
+    return memory_estimator(sig, Path(path).stat().st_size)(batch_size)
+
+
+def memory_estimator(sig: Signature, file_bytes: int) -> Callable[[int], int]:
+    """estimate_memory_bytes as a function of the batch size, for a file already inspected."""
     per_sample = sum(math.prod(d if isinstance(d, int) else 1 for d in i["shape"][1 if sig.dynamic_batch else 0:])
                      * 8 for i in sig.inputs)
-    return int(2 * Path(path).stat().st_size + 16 * per_sample * max(1, batch_size))
+    return lambda batch_size: int(2 * file_bytes + 16 * per_sample * max(1, batch_size))
 
 
 # ---- the cold start and the hot path (inside an instance) -------------------------------------------------------

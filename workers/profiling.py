@@ -283,15 +283,8 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
         opts, shape = upload_options(upload), list(input_shape) if input_shape is not None else None
         if dict(options or {}) != opts:
             raise ValueError(f"options: an uploaded model's profile is named by {opts}, not {options}")
-        sig, _peak = onnx_models.inspect_file_isolated(Path(upload.file))
-        # the same estimate as onnx_models.estimate_memory_bytes, without parsing the file again per batch size
-        per_sample = sum(math.prod(d if isinstance(d, int) else 1 for d in i["shape"][1 if sig.dynamic_batch else 0:])
-                         * 8 for i in sig.inputs)
-        size = Path(upload.file).stat().st_size
-
-        def estimate(k: int) -> int:
-            return int(2 * size + 16 * per_sample * max(1, k))
-
+        sig, _peak = onnx_models.inspect_file_isolated(Path(upload.file))  # once, not per batch size
+        estimate = onnx_models.memory_estimator(sig, Path(upload.file).stat().st_size)
         if not upload.dynamic_batch:  # a fixed batch dimension: batch 1 is all its trials can run
             max_batch_size = 1
         fn = FunctionSpec(name="profile", model=model, input_shape=tuple(shape) if shape else None,
