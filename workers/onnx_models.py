@@ -119,6 +119,9 @@ def inspect_file(path: Path) -> Signature:
                for o in model.graph.output]
     if not inputs:
         raise OnnxModelError("the graph has no inputs to feed")
+    nul = [x["name"] for x in inputs + outputs if "\x00" in x["name"] or any("\x00" in str(d) for d in x["shape"])]
+    if nul:  # the signature is stored as JSON, and PostgreSQL refuses NUL in text and JSON
+        raise OnnxModelError(f"input or output {nul[0]!r} has a NUL character in its name or dimension names")
     for i in inputs:
         if not i["shape"]:
             raise OnnxModelError(f"input {i['name']!r} is a scalar; inputs must be tensors with a batch dimension")

@@ -53,3 +53,13 @@ def external_data(path: Path, location: str = "../../../etc/passwd") -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.save(model, str(path))
     return path
+
+
+def nul_in_names(path: Path) -> Path:
+    """A valid model whose input and output names hold a NUL character (PostgreSQL refuses NUL in text and JSON)."""
+    node = helper.make_node("Relu", ["x\x00in"], ["y\x00out"])
+    graph = helper.make_graph([node], "nul", [helper.make_tensor_value_info("x\x00in", TensorProto.FLOAT, ["n", 4])],
+                              [helper.make_tensor_value_info("y\x00out", TensorProto.FLOAT, ["n", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path))
+    return path

@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from controlplane.registry.models import Model
 
-from .onnx_files import classifier, custom_domain, external_data
+from .onnx_files import classifier, custom_domain, external_data, nul_in_names
 
 pytestmark = pytest.mark.django_db
 
@@ -72,6 +72,7 @@ def not_onnx(path: Path) -> Path:
     (not_onnx, "not an ONNX model"),
     (custom_domain, "custom operator domain(s) com.example.custom"),
     (external_data, "references external data (../../../etc/passwd)"),
+    (nul_in_names, "NUL character"),
 ])
 def test_a_file_that_cannot_run_here_is_refused_with_the_reason_and_not_kept(owner, media_root, tmp_path, make,
                                                                                reason):
