@@ -25,6 +25,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce
 from django.http import Http404
+from django.utils import timezone
 
 from workers.records import COLD_START_PHASES
 
@@ -389,14 +390,24 @@ def sweep_progress(*, experiment: Experiment, run_number: int | None = None) -> 
     totals = {"done": 0, "running": 0, "queued": 0, "failed": 0, "total": 0}
     by_worker: dict[str, dict] = {}
     queue = ""
-    rows = (experiment.trials.filter(run_number=run).values("status", "worker", "device_id", "queue")
+    from workers import spec as S
+
+    from .services import SIM_QUEUE
+
+    left_s = 0.0  # workload seconds still to run: the queued trials' run_s and what the running ones have left
+    now = timezone.now()
+    rows = (experiment.trials.filter(run_number=run).values("status", "worker", "device_id", "queue", "run_s",
+                                                            "started_at")
             if run is not None else [])
     for r in rows:
         totals["total"] += 1
         queue = queue or r["queue"]
         if r["status"] == "queued":
             totals["queued"] += 1
+            left_s += r["run_s"] or 0.0
             continue
+        if r["status"] == "running" and r["started_at"]:
+            left_s += max(0.0, (r["run_s"] or 0.0) - (now - r["started_at"]).total_seconds())
         if not r["worker"]:  # cancelled before any worker claimed it
             totals["done"] += 1
             continue
@@ -416,6 +427,11 @@ def sweep_progress(*, experiment: Experiment, run_number: int | None = None) -> 
         by_worker.setdefault(hostname, {"worker": hostname, "device_id": "", "done": 0, "running": 0, "failed": 0})
     for w in by_worker.values():
         w["live"] = None if live is None else w["worker"] in live
+    # Real trials run one per device at a time, so the pool's live workers share what is left; simulated ones run
+    # faster than their run time, so no estimate is given for them (None).
+    slots = max(1, len(live or []), totals["running"])
+    remaining_s = None if queue == SIM_QUEUE or not (totals["queued"] or totals["running"]) else left_s / slots
     return {"run": run, "runs": runs, "totals": totals, "queue": queue, "pool_workers": live,
+            "remaining_s": remaining_s, "remaining_text": None if remaining_s is None else S.duration_text(remaining_s),
             "workers": sorted(by_worker.values(), key=lambda w: w["worker"]),
             "finished": bool(totals["total"]) and totals["done"] == totals["total"]}

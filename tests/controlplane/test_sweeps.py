@@ -163,6 +163,13 @@ def test_progress_counts_done_running_and_queued_by_worker(experiment, user):
     rows = {w["worker"]: (w["device_id"], w["done"], w["running"], w["failed"]) for w in progress["workers"]}
     assert rows == {"gpu0@host": ("GPU-aaa", 1, 1, 0), "gpu1@host": ("GPU-bbb", 1, 0, 1)}
     assert not progress["finished"]
+    # time left: the 12 queued trials' run time and what the running one has left, over the one slot in use (no
+    # worker of the pool is live here)
+    b.refresh_from_db()
+    assert b.run_s > 0
+    left = progress["remaining_s"]
+    assert 12 * b.run_s <= left <= 13 * b.run_s
+    assert progress["remaining_text"] == S.duration_text(left)
 
 
 def test_the_worker_command_refuses_one_device_id_for_several_devices():
