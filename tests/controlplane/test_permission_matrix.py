@@ -173,7 +173,7 @@ def test_every_websocket_route_is_in_the_matrix_and_its_tests_exist():
 
 # ---- the world: the owner's things, and an outsider who has things of their own -----------------------------
 @pytest.fixture
-def world(user, other_user, price_catalogue, media_root):
+def world(user, other_user, price_catalogue, media_root, checked_onnx):
     experiment, by = run(user, [variant("always", min_instances=1), variant("cold")])
     trial = by["always"][0]
     finish(trial, summary(30.0), windows=3, media_root=media_root, artifact_n=50)
@@ -187,19 +187,38 @@ def world(user, other_user, price_catalogue, media_root):
     theirs = services.experiment_import(owner=other_user, data={**_spec(), "name": "outsiders-own"})
     return {"experiment": experiment, "trial": trial, "export": export, "share-link": link, "owner": user,
             "variant": experiment.variants.first(), "outsider": other_user, "theirs": theirs,
-            "profile": profile, "model": _uploaded_model(user, media_root), "capacity": search}
+            "profile": profile, "model": _uploaded_model(user, media_root, checked_onnx), "capacity": search}
 
 
-def _uploaded_model(owner, media_root):
-    """An ONNX model of the owner's, registered as an upload is (checked, stored under MEDIA_ROOT)."""
-    from controlplane.registry import services as registry
-    from controlplane.registry.uploads import receive_file
+@pytest.fixture(scope="session")
+def checked_onnx(tmp_path_factory):
+    """A small ONNX model and its signature, checked once for the session by the registry's real (isolated)
+    check: about 1.5 s of subprocess that every test of the matrix would otherwise pay in `world`."""
     from tests.registry.onnx_files import classifier
+    from workers.onnx_models import inspect_file_isolated
 
-    path = classifier(media_root.parent / "clf.onnx")
-    with open(path, "rb") as fh:
-        incoming, sha, size = receive_file(fh)
-    return registry.model_register(owner=owner, name="owners-model", incoming=incoming, sha256=sha, size_bytes=size)
+    path = classifier(tmp_path_factory.mktemp("onnx") / "clf.onnx")
+    return path, inspect_file_isolated(path)[0]
+
+
+def _uploaded_model(owner, media_root, checked):
+    """An ONNX model of the owner's, stored as model_register stores a checked upload (file under MEDIA_ROOT, the
+    signature the check read). The upload path itself is tested in tests/registry."""
+    import hashlib
+    import shutil
+
+    from controlplane.registry.models import Model
+
+    path, sig = checked
+    model = Model(owner=owner, name="owners-model", sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                  size_bytes=path.stat().st_size, inputs=sig.inputs, outputs=sig.outputs, opset=sig.opset,
+                  dynamic_batch=sig.dynamic_batch)
+    model.file.name = f"models/{model.code}/model.onnx"
+    final = media_root / model.file.name
+    final.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, final)
+    model.save()
+    return model
 
 
 def _spec() -> dict:
