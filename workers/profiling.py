@@ -6,6 +6,8 @@ A profile answers, for one (model, options, input shape) on one device:
                  written to the instance's socket, the answer read back), per batch size (powers of two up to
                  the largest that fits) and per sharing level (1, 2, 4 instance processes on the device, each
                  driven by its own thread running batches back to back, all at the same time);
+  idle_service_ms  the same at sharing level 1 for a batch that finds its instance idle for 1, 3, 10 or 30 ms
+                 (IDLE_GAPS_MS): slower than back to back, the process and its caches having cooled;
   overhead_us    the runtime's per-request cost: ProcessRunner.run(1) on the zoo's "null" model;
   cold_start_ms  the phases of real cold starts (ProcessRunner.start(), page cache of the weights dropped);
   memory_bytes   the peak resident memory of one instance process after the largest batch size.
@@ -53,6 +55,12 @@ DEFAULT_MAX_BATCH_SIZE = 64
 DEFAULT_SHARING_LEVELS = (1, 2, 4)
 DEFAULT_SAMPLES = 30
 DEFAULT_COLD_STARTS = 3
+# A batch that finds its instance idle for a while takes longer than one run back to back (the process wakes from
+# its blocking read, its caches and the CPU's clock have cooled): on the 2-core development machine mlp-small's batch
+# of 1 took 0.41 ms back to back, 0.98 ms after 2 ms idle, 1.30 ms after 10 ms and 1.37 ms after 30 ms. Measured at
+# sharing level 1 after each of these gaps; the simulator draws from the cell of the longest gap the instance
+# actually sat idle for (workers.platform.sim).
+IDLE_GAPS_MS = (1, 3, 10, 30)
 WARMUP_BATCHES = 3  # per instance and batch size, before timing (allocator, caches, CUDA kernels)
 OVERHEAD_SAMPLES_MIN = 50  # null-model round trips are microseconds: more samples cost nothing
 # Short mode (tests, a quick look): enough to see the shape, not to trust a tail.
@@ -324,6 +332,7 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
     cold: dict[str, list[float]] = {p: [] for p in PHASES}
     resident: list[float | None] = []
     service: dict[str, dict[str, list[float]]] = {}
+    idle: dict[str, dict[str, list[float]]] = {}
     memory_bytes = 0
     threads_by_level = {str(level): instance_threads(dev, level) for level in levels}
     try:
@@ -364,6 +373,12 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
             service[str(level)] = cells
             if level == levels[0]:
                 memory_bytes = peak_rss_bytes(runners[0].proc.pid)
+                for gap_ms in IDLE_GAPS_MS:
+                    idle_cells = idle.setdefault(str(gap_ms), {})
+                    for k in sizes:
+                        xs = _after_idle(runners[0], k, samples, gap_ms, stop)
+                        idle_cells[str(k)] = xs
+                    say(f"after {gap_ms} ms idle, batch {sizes[0]}: p50 {_percentile(idle_cells[str(sizes[0])], 50):.3f} ms")
         for r in runners:
             r.close()
         runners = []
@@ -403,6 +418,7 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
         "batch_sizes": sizes,
         "sharing_levels": levels,
         "service_ms": service,
+        "idle_service_ms": idle,
         "overhead_us": {"p50": _percentile(overhead, 50) * 1e3, "p99": _percentile(overhead, 99) * 1e3},
         "platform_overhead_ms": platform["platform_overhead_ms"],
         "dispatch_lag_ms": platform["dispatch_lag_ms"],
@@ -418,6 +434,19 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
         "measure_s": round(time.perf_counter() - t_begin, 3),
     }
     return validate_profile(profile)
+
+
+def _after_idle(runner: ProcessRunner, k: int, samples: int, gap_ms: float, stop: Callable[[], bool]) -> list[float]:
+    """`samples` round trips of a batch of k, each after the instance sat idle for gap_ms (ms)."""
+    xs = []
+    for _ in range(samples):
+        if stop():
+            raise ProfileStopped("stopped while measuring batches after idle")
+        time.sleep(gap_ms / 1e3)
+        t0 = time.perf_counter()
+        runner.run(k)
+        xs.append((time.perf_counter() - t0) * 1e3)
+    return xs
 
 
 def measure_platform_overhead(model_dir: Path, *, null_service_ms: float, seconds: float = 2.0,
@@ -542,6 +571,15 @@ def validate_profile(d: Any) -> dict:
     for field in ("platform_overhead_ms", "dispatch_lag_ms"):  # optional: older profiles lack them
         if d.get(field) is not None:
             _samples(d[field], field, positive=False)
+    idle = d.get("idle_service_ms")  # optional: older profiles lack it
+    if idle is not None:
+        if not isinstance(idle, dict) or any(not g.isdigit() or int(g) < 1 for g in idle):
+            raise ValueError("idle_service_ms: must be an object keyed by the idle gap in whole milliseconds")
+        for gap, cells in idle.items():
+            if not isinstance(cells, dict) or set(cells) != {str(k) for k in sizes}:
+                raise ValueError(f"idle_service_ms.{gap}: must have one entry per batch size, keyed as a string")
+            for k in sizes:
+                _samples(cells[str(k)], f"idle_service_ms.{gap}.{k}", positive=True)
     if isinstance(d["memory_bytes"], bool) or not isinstance(d["memory_bytes"], int) or d["memory_bytes"] < 0:
         raise ValueError("memory_bytes: must be a whole number of bytes, 0 or more")
     if isinstance(d["samples"], bool) or not isinstance(d["samples"], int) or d["samples"] < 1:

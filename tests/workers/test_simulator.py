@@ -64,6 +64,31 @@ def erlang_c_wait(lam: float, mu: float, c: int) -> float:
     return p_wait / (c * mu - lam)
 
 
+def test_a_batch_that_finds_its_instance_idle_draws_from_the_idle_gap_it_waited(tmp_path):
+    """Service 1 ms back to back, 3 ms after 5 ms idle, 6 ms after 50 ms idle: sparse arrivals (every 100 ms on
+    average) mostly see the 50 ms cell, arrivals in a queue behind a busy instance the back-to-back one."""
+    idle = {**profile(1.0), "idle_service_ms": {"5": {"1": [3.0]}, "50": {"1": [6.0]}}}
+    one = {"min_instances": 1, "max_instances": 1, "sharing": "time_slice"}
+    sparse = run_trial(spec(one, {"pattern": "poisson", "rate_rps": 10, "duration_s": 300}), profiles=[idle],
+                       artifact_path=tmp_path / "sparse.parquet")
+    lat = latencies_ms(sparse)
+    # Idle gaps are exponential (mean 100 ms) less the last service: about 57 % reach 50 ms (the median request
+    # takes the 6 ms cell), about a third fall between 5 and 50 ms, a few under 5 ms (back to back).
+    assert np.median(lat) == pytest.approx(6.0, abs=0.01)
+    assert 0.25 < np.mean(np.isclose(lat, 3.0, atol=0.01)) < 0.45
+    assert 0.01 < np.mean(np.isclose(lat, 1.0, atol=0.01)) < 0.15
+    # a queue (arrivals all at once): only the first batch found the instance idle
+    burst = run_trial(spec(one, {"pattern": "steps", "steps": [[0, 2000], [0.01, 0]], "duration_s": 1}),
+                      profiles=[idle], artifact_path=tmp_path / "burst.parquet")
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(burst.artifact_path, columns=["intended_s", "latency_ms", "outcome"]).to_pydict()
+    done_ms = np.sort([i * 1e3 + lat for i, lat, o in zip(t["intended_s"], t["latency_ms"], t["outcome"], strict=True)
+                       if o == OUTCOME_OK])
+    assert len(done_ms) >= 10
+    assert np.median(np.diff(done_ms)) == pytest.approx(1.0, abs=0.01)  # one after another: back to back
+
+
 def test_mmc_mean_wait_matches_erlang_c(tmp_path):
     c, mu, lam = 3, 100.0, 240.0  # rho = 0.8
     u = (np.arange(4000) + 0.5) / 4000

@@ -19,6 +19,7 @@ What is modelled, and so labelled on every simulated result:
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
@@ -83,19 +84,33 @@ class ServiceModel:
         self.dispatch_lag_s = np.sort(np.asarray(lag, dtype=float)) / 1e3 if len(lag) else None
         self._cold_phases = {p: np.asarray(cold[p], dtype=float) for p in COLD_PHASES
                              if p in cold and len(cold[p]) == len(total)}
-        self._blocks: dict[tuple[int, int], list[float]] = {}
+        self._blocks: dict[tuple[int, int, int], list[float]] = {}
+        # Batches that find their instance idle (sharing level 1): cells measured after an idle gap, by gap (s).
+        idle = profile.get("idle_service_ms") or {}
+        self.idle_gaps_s = sorted(int(g) / 1e3 for g in idle)
+        self._idle_cells: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+        for gi, gap in enumerate(self.idle_gaps_s):
+            cells = idle[str(round(gap * 1e3))]
+            sizes = sorted(int(b) for b in cells)
+            self._idle_cells[gi + 1] = (np.asarray(sizes), [np.sort(np.asarray(cells[str(b)], dtype=float)) / 1e3
+                                                            for b in sizes])
 
-    def service_s(self, batch: int, level: int) -> float:
+    def service_s(self, batch: int, level: int, idle_s: float = 0.0) -> float:
         """One batch's time on the instance as the platform sees it: a draw of the measured service time, plus a
-        draw of the platform's own overhead when the profile has it. Drawn in blocks per (batch size, level),
-        vectorised: one list pop per batch."""
-        block = self._blocks.get((batch, level))
+        draw of the platform's own overhead when the profile has it. Alone on the device (level 1) after its
+        instance sat idle for idle_s, the draw is from the cell of the longest measured idle gap not above idle_s.
+        Drawn in blocks per (batch size, level, gap), vectorised: one list pop per batch."""
+        gi = 0
+        if self.idle_gaps_s and idle_s >= self.idle_gaps_s[0]:
+            gi = bisect.bisect_right(self.idle_gaps_s, idle_s)
+        key = (batch, level, gi)
+        block = self._blocks.get(key)
         if not block:
-            block = self._blocks[(batch, level)] = self._draw(batch, level, SERVICE_BLOCK)
+            block = self._blocks[key] = self._draw(batch, level, SERVICE_BLOCK, gi)
         return block.pop()
 
-    def _draw(self, batch: int, level: int, size: int) -> list[float]:
-        lo, hi, w, scale, lin = self._plan(batch, level)
+    def _draw(self, batch: int, level: int, size: int, gap_index: int = 0) -> list[float]:
+        lo, hi, w, scale, lin = self._plan(batch, level, gap_index)
         u = self.rng.random(size)
         s1 = lo[(u * len(lo)).astype(np.int64)]
         if hi is None:
@@ -107,16 +122,17 @@ class ServiceModel:
             s = s + self._overhead[(self.rng.random(size) * len(self._overhead)).astype(np.int64)]
         return s.tolist()
 
-    def _plan(self, batch: int, level: int) -> tuple:
-        """How to draw a batch's service time at a level: (samples, samples of the next size or None, weight, scale,
-        extrapolate). Sizes between two measured ones: interpolated at the same quantile; above the largest:
-        extended linearly from the last two; below the smallest or with one size: scaled by the batch size."""
+    def _plan(self, batch: int, level: int, gap_index: int = 0) -> tuple:
+        """How to draw a batch's service time at a level (or, gap_index > 0, alone after that idle gap): (samples,
+        samples of the next size or None, weight, scale, extrapolate). Sizes between two measured ones: interpolated
+        at the same quantile; above the largest: extended linearly from the last two; below the smallest or with one
+        size: scaled by the batch size."""
         lv = min(self.levels, key=lambda x: (abs(x - level), x))
         scale = 1.0
         if level > self.levels[-1]:
             lv = self.levels[-1]
             scale = level / lv
-        sizes, arrays = self._cells[lv]
+        sizes, arrays = self._idle_cells[gap_index] if gap_index else self._cells[lv]
         lists = arrays
         j = int(np.searchsorted(sizes, batch))
         if j < len(sizes) and sizes[j] == batch:
@@ -217,8 +233,10 @@ class SimPlatform:
                 d = core.device
                 busy = self._busy[d] = self._busy[d] + 1
                 self._seq += 1
-                heapq.heappush(self._heap, (now + self.models[inst.fn.gidx].service_s(len(idx), busy), self._seq,
-                                            _DONE, (inst, idx, now)))
+                # inst.idle_since_s: when it last became idle (NaN if never: then no idle cell applies)
+                heapq.heappush(self._heap, (now + self.models[inst.fn.gidx].service_s(len(idx), busy,
+                                                                                       now - inst.idle_since_s),
+                                            self._seq, _DONE, (inst, idx, now)))
             elif kind == FINISH:
                 self.rec.rows["outcome"][a[1]] = a[2]
                 self.rec.finished(a[1])
