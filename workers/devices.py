@@ -252,7 +252,7 @@ def gpu_uuid(device: DeviceInfo) -> str | None:
 
 # ---- hardware description --------------------------------------------------------------------------
 def hardware_info(device: DeviceInfo, sharing_mechanism: str) -> dict:
-    """What the trial ran on, for the record (rule 7 of the design)."""
+    """What the trial ran on, for the record (docs/architecture.md, rule 8)."""
     import torch
 
     driver = None

@@ -1,6 +1,6 @@
 """Policy objects: batching, autoscaling and keep-alive decisions.
 
-"One policy core, two clocks" (DESIGN.md rule 5): every object here decides from the numbers it is
+"One policy core, two clocks" (docs/architecture.md, rule 5): every object here decides from the numbers it is
 given -- `now_s` and the state the caller passes in -- and never reads a clock, sleeps or starts a
 thread. The real platform (workers.platform) drives them with `time.perf_counter()` on the run's
 clock; a simulator can drive the very same objects with a virtual clock. All times are seconds.

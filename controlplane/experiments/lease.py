@@ -1,6 +1,6 @@
 """The device lease: one trial per device at a time, across every worker process on a host.
 
-Two trials on one device would measure each other (DESIGN.md, rule 3). Workers coordinate through
+Two trials on one device would measure each other (docs/architecture.md, rule 3). Workers coordinate through
 a Redis key per device holding a random token, set with `SET NX PX` and a TTL. The holder renews it
 from its heartbeat; renew and release are compare-and-act Lua scripts, so a worker whose lease has
 expired (a long GC pause, a frozen VM) can never extend or delete a lease someone else now holds.

@@ -1,5 +1,5 @@
-"""Start one Celery worker per device of this host (DESIGN.md: one worker process per device), and one for
-the exports.
+"""Start one Celery worker per device of this host (one worker process per device: docs/architecture.md,
+rule 3), and one for the exports.
 
     manage.py worker              # every device: cpu, and cuda:N for each GPU; and the reports worker
     manage.py worker --device cpu
