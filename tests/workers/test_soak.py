@@ -28,6 +28,7 @@ def test_the_short_soak_loses_no_trial_and_leaves_none_stuck(tmp_path):
 
     assert result.returncode == 0, out
     assert "worker killed: yes, Redis restarted: yes" in out
+    assert re.search(r"^[1-5]/6 finished in \d+ s \(about \d+ s left\)$", out, re.M), out  # progress
     assert re.search(r"^trials lost: 0$", out, re.M) and re.search(r"^trials stuck: 0$", out, re.M)
     assert re.search(r"^\s+\d+\s+succeeded$", out, re.M)
     assert "p99 across" in out

@@ -167,8 +167,14 @@ class Command(BaseCommand):
         deadline = started + timeout_s
         killed = restarted = False
         rss_first = None
+        step = max(1, n // 10)
+        said = 0  # progress is said at every tenth of the trials, with the time left at the pace so far
         while time.monotonic() < deadline:
             done = finished()
+            if done // step > said // step and done < n:
+                said = done
+                spent = time.monotonic() - started
+                self._say(f"{done}/{n} finished in {spent:.0f} s (about {spent / done * (n - done):.0f} s left)")
             if done >= n:
                 break
             if not killed and done >= n // 3:
