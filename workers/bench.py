@@ -86,6 +86,28 @@ def _host() -> dict:
     return {"cores": cores, "load_avg_1m": load[0], "python": sys.version.split()[0]}
 
 
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) clock ticks of all CPUs so far, from /proc/stat (Linux); None where it cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest is in user)
+    except (OSError, ValueError):
+        return None
+    if not fields or fields[0] != "cpu" or len(ticks) < 8:
+        return None
+    return ticks[7], sum(ticks)
+
+
+def _steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the CPUs' time a hypervisor gave to others between two readings (%): on a virtual machine, the
+    noise a benchmark's figures carry (this development VM: about 2 %, with single threads taken off their core for
+    up to 9 ms at a time)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+
+
 def _trial(model: str, variant: dict, workload: dict, slo_ms: float = 100.0, runtime: str | None = None,
            model_runtime: str | None = None) -> TrialSpec:
     if model_runtime is not None:
@@ -511,6 +533,7 @@ def run(name: str, duration_s: float | None = None, *, model_dir: Path | None = 
     duration = duration_s or (SHORT_DURATIONS if short else DURATIONS)[name]
     if name == "loadgen" and duration < 1.0:
         raise BenchError("loadgen checks the rate in each whole second: it needs a duration of 1 s or more")
+    ticks = _cpu_ticks()
     if name == "overhead":
         out = bench_overhead(duration, model_dir=model_dir, runtime=runtime, model_runtime=model_runtime)
     elif name == "batching":
@@ -520,6 +543,7 @@ def run(name: str, duration_s: float | None = None, *, model_dir: Path | None = 
         out = bench_simulate(duration, model_dir=model_dir, short=short)
     else:
         out = bench_loadgen(duration)
+    out["host"]["steal_pct"] = _steal_pct(ticks, _cpu_ticks())
     out["short"] = short
     out["goals"] = verdicts(out, enforced=not short)
     return json_safe(out)

@@ -74,6 +74,7 @@ def test_every_benchmark_runs_through_the_command_and_prints_its_figures(name, m
         assert isinstance(verdict["met"], bool) and verdict["enforced"] is False
     assert bench.missed_goals(r) == []
     assert r["host"]["cores"] >= 1
+    assert 0.0 <= r["host"]["steal_pct"] <= 100.0  # read from /proc/stat before and after the benchmark (Linux)
     if name == "overhead":
         assert r["runtime"] in bench.RUNTIMES
         assert r["requests"] == 1000 and r["platform_completed"] == r["requests"]
@@ -149,3 +150,10 @@ def test_overhead_runs_the_null_model_under_onnx_runtime_when_asked(model_dir):
     assert bench_json("overhead", "--short")["model_runtime"] == "torch"
     with pytest.raises(CommandError, match="overhead benchmark only"):
         bench_json("batching", "--short", "--runtime", "onnxruntime")
+
+
+def test_the_hypervisors_share_is_the_steal_ticks_over_all_ticks_between_two_readings():
+    assert bench._steal_pct((10, 1000), (30, 2000)) == pytest.approx(2.0)
+    assert bench._steal_pct(None, (30, 2000)) is None and bench._steal_pct((10, 1000), (10, 1000)) is None
+    steal, total = bench._cpu_ticks()
+    assert 0 <= steal <= total

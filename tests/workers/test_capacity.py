@@ -137,13 +137,15 @@ def profile_round_trip_ms() -> float:
 def test_manage_py_capacity_real_and_simulated_agree_and_store_their_probes_as_trials(
         tmp_path, settings, test_redis, media_root, price_catalogue):
     """The same spec searched on the simulator (profile measured here first, short) and for real (real torch on the
-    CPU, probes of 10 s: the fewest the verdict's interval takes); every real probe is a stored trial."""
+    CPU, probes of 10 s: the fewest the verdict's interval takes); every real probe is a stored trial. The model is
+    cnn-small made ~5 ms a request (width 96), so that the instance, not the platform's own per-request work or the
+    host's stalls of a few ms, sets the knee."""
     from controlplane.experiments.models import Experiment, Trial
 
     settings.MODEL_DIR = tmp_path / "models"
     data = {"name": "agree", "device": "cpu", "accelerator": "cpu",
             "slo": {"percentile": 99, "latency_ms": 100},
-            "functions": [{"name": "f", "model": "cnn-small"}],
+            "functions": [{"name": "f", "model": "cnn-small", "options": {"width": 96}}],
             "workload": {"pattern": "poisson", "rate_rps": 5, "duration_s": 10, "seed": 1},
             "variants": [{"name": "v", "min_instances": 1, "max_instances": 1}, {"name": "other"}]}
     path = tmp_path / "spec.json"
@@ -193,10 +195,10 @@ def test_manage_py_capacity_real_and_simulated_agree_and_store_their_probes_as_t
                     f"real {real['capacity_rps']:.0f} req/s)")
     err = (simulated["capacity_rps"] - real["capacity_rps"]) / real["capacity_rps"]
     print(f"simulated {simulated['capacity_rps']:.0f} vs real {real['capacity_rps']:.0f} req/s: {err:+.1%}")
-    # The goal is 15 % (met at 0.7 %, 4.7 % and 6.2 % on this machine on 2026-12-02), not held: the real search near
-    # the knee is cut short by episodes of slow service (tens of batches of 5-15 ms against a median of 0.9 ms, and
-    # probes with a p99 of a second at a rate the instance serves at 70 % busy) that a profile measured back to back
-    # does not show, so the simulator is optimistic there: +28 %, +51 % and +59 % in other runs on quiet and busy
-    # hosts. The test holds what a broken simulator would break: the simulated capacity within a factor of two of
-    # the real one, never far below it.
+    # The goal is 15 %. A model of ~5 ms a request (cnn-small at width 96), so that the knee is the instance's and not
+    # the platform's own: with the 1 ms cnn-small the real search was cut short by episodes of slow service that a
+    # profile measured back to back does not show, and by the platform's own per-request work on a busy host (+28 %,
+    # +59 % quiet, +133 % beside a CPU hog). At width 96: +14.3 % quiet (and once skipped: x1.26). The test holds what a
+    # broken simulator would break: the simulated capacity within a factor of two of the real one (the bisection
+    # itself stops within 20 %), never far below it.
     assert -0.33 <= err <= 1.0, err
