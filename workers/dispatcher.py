@@ -1,8 +1,8 @@
 """Open-loop dispatcher: sends each request at its intended time, whatever the platform is doing.
 
-docs/architecture.md, rule 1 (open loop). The schedule (`times_s`, seconds from t0, sorted) is fixed in advance. One thread
-sleeps until just before the next due time, spins the last stretch, then hands everything that is
-due to the sink in one call -- a run of overdue arrivals (after a stall) goes out at once, never
+docs/architecture.md, rule 1 (open loop). The schedule (`times_s`, seconds from t0, sorted) is fixed
+in advance. One thread sleeps until just before the next due time, spins the last stretch, then hands
+everything that is due to the sink in one call -- a run of overdue arrivals (after a stall) goes out at once, never
 spread out, so the schedule is never stretched. Each request's `sent_s` is recorded; lag = sent -
 intended is measured and reported, never hidden.
 

@@ -198,7 +198,7 @@ def test_manage_py_capacity_real_and_simulated_agree_and_store_their_probes_as_t
     # The goal is 15 %. A model of ~5 ms a request (cnn-small at width 96), so that the knee is the instance's and not
     # the platform's own: with the 1 ms cnn-small the real search was cut short by episodes of slow service that a
     # profile measured back to back does not show, and by the platform's own per-request work on a busy host (+28 %,
-    # +59 % quiet, +133 % beside a CPU hog). At width 96: +14.3 % quiet (and once skipped: x1.26). The test holds what a
-    # broken simulator would break: the simulated capacity within a factor of two of the real one (the bisection
-    # itself stops within 20 %), never far below it.
-    assert -0.33 <= err <= 1.0, err
+    # +59 % quiet, +133 % beside a CPU hog). At width 96: +14.3 % quiet (once skipped: x1.26), +4.4 % and +26.0 % beside
+    # a CPU hog. The test holds a looser bound than the goal (the bisection itself stops within 20 %) so that a busy
+    # machine does not fail CI: it still catches a simulator off by more than half, or pessimistic by a third.
+    assert -0.33 <= err <= 0.5, err
