@@ -328,8 +328,10 @@ class ProcessRunner:
         try:
             if self._send_error is not None:
                 raise self._send_error
-            status = _read_exactly(self._fd, 1)
+            status = os.read(self._fd, 1)
             if status != _OK:
+                if not status:
+                    raise EOFError("the other side closed the connection")
                 size = _SIZE.unpack(_read_exactly(self._fd, 4))[0]
                 raise ModelRaised(_read_exactly(self._fd, size).decode("utf-8", "replace") if size else "error")
         except (EOFError, OSError, ValueError, TypeError) as exc:

@@ -419,7 +419,9 @@ class SchedulingCore:
             if self._needs_intended[fn.idx]:
                 view = min(queued, fn.batcher.max_batch_size * _ADAPTIVE_VIEW + 64)
                 intended = rows["intended_s"][fn.order[fn.head:fn.head + view]]
-            d = fn.batcher.decide(now, queued, rows["sent_s"][fn.order[fn.head]].item(), intended)
+            batcher = fn.batcher
+            oldest = rows["sent_s"][fn.order[fn.head]].item() if batcher.reads_oldest else math.nan
+            d = batcher.decide(now, queued, oldest, intended)
             if d.drop:
                 k = min(d.drop, fn.queued)
                 out.append((FINISH, fn.order[fn.head:fn.head + k], OUTCOME_DROPPED))

@@ -178,10 +178,11 @@ class _WakeCondition(threading.Condition):
 class _Handle:
     """What the driver keeps per instance (InstanceState.driver)."""
 
-    __slots__ = ("runner", "thread", "cond", "assigned", "pushed_at", "go")
+    __slots__ = ("runner", "pushes", "thread", "cond", "assigned", "pushed_at", "go")
 
     def __init__(self, runner, cond: _WakeCondition):
         self.runner = runner
+        self.pushes = isinstance(runner, ProcessRunner)  # a batch is sent to its process by whoever releases it
         self.thread: threading.Thread | None = None
         self.cond = cond
         self.assigned = None  # the batch (request indices) given to it and not yet run
@@ -300,7 +301,7 @@ class Platform:
                 inst, idx = a[1], a[2]
                 h = inst.driver
                 h.assigned = idx
-                if h.runner.fileno() is not None:
+                if h.pushes:
                     # An instance process: send now; its thread wakes on the answer (no notify needed).
                     h.pushed_at = self.now()
                     h.runner.send(len(idx))
