@@ -139,3 +139,17 @@ def test_a_measured_profile_drives_a_simulated_trial(short_profile, tmp_path):
     fastest = min(min(xs) for cells in d["service_ms"].values() for xs in cells.values())
     assert summary["latency_ms"]["p50"] >= fastest
     assert summary["latency_ms"]["max"] >= min(d["cold_start_ms"]["total"])
+
+
+def test_the_platform_overhead_is_the_scheduling_path_between_round_trips_not_the_round_trip():
+    # Three batches on one instance (ms): the first finds it idle (sent 0, started 0.03, done 1.0); the second was
+    # queued behind it (sent 0.5, started 1.05 after the first's completion at 1.0); the third came to an idle
+    # instance again (sent 3.0, started 3.02). The round trips (1.0 - 0.03, ...) are the service cells' business.
+    ms = 1e-3
+    rows = {"outcome": [0, 0, 0, 1], "intended_s": [0.0, 0.4 * ms, 2.9 * ms, 4.0 * ms],
+            "sent_s": [0.0, 0.5 * ms, 3.0 * ms, 4.0 * ms], "batch_start_s": [0.03 * ms, 1.05 * ms, 3.02 * ms, None],
+            "completed_s": [1.0 * ms, 2.0 * ms, 4.0 * ms, None]}
+    parts = profiling.platform_parts(rows, 0)
+    assert parts["platform_overhead_ms"] == pytest.approx([0.02, 0.03, 0.05])
+    assert parts["dispatch_lag_ms"] == pytest.approx([0.0, 0.1, 0.1])
+

@@ -12,9 +12,9 @@ What is modelled, and so labelled on every simulated result:
     i.e. processor sharing);
   - cold start: one measured cold start (all its phases) drawn at random, plus the variant's modelled delay;
   - the platform's own cost: each request reaches the scheduler a draw of the dispatcher's measured lag after it
-    was due, and each batch holds its instance a draw of the measured scheduling and wake-up overhead longer (both
-    measured through the real platform on the null model when the profile was taken); an eviction frees its memory
-    at once.
+    was due, and each batch holds its instance a draw of the measured scheduling path between round trips longer
+    (both measured through the real platform on the null model when the profile was taken; the round trip's own
+    wake-ups are in the service cells); an eviction frees its memory at once.
 """
 
 from __future__ import annotations
@@ -76,8 +76,8 @@ class ServiceModel:
         if len(total) == 0:
             raise ProfileError(f"profile of {profile.get('model')!r} has no cold_start_ms.total samples")
         self._cold_total = total
-        # What the real platform adds to each batch beyond the round trip (dispatcher lag, scheduling, the instance
-        # thread's wake-up): measured by profiling.measure_platform_overhead; absent in older profiles.
+        # What the real platform adds to each batch beyond the round trip (the scheduling path between round trips):
+        # measured by profiling.measure_platform_overhead; absent in older profiles.
         over = profile.get("platform_overhead_ms") or []
         self._overhead = np.sort(np.asarray(over, dtype=float)) / 1e3 if len(over) else None
         lag = profile.get("dispatch_lag_ms") or []
