@@ -399,9 +399,14 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
                 r.kill()
     if stop():
         raise ProfileStopped("stopped before the platform overhead")
-    platform = measure_platform_overhead(model_dir, seconds=1.0 if samples < DEFAULT_SAMPLES else 2.0)
-    for key, what in (("dispatch_lag_ms", "dispatcher lag"), ("platform_overhead_ms", "scheduling between batches")):
+    platform = measure_platform_overhead(model_dir, null_service_ms=_percentile(overhead, 50),
+                                         seconds=1.0 if samples < DEFAULT_SAMPLES else 2.0)
+    for key, what in (("dispatch_lag_ms", "dispatcher lag"), ("platform_overhead_ms", "overhead on an idle instance"),
+                      ("platform_busy_overhead_ms", "overhead back to back")):
         xs = platform[key]
+        if not xs:
+            say(f"platform {what}: no batch was queued behind another")
+            continue
         say(f"platform {what}: p50 {_percentile(xs, 50) * 1e3:.1f} us, p99 {_percentile(xs, 99) * 1e3:.1f} us")
 
     profile = {
@@ -421,6 +426,7 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
         "overhead_us": {"p50": _percentile(overhead, 50) * 1e3, "p99": _percentile(overhead, 99) * 1e3},
         "platform_overhead_ms": platform["platform_overhead_ms"],
         "dispatch_lag_ms": platform["dispatch_lag_ms"],
+        "platform_busy_overhead_ms": platform["platform_busy_overhead_ms"],
         "cold_start_ms": cold,
         "memory_bytes": int(memory_bytes),
         "samples": samples,
@@ -448,24 +454,11 @@ def _after_idle(runner: ProcessRunner, k: int, samples: int, gap_ms: float, stop
     return xs
 
 
-def measure_platform_overhead(model_dir: Path, *, seconds: float = 2.0, rate_rps: float = 200.0) -> dict:
+def measure_platform_overhead(model_dir: Path, *, null_service_ms: float, seconds: float = 2.0,
+                              rate_rps: float = 200.0) -> dict:
     """What the platform adds to a request beyond its batch's round trip to the instance, measured through the real
-    platform (engine, one process instance of the null model, Poisson load), in two parts (ms, >= 0, at most
-    MAX_CELL_SAMPLES samples each):
-
-      dispatch_lag_ms       sent - intended: the open-loop dispatcher's lateness, before the request reaches the
-                            scheduler (the simulator delays each arrival by a draw of it);
-      platform_overhead_ms  the scheduling path between round trips: for a batch sent to an idle instance, batch
-                            start - sent (the scheduling core under its lock, the send); for a batch that waited
-                            for the one ahead of it, batch start - that batch's completion (recording it, the core's
-                            batch_done, the send). The simulator adds a draw of it to each batch.
-
-    The round trip itself (send, the instance's wake-up, the model, the answer, the waiting thread's wake-up) is not
-    here: the profile's service cells are round trips, measured back to back and after idle gaps, so counting the
-    wake-ups again would make every simulated batch slower than a real one (2026-12-03: the earlier definition,
-    completed - batch start - the null model's back-to-back round trip, added 0.21 ms a batch where the real
-    platform held an instance 20-40 us, and a simulated capacity search came out 21 % below the real one).
-    """
+    platform (engine, one process instance of the null model, Poisson load) with platform_parts: the dispatcher's
+    lag and the platform's overhead per batch in its two regimes (on an instance that was idle, and back to back)."""
     from workers.engine import run_trial
     from workers.records import OUTCOME_OK
     from workers.spec import TrialSpec, parse_experiment
@@ -480,21 +473,40 @@ def measure_platform_overhead(model_dir: Path, *, seconds: float = 2.0, rate_rps
 
         t = pq.read_table(res.artifact_path, columns=["outcome", "completed_s", "intended_s", "sent_s",
                                                        "batch_start_s"]).to_pydict()
-    return platform_parts(t, OUTCOME_OK)
+    return platform_parts(t, OUTCOME_OK, null_service_ms=null_service_ms)
 
 
-def platform_parts(t: dict, ok_outcome: int) -> dict:
-    """dispatch_lag_ms and platform_overhead_ms (see measure_platform_overhead) of one instance's trial rows."""
+def platform_parts(t: dict, ok_outcome: int, *, null_service_ms: float) -> dict:
+    """From one null-model instance's trial rows (ms, >= 0, at most MAX_CELL_SAMPLES samples each):
+
+      dispatch_lag_ms            sent - intended: the open-loop dispatcher's lateness, before the request reaches
+                                 the scheduler (the simulator delays each arrival by a draw of it);
+      platform_overhead_ms       completed - batch start - the null model's median back-to-back round trip, over
+                                 batches sent to an idle instance: the scheduling core under its lock and the
+                                 wake-ups of a platform that sat idle, beyond what a round trip measured back to
+                                 back holds (the simulator adds a draw to a batch that finds its instance idle);
+      platform_busy_overhead_ms  batch start - the previous batch's completion, for batches that were queued behind
+                                 it: recording it, the core's batch_done, the send (20-40 us here; the simulator adds
+                                 a draw to a batch that follows another at once). Empty when no batch was queued.
+
+    Why two: a single figure was wrong at one end or the other. The idle one added to every batch made a simulated
+    capacity search 21 % pessimistic on a quiet host (it added 0.21 ms a batch where the real platform, busy, held an
+    instance 20-40 us between round trips); the busy one added to every batch made unbatched p50 at 100 req/s
+    17-20 % optimistic (2026-12-03, validate_simulator).
+    """
     ok = sorted((i for i, o in enumerate(t["outcome"]) if o == ok_outcome), key=lambda i: t["batch_start_s"][i])
     lag = sorted(max(0.0, (t["sent_s"][i] - t["intended_s"][i]) * 1e3) for i in ok) or [0.0]
-    hold = []
+    idle, busy = [], []
     prev_end = None
     for i in ok:
-        start, sent = t["batch_start_s"][i], t["sent_s"][i]
-        ready = sent if prev_end is None or sent >= prev_end else prev_end  # idle instance: from the request
-        hold.append(max(0.0, (start - ready) * 1e3))
-        prev_end = t["completed_s"][i]
-    return {"dispatch_lag_ms": _thin(lag), "platform_overhead_ms": _thin(sorted(hold) or [0.0])}
+        start, sent, end = t["batch_start_s"][i], t["sent_s"][i], t["completed_s"][i]
+        if prev_end is None or sent >= prev_end:
+            idle.append(max(0.0, (end - start) * 1e3 - null_service_ms))
+        else:
+            busy.append(max(0.0, (start - prev_end) * 1e3))
+        prev_end = end
+    return {"dispatch_lag_ms": _thin(lag), "platform_overhead_ms": _thin(sorted(idle) or [0.0]),
+            "platform_busy_overhead_ms": _thin(sorted(busy))}
 
 
 def _thin(xs: list[float]) -> list[float]:
@@ -587,6 +599,9 @@ def validate_profile(d: Any) -> dict:
     for field in ("platform_overhead_ms", "dispatch_lag_ms"):  # optional: older profiles lack them
         if d.get(field) is not None:
             _samples(d[field], field, positive=False)
+    busy = d.get("platform_busy_overhead_ms")  # optional, and empty when no batch was queued behind another
+    if busy is not None and busy != []:
+        _samples(busy, "platform_busy_overhead_ms", positive=False)
     idle = d.get("idle_service_ms")  # optional: older profiles lack it
     if idle is not None:
         if not isinstance(idle, dict) or any(not g.isdigit() or int(g) < 1 for g in idle):

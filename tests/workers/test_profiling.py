@@ -141,15 +141,18 @@ def test_a_measured_profile_drives_a_simulated_trial(short_profile, tmp_path):
     assert summary["latency_ms"]["max"] >= min(d["cold_start_ms"]["total"])
 
 
-def test_the_platform_overhead_is_the_scheduling_path_between_round_trips_not_the_round_trip():
-    # Three batches on one instance (ms): the first finds it idle (sent 0, started 0.03, done 1.0); the second was
-    # queued behind it (sent 0.5, started 1.05 after the first's completion at 1.0); the third came to an idle
-    # instance again (sent 3.0, started 3.02). The round trips (1.0 - 0.03, ...) are the service cells' business.
+def test_the_platform_overhead_has_an_idle_and_a_back_to_back_regime():
+    # Three batches on one null instance (ms; its back-to-back round trip 0.1): the first finds it idle (sent 0,
+    # started 0.03, done 0.2); the second was queued behind it (sent 0.1, started 0.23, 0.03 after the first's
+    # completion); the third came to an idle instance again (sent 3.0, started 3.02, done 3.3). A failed one counts
+    # for nothing.
     ms = 1e-3
-    rows = {"outcome": [0, 0, 0, 1], "intended_s": [0.0, 0.4 * ms, 2.9 * ms, 4.0 * ms],
-            "sent_s": [0.0, 0.5 * ms, 3.0 * ms, 4.0 * ms], "batch_start_s": [0.03 * ms, 1.05 * ms, 3.02 * ms, None],
-            "completed_s": [1.0 * ms, 2.0 * ms, 4.0 * ms, None]}
-    parts = profiling.platform_parts(rows, 0)
-    assert parts["platform_overhead_ms"] == pytest.approx([0.02, 0.03, 0.05])
-    assert parts["dispatch_lag_ms"] == pytest.approx([0.0, 0.1, 0.1])
-
+    rows = {"outcome": [0, 0, 0, 1], "intended_s": [0.0, 0.05 * ms, 2.9 * ms, 4.0 * ms],
+            "sent_s": [0.0, 0.1 * ms, 3.0 * ms, 4.0 * ms], "batch_start_s": [0.03 * ms, 0.23 * ms, 3.02 * ms, None],
+            "completed_s": [0.2 * ms, 0.4 * ms, 3.3 * ms, None]}
+    parts = profiling.platform_parts(rows, 0, null_service_ms=0.1)
+    assert parts["platform_overhead_ms"] == pytest.approx([0.07, 0.18])  # completed - start - 0.1, idle batches
+    assert parts["platform_busy_overhead_ms"] == pytest.approx([0.03])
+    assert parts["dispatch_lag_ms"] == pytest.approx([0.0, 0.05, 0.1])
+    alone = profiling.platform_parts({k: v[:1] for k, v in rows.items()}, 0, null_service_ms=0.1)
+    assert alone["platform_busy_overhead_ms"] == []  # nothing was queued: the simulator falls back to the idle one

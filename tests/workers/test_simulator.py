@@ -89,6 +89,32 @@ def test_a_batch_that_finds_its_instance_idle_draws_from_the_idle_gap_it_waited(
     assert np.median(np.diff(done_ms)) == pytest.approx(1.0, abs=0.01)  # one after another: back to back
 
 
+def test_the_platform_overhead_of_an_idle_instance_is_not_paid_back_to_back(tmp_path):
+    """Service 1 ms everywhere; the platform's overhead 2 ms on an instance that sat idle, 0.1 ms back to back. Sparse
+    requests pay 1 + 2 ms; a queue's batches follow each other 1.1 ms apart. A profile without the back-to-back
+    figure pays the idle one on every batch (3 ms apart), as profiles before it did."""
+    one = {"min_instances": 1, "max_instances": 1, "sharing": "time_slice"}
+    both = {**profile(1.0), "idle_service_ms": {"5": {"1": [1.0]}}, "platform_overhead_ms": [2.0],
+            "platform_busy_overhead_ms": [0.1]}
+    sparse = run_trial(spec(one, {"pattern": "constant", "rate_rps": 10, "duration_s": 20}), profiles=[both],
+                       artifact_path=tmp_path / "sparse.parquet")
+    assert np.median(latencies_ms(sparse)) == pytest.approx(3.0, abs=0.01)
+
+    import pyarrow.parquet as pq
+
+    def gaps_ms(prof, name):
+        burst = run_trial(spec(one, {"pattern": "steps", "steps": [[0, 2000], [0.01, 0]], "duration_s": 1}),
+                          profiles=[prof], artifact_path=tmp_path / name)
+        t = pq.read_table(burst.artifact_path, columns=["intended_s", "latency_ms", "outcome"]).to_pydict()
+        done = np.sort([i * 1e3 + lat for i, lat, o in zip(t["intended_s"], t["latency_ms"], t["outcome"],
+                                                           strict=True) if o == OUTCOME_OK])
+        return np.median(np.diff(done))
+
+    assert gaps_ms(both, "burst.parquet") == pytest.approx(1.1, abs=0.01)
+    old = {k: v for k, v in both.items() if k != "platform_busy_overhead_ms"}
+    assert gaps_ms(old, "old.parquet") == pytest.approx(3.0, abs=0.01)
+
+
 def test_mmc_mean_wait_matches_erlang_c(tmp_path):
     c, mu, lam = 3, 100.0, 240.0  # rho = 0.8
     u = (np.arange(4000) + 0.5) / 4000

@@ -12,9 +12,10 @@ What is modelled, and so labelled on every simulated result:
     i.e. processor sharing);
   - cold start: one measured cold start (all its phases) drawn at random, plus the variant's modelled delay;
   - the platform's own cost: each request reaches the scheduler a draw of the dispatcher's measured lag after it
-    was due, and each batch holds its instance a draw of the measured scheduling path between round trips longer
-    (both measured through the real platform on the null model when the profile was taken; the round trip's own
-    wake-ups are in the service cells); an eviction frees its memory at once.
+    was due, and each batch holds its instance a draw of the platform's measured overhead longer: the overhead on
+    an idle instance for a batch whose instance sat idle at least the shortest measured idle gap, else the overhead
+    back to back (both measured through the real platform on the null model when the profile was taken:
+    workers.profiling.platform_parts); an eviction frees its memory at once.
 """
 
 from __future__ import annotations
@@ -76,10 +77,14 @@ class ServiceModel:
         if len(total) == 0:
             raise ProfileError(f"profile of {profile.get('model')!r} has no cold_start_ms.total samples")
         self._cold_total = total
-        # What the real platform adds to each batch beyond the round trip (the scheduling path between round trips):
-        # measured by profiling.measure_platform_overhead; absent in older profiles.
+        # What the real platform adds to a batch on an idle instance beyond the round trip (the scheduling core, the
+        # wake-ups of an idle platform): measured by profiling.measure_platform_overhead; absent in older profiles.
         over = profile.get("platform_overhead_ms") or []
         self._overhead = np.sort(np.asarray(over, dtype=float)) / 1e3 if len(over) else None
+        # Back to back the platform holds an instance far less than after an idle spell (no wake-ups on cold caches);
+        # absent or empty: the idle figure for every batch, as profiles before 2026-12-03 had it.
+        busy = profile.get("platform_busy_overhead_ms") or []
+        self._busy_overhead = np.sort(np.asarray(busy, dtype=float)) / 1e3 if len(busy) else self._overhead
         lag = profile.get("dispatch_lag_ms") or []
         self.dispatch_lag_s = np.sort(np.asarray(lag, dtype=float)) / 1e3 if len(lag) else None
         self._cold_phases = {p: np.asarray(cold[p], dtype=float) for p in COLD_PHASES
@@ -118,8 +123,9 @@ class ServiceModel:
         else:
             s2 = hi[(u * len(hi)).astype(np.int64)]
             s = scale * (np.maximum(s2, s2 + (s2 - s1) * w) if lin else s1 + (s2 - s1) * w)
-        if self._overhead is not None:
-            s = s + self._overhead[(self.rng.random(size) * len(self._overhead)).astype(np.int64)]
+        over = self._overhead if gap_index or not self.idle_gaps_s else self._busy_overhead
+        if over is not None:
+            s = s + over[(self.rng.random(size) * len(over)).astype(np.int64)]
         return s.tolist()
 
     def _plan(self, batch: int, level: int, gap_index: int = 0) -> tuple:
