@@ -83,12 +83,20 @@ def test_validate_simulator_compares_real_and_simulated_runs_and_stores_the_resu
     path = tmp_path / "v.json"
     path.write_text(json.dumps(spec_data))
     out = io.StringIO()
-    call_command("validate_simulator", str(path), "--short", "--json", str(tmp_path / "v-out.json"), stdout=out,
-                 stderr=io.StringIO())
+    with pytest.raises(CommandError, match="--real-runs: 1 to 10"):
+        call_command("validate_simulator", str(path), "--real-runs", "0", stdout=io.StringIO(), stderr=io.StringIO())
+    call_command("validate_simulator", str(path), "--short", "--real-runs", "2", "--json", str(tmp_path / "v-out.json"),
+                 stdout=out, stderr=io.StringIO())
     print(out.getvalue())
+    assert "the 2 real runs spread p50 " in out.getvalue()
     result = json.loads((tmp_path / "v-out.json").read_text())
     row = result["variants"][0]
-    assert row["variant"] == "one"
+    assert row["variant"] == "one" and result["real_runs"] == 2
+    # two real runs of the same arrivals: the reference is their median, and their own spread is the noise floor
+    runs = row["real_runs"]
+    assert len(runs) == 2 and row["real"]["p50"] == pytest.approx((runs[0]["p50"] + runs[1]["p50"]) / 2)
+    assert row["p50_real_spread"] == pytest.approx(abs(runs[0]["p50"] - runs[1]["p50"]) / row["real"]["p50"])
+    assert row["p99_real_spread"] >= 0
     for key in ("p50_rel_err", "p99_rel_err", "throughput_rel_err", "cold_starts_rel_err"):
         assert isinstance(row[key], float), key
     # Loose bounds (a busy 2-core machine): the same arrivals all complete in both, and the median is the
