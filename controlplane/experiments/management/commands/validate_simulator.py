@@ -63,15 +63,14 @@ def median_figures(reals: list[dict]) -> dict:
 def spread(xs: list) -> float | None:
     """(max - min) / median of the values present; None with fewer than two."""
     xs = [float(x) for x in xs if x is not None]
-    if len(xs) < 2 or statistics.median(xs) == 0:
-        return None
-    return (max(xs) - min(xs)) / statistics.median(xs)
+    mid = statistics.median(xs) if len(xs) >= 2 else 0.0
+    return (max(xs) - min(xs)) / mid if mid else None
 
 
-def compare(variant: str, real: dict | list[dict], sim: dict) -> dict:
-    """real: one real run's summary, or several (the simulation is compared with their median, and the real runs'
-    own spread of p50 and p99 is given)."""
-    reals = [figures(x) for x in (real if isinstance(real, list) else [real])]
+def compare(variant: str, real: list[dict], sim: dict) -> dict:
+    """real: the summaries of the variant's real runs (the simulation is compared with their median; with two or
+    more, the real runs' own spread of p50 and p99 is given)."""
+    reals = [figures(x) for x in real]
     r, s = median_figures(reals), figures(sim)
     row = {"variant": variant}
     for key, name in METRICS:
