@@ -35,7 +35,7 @@ from workers.platform import (
     restore_torch_threads,
 )
 from workers.recorder import Recorder
-from workers.records import COLD_START_PHASES, OUTCOME_OK, json_safe
+from workers.records import COLD_START_PHASES, OUTCOME_OK, SIM_FULL_ROWS_MAX, json_safe
 from workers.spec import TrialSpec, effective_model_runtime, isolation_label, isolation_level
 
 STOP_POLL_S = 0.2  # should_stop is polled at least this often (the contract says 0.25 s)
@@ -192,7 +192,8 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
     stream = None
     if profiles is not None:  # simulated: no row per request (workers.recorder), the summary from histograms
         seconds = int(math.floor(float(arrivals.times_s[-1]) - first)) + 1
-        stream = {"arrival_s": run_end, "seconds": seconds, "unit_s": math.ceil(seconds / statistics.MAX_CI_UNITS)}
+        stream = {"arrival_s": run_end, "seconds": seconds, "unit_s": math.ceil(seconds / statistics.MAX_CI_UNITS),
+                  "full_rows": n <= SIM_FULL_ROWS_MAX}
     rec = Recorder(n, names, slo_latency_ms=exp.slo.latency_ms, stream=stream)
     intended = rec.rows["intended_s"]
     intended[:] = arrivals.times_s - first  # run clock: 0 is the first intended arrival

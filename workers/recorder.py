@@ -1,9 +1,10 @@
 """Recorder: one preallocated row per request, per-second windows, and the Parquet artifact.
 
-With stream=True (the simulated driver: millions of requests) it keeps per request only what the scheduling core
-reads and the artifact's latency (function, intended_s, sent_s, outcome, latency_ms as float32: 23 bytes a request)
-and nothing else: finished batches are kept as one tuple each until the next window, which computes their waits
-and latencies at once and adds them to the summary's tallies (workers.histograms: HDR histograms, counts, sums).
+With stream=True (the simulated driver: millions of requests) finished batches are kept as one tuple each until the
+next window, which computes their waits and latencies at once and adds them to the summary's tallies
+(workers.histograms: HDR histograms, counts, sums). Per request it keeps every column of a real run when the stream
+asks for full_rows (a run small enough: workers.engine.SIM_FULL_ROWS_MAX), else only what the scheduling core reads
+and the artifact's latency (function, intended_s, sent_s, outcome, latency_ms as float32: 23 bytes a request).
 
 The platform writes rows by index (numpy arrays from `records.empty_rows`) from its threads without a
 lock: each request's row is written by exactly one thread (the one that ran or dropped it), and the
@@ -91,8 +92,11 @@ class Recorder:
             self.rows: dict[str, np.ndarray] = records.empty_rows(self.n)
             self.stream = None
         else:
-            self.rows = records.empty_rows(self.n, columns=STREAM_COLUMNS)
-            self.rows["latency_ms"] = np.full(self.n, np.nan, dtype=np.float32)
+            if stream.get("full_rows"):  # every column of a real run: the tallies stream, the rows are kept too
+                self.rows = records.empty_rows(self.n)
+            else:
+                self.rows = records.empty_rows(self.n, columns=STREAM_COLUMNS)
+                self.rows["latency_ms"] = np.full(self.n, np.nan, dtype=np.float32)
             self.stream = Stream(len(self.function_names), slo_latency_ms, stream["arrival_s"], stream["seconds"],
                                  stream["unit_s"])
         self.cold_starts: list[ColdStart] = []
@@ -142,7 +146,17 @@ class Recorder:
         bwait, cold, modelled = batch_waits(sent, held, taken, ready, cs, dend)
         lat = (t_end - intended) * 1e3
         rows["outcome"][idx] = OUTCOME_OK
-        rows["latency_ms"][idx] = lat
+        if "completed_s" in rows:  # full rows: what record_batch writes on the real platform
+            rows["batch_start_s"][idx] = t_start
+            rows["completed_s"][idx] = t_end
+            rows["instance"][idx] = np.repeat(np.fromiter((i.id for i in insts), dtype=np.int32, count=len(insts)),
+                                              sizes)
+            rows["batch_size"][idx] = np.repeat(sizes, sizes)
+            rows["batch_wait_s"][idx] = bwait
+            rows["cold_wait_s"][idx] = cold
+            rows["modelled_wait_s"][idx] = modelled
+        else:
+            rows["latency_ms"][idx] = lat
         st.completed(rows["function"][idx], lat, t_end, intended)
         sums = st.breakdown_sums
         sums["dispatch_lag"] += float((sent - intended).sum())
@@ -267,7 +281,7 @@ class Recorder:
         table["function_name"] = pa.DictionaryArray.from_arrays(pa.array(fn_idx), pa.array(names, pa.string()))
         # The phases of the cold start a request waited for (that of the instance that then ran it), so each row
         # says where its cold wait went; null for requests that waited for none.
-        # A streamed run (simulated) has no per-request cold wait or instance: its artifact has neither.
+        # A streamed run without full rows (a long simulation) has no per-request cold wait or instance: neither here.
         phases = COLD_START_PHASES if "cold_wait_s" in cols else ()
         waited = (cols["cold_wait_s"] > 0) & (cols["instance"] >= 0) if phases else None
         n_inst = max([c.instance for c in self.cold_starts] + [int(cols["instance"].max()) if k and phases else -1]) + 1

@@ -28,6 +28,10 @@ ROW_COLUMNS: dict[str, np.dtype] = {
     "batch_wait_s": np.dtype(np.float32),  # part of its wait an instance was free but the batcher held it
     "outcome": np.dtype(np.int8),  # OUTCOME_*
 }
+# A simulated run of at most this many requests keeps every column above (53 bytes a request: 265 MB at the bound),
+# so its artifact has batch starts, instances, batch sizes and waits like a real one; a longer one keeps 23 bytes a
+# request (workers.recorder), so a simulated day of 17 M requests stays within its memory bound.
+SIM_FULL_ROWS_MAX = 5_000_000
 # Phases of a cold start (workers.instance), in the order they happen; platform_delay_modelled is MODELLED.
 # "session" (creating an ONNX Runtime InferenceSession) happens only under model_runtime onnxruntime, "build" and
 # "to_device" only under torch.

@@ -260,3 +260,49 @@ def test_a_simulated_day_stays_within_the_memory_bound():
     assert 86_000 < r["run_s"] <= 86_400 and r["window_s"] == 24 and 3590 <= r["windows"] <= 3605
     assert 150_000 < r["requests"] < 195_000
     assert r["peak_rss_mb"] < 2048
+
+
+def test_a_short_simulated_trial_keeps_every_per_request_column_and_they_add_up_to_its_summary(tmp_path):
+    """Below SIM_FULL_ROWS_MAX requests a simulated artifact has the columns of a real one (batch start, instance,
+    batch size, cold, modelled and batch waits, completion, the cold-start phases a request waited for), and the
+    breakdown computed from those rows the way a real run's is equals the streamed summary's."""
+    import pyarrow.parquet as pq
+
+    from workers import statistics
+    from workers.records import COLD_START_PHASES, ROW_COLUMNS
+
+    variant = {"min_instances": 0, "max_instances": 2, "keep_alive": {"policy": "fixed", "ttl_s": 0.5},
+               "platform_delay_ms": 50, "batching": {"mode": "fixed", "max_batch_size": 4, "max_queue_delay_ms": 5}}
+    s = spec(variant, {"pattern": "poisson", "rate_rps": 40, "duration_s": 30})
+    prof = profile(np.linspace(4, 12, 50), levels=(1, 2), cold_ms=(150.0, 300.0))
+    res = run_trial(s, profiles=[prof], artifact_path=tmp_path / "a.parquet")
+    t = pq.read_table(res.artifact_path)
+    assert set(ROW_COLUMNS) <= set(t.column_names)
+    assert {f"cold_start_{p}_ms" for p in COLD_START_PHASES} <= set(t.column_names)
+    rows = {c: t.column(c).to_numpy(zero_copy_only=False) for c in ROW_COLUMNS}
+    for c in ("sent_s", "batch_start_s", "completed_s"):
+        rows[c] = np.asarray(rows[c], dtype=float)
+    ok = rows["outcome"] == OUTCOME_OK
+    assert ok.sum() == res.summary["completed"] > 1000
+    assert (rows["instance"][ok] >= 0).all() and (rows["batch_size"][ok] >= 1).all()
+    assert rows["batch_size"][ok].max() > 1  # the batcher formed batches
+    assert (rows["sent_s"][ok] <= rows["batch_start_s"][ok]).all()
+    assert (rows["batch_start_s"][ok] < rows["completed_s"][ok]).all()
+    lat = (rows["completed_s"] - rows["intended_s"])[ok] * 1e3
+    assert np.allclose(lat, t.column("latency_ms").to_numpy(zero_copy_only=False)[ok])
+    waited = ok & (rows["cold_wait_s"] > 0)
+    assert waited.sum() == res.summary["requests_paid_cold_start"] > 0
+    modelled = rows["modelled_wait_s"][waited]
+    assert (modelled <= rows["cold_wait_s"][waited]).all() and (modelled <= 0.05 + 1e-6).all()
+    assert modelled.max() == pytest.approx(0.05, abs=1e-6)  # the request that set a cold start off waited it all
+    assert not np.isnan(t.column("cold_start_total_ms").to_numpy(zero_copy_only=False)[waited]).any()
+    # a batch (one instance, one start) has as many rows as its size
+    batches: dict[tuple, list[int]] = {}
+    for inst, start, size in zip(rows["instance"][ok], rows["batch_start_s"][ok], rows["batch_size"][ok],
+                                 strict=True):
+        batches.setdefault((int(inst), float(start)), []).append(int(size))
+    assert all(len(sizes) == sizes[0] and len(set(sizes)) == 1 for sizes in batches.values())
+    assert ok.sum() / len(batches) == pytest.approx(res.summary["mean_batch_size"])
+    from_rows = statistics._breakdown(rows, ok)
+    for part, value in res.summary["breakdown_ms"].items():
+        assert from_rows[part] == pytest.approx(value, abs=1e-3), part

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from workers.records import COLD_START_PHASES, ROW_COLUMNS
+from workers.records import COLD_START_PHASES, ROW_COLUMNS, SIM_FULL_ROWS_MAX
 
 from .. import comparison as C
 from .. import spec_io
@@ -168,8 +168,9 @@ COLUMN_MEANINGS = {
     "outcome": "0 pending, 1 ok, 2 dropped (shed by the adaptive batcher or never served before the run "
                "ended), 3 error (the model raised during its batch)",
     "latency_ms": "completed_s - intended_s in ms (null: not completed; the comparison counts such requests "
-                  "as beyond the run, +inf); a simulated trial's file has only function, intended_s, sent_s, "
-                  "outcome and this (float32), no per-request batch, wait or instance columns",
+                  "as beyond the run, +inf); the file of a simulated trial of more than "
+                  f"{SIM_FULL_ROWS_MAX:,} requests has only function, intended_s, sent_s, outcome and this "
+                  "(float32), no per-request batch, wait or instance columns",
     "function_name": "the function's name (dictionary-encoded)",
     "outcome_name": "outcome as a word: pending, ok, dropped, error (dictionary-encoded)",
 }
