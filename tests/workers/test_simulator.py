@@ -64,24 +64,34 @@ def erlang_c_wait(lam: float, mu: float, c: int) -> float:
     return p_wait / (c * mu - lam)
 
 
-def test_a_batch_that_finds_its_instance_idle_draws_from_the_idle_gap_it_waited(tmp_path):
-    """Service 1 ms back to back, 3 ms after 5 ms idle, 6 ms after 50 ms idle: sparse arrivals (every 100 ms on
-    average) mostly see the 50 ms cell, arrivals in a queue behind a busy instance the back-to-back one."""
+def test_a_batch_that_finds_its_instance_idle_draws_between_the_idle_gaps_around_the_one_it_waited(tmp_path):
+    """Service 1 ms back to back, 3 ms after 5 ms idle, 6 ms after 50 ms idle (one sample each): a batch's time is
+    interpolated between the measured gaps around its own, linearly in log(gap) (at 15.8 ms idle: 4.5 ms), linearly
+    in the gap below the shortest (at 2.5 ms: 2 ms), and the longest's past it; every request of sparse Poisson
+    arrivals is checked against that from its instance's idle gap, read from the artifact."""
+    import pyarrow.parquet as pq
+
     idle = {**profile(1.0), "idle_service_ms": {"5": {"1": [3.0]}, "50": {"1": [6.0]}}}
     one = {"min_instances": 1, "max_instances": 1, "sharing": "time_slice"}
     sparse = run_trial(spec(one, {"pattern": "poisson", "rate_rps": 10, "duration_s": 300}), profiles=[idle],
                        artifact_path=tmp_path / "sparse.parquet")
-    lat = latencies_ms(sparse)
-    # Idle gaps are exponential (mean 100 ms) less the last service: about 57 % reach 50 ms (the median request
-    # takes the 6 ms cell), about a third fall between 5 and 50 ms, a few under 5 ms (back to back).
-    assert np.median(lat) == pytest.approx(6.0, abs=0.01)
-    assert 0.25 < np.mean(np.isclose(lat, 3.0, atol=0.01)) < 0.45
-    assert 0.01 < np.mean(np.isclose(lat, 1.0, atol=0.01)) < 0.15
+    t = pq.read_table(sparse.artifact_path, columns=["batch_start_s", "completed_s", "outcome"]).to_pydict()
+    ok = np.asarray(t["outcome"]) == OUTCOME_OK
+    start, done = (np.asarray(t[c], dtype=float)[ok] for c in ("batch_start_s", "completed_s"))
+    order = np.argsort(start)
+    start, done = start[order], done[order]
+    gap_ms = (start[1:] - done[:-1]) * 1e3  # one instance: idle from one completion to the next start
+    service_ms = (done[1:] - start[1:]) * 1e3
+    expected = np.where(gap_ms <= 0, 1.0, np.where(gap_ms < 5, 1 + 2 * gap_ms / 5,
+                        np.where(gap_ms < 50, 3 + 3 * np.log(np.maximum(gap_ms, 5) / 5) / np.log(10), 6.0)))
+    assert len(gap_ms) > 2500
+    assert np.allclose(service_ms, expected, atol=1e-6)
+    # every regime occurs: back to back, below the shortest gap, between the two, past the longest
+    assert (gap_ms <= 0).any() and ((gap_ms > 0) & (gap_ms < 5)).any()
+    assert ((gap_ms > 5) & (gap_ms < 50)).sum() > 500 and (gap_ms > 50).sum() > 500
     # a queue (arrivals all at once): only the first batch found the instance idle
     burst = run_trial(spec(one, {"pattern": "steps", "steps": [[0, 2000], [0.01, 0]], "duration_s": 1}),
                       profiles=[idle], artifact_path=tmp_path / "burst.parquet")
-    import pyarrow.parquet as pq
-
     t = pq.read_table(burst.artifact_path, columns=["intended_s", "latency_ms", "outcome"]).to_pydict()
     done_ms = np.sort([i * 1e3 + lat for i, lat, o in zip(t["intended_s"], t["latency_ms"], t["outcome"], strict=True)
                        if o == OUTCOME_OK])

@@ -9,7 +9,7 @@ What is modelled, and so labelled on every simulated result:
   - service time: an empirical draw for the batch size (sizes between two measured ones interpolated at the same
     quantile, sizes above the largest extrapolated linearly) at the nearest measured sharing level (the number of
     batches running at once on the device; above the largest measured level, scaled by level / measured level,
-    i.e. processor sharing);
+    i.e. processor sharing); after an idle gap, interpolated between the cells of the measured gaps around it;
   - cold start: one measured cold start (all its phases) drawn at random, plus the variant's modelled delay;
   - the platform's own cost: each request reaches the scheduler a draw of the dispatcher's measured lag after it
     was due, and each batch holds its instance a draw of the platform's measured overhead longer: the overhead on
@@ -102,21 +102,44 @@ class ServiceModel:
 
     def service_s(self, batch: int, level: int, idle_s: float = 0.0) -> float:
         """One batch's time on the instance as the platform sees it: a draw of the measured service time, plus a
-        draw of the platform's own overhead when the profile has it. Alone on the device (level 1) after its
-        instance sat idle for idle_s, the draw is from the cell of the longest measured idle gap not above idle_s.
-        Drawn in blocks per (batch size, level, gap), vectorised: one list pop per batch."""
-        gi = 0
-        if self.idle_gaps_s and idle_s >= self.idle_gaps_s[0]:
-            gi = bisect.bisect_right(self.idle_gaps_s, idle_s)
+        draw of the platform's own overhead when the profile has it. After its instance sat idle for idle_s the
+        draw is interpolated, at the same quantile, between the cells of the two measured idle gaps around idle_s
+        (linearly in log(gap); below the shortest, linearly in the gap from the back-to-back cell, whose overhead
+        is the back-to-back one; above the longest, the longest's cell): a batch's time grows with the idle gap
+        (the instance's caches cool), so taking the cell of the gap below, as the simulator did before 2026-12-03,
+        was optimistic for every gap between two measured ones. Drawn in blocks of (lower, upper) pairs per
+        (batch size, level, lower gap), vectorised: one list pop per batch."""
+        gaps = self.idle_gaps_s
+        if not gaps or not idle_s > 0.0:  # back to back, or never idle (NaN)
+            gi, w = 0, 0.0
+        else:
+            gi = bisect.bisect_right(gaps, idle_s)  # measured gaps not above idle_s
+            if gi == len(gaps):
+                w = 0.0
+            elif gi == 0:
+                w = idle_s / gaps[0]
+            else:
+                w = math.log(idle_s / gaps[gi - 1]) / math.log(gaps[gi] / gaps[gi - 1])
         key = (batch, level, gi)
         block = self._blocks.get(key)
         if not block:
-            block = self._blocks[key] = self._draw(batch, level, SERVICE_BLOCK, gi)
-        return block.pop()
+            block = self._blocks[key] = self._draw_pairs(batch, level, SERVICE_BLOCK, gi)
+        lo, hi = block.pop()
+        return lo + (hi - lo) * w
 
-    def _draw(self, batch: int, level: int, size: int, gap_index: int = 0) -> list[float]:
-        lo, hi, w, scale, lin = self._plan(batch, level, gap_index)
+    def _draw_pairs(self, batch: int, level: int, size: int, gap_index: int) -> list[tuple[float, float]]:
+        """(lower, upper) pairs at the same quantiles: the cell of the gap_index-th measured idle gap (0: back to
+        back) and of the next one (the same cell past the longest)."""
         u = self.rng.random(size)
+        v = self.rng.random(size)
+        lo = self._draw(batch, level, u, v, gap_index)
+        hi = self._draw(batch, level, u, v, gap_index + 1) if gap_index < len(self.idle_gaps_s) else lo
+        return list(zip(lo.tolist(), hi.tolist(), strict=True))
+
+    def _draw(self, batch: int, level: int, u: np.ndarray, v: np.ndarray, gap_index: int = 0) -> np.ndarray:
+        """Service times at quantiles u, plus the overhead at quantiles v: after the gap_index-th measured idle gap
+        the overhead of an idle instance, back to back (gap_index 0) the back-to-back one."""
+        lo, hi, w, scale, lin = self._plan(batch, level, gap_index)
         s1 = lo[(u * len(lo)).astype(np.int64)]
         if hi is None:
             s = s1 * scale
@@ -125,8 +148,8 @@ class ServiceModel:
             s = scale * (np.maximum(s2, s2 + (s2 - s1) * w) if lin else s1 + (s2 - s1) * w)
         over = self._overhead if gap_index or not self.idle_gaps_s else self._busy_overhead
         if over is not None:
-            s = s + over[(self.rng.random(size) * len(over)).astype(np.int64)]
-        return s.tolist()
+            s = s + over[(v * len(over)).astype(np.int64)]
+        return s
 
     def _plan(self, batch: int, level: int, gap_index: int = 0) -> tuple:
         """How to draw a batch's service time at a level (or, gap_index > 0, alone after that idle gap): (samples,
