@@ -481,10 +481,13 @@ def platform_parts(t: dict, ok_outcome: int, *, null_service_ms: float) -> dict:
 
       dispatch_lag_ms            sent - intended: the open-loop dispatcher's lateness, before the request reaches
                                  the scheduler (the simulator delays each arrival by a draw of it);
-      platform_overhead_ms       completed - batch start - the null model's median back-to-back round trip, over
-                                 batches sent to an idle instance: the scheduling core under its lock and the
-                                 wake-ups of a platform that sat idle, beyond what a round trip measured back to
-                                 back holds (the simulator adds a draw to a batch that finds its instance idle);
+      platform_overhead_ms       completed - sent - the null model's median back-to-back round trip, over
+                                 batches sent to an idle instance: the path from the send to the batch's start
+                                 (the scheduling core under its lock, the send to the instance: 20-70 us here), and
+                                 the wake-ups of a platform that sat idle, beyond what a round trip measured back to
+                                 back holds (the simulator, which starts such a batch the moment its request is sent,
+                                 adds a draw to a batch that finds its instance idle; measured from the batch's
+                                 start before 2026-12-03, it left that path out);
       platform_busy_overhead_ms  batch start - the previous batch's completion, for batches that were queued behind
                                  it: recording it, the core's batch_done, the send (20-40 us here; the simulator adds
                                  a draw to a batch that follows another at once). Empty when no batch was queued.
@@ -501,7 +504,7 @@ def platform_parts(t: dict, ok_outcome: int, *, null_service_ms: float) -> dict:
     for i in ok:
         start, sent, end = t["batch_start_s"][i], t["sent_s"][i], t["completed_s"][i]
         if prev_end is None or sent >= prev_end:
-            idle.append(max(0.0, (end - start) * 1e3 - null_service_ms))
+            idle.append(max(0.0, (end - sent) * 1e3 - null_service_ms))
         else:
             busy.append(max(0.0, (start - prev_end) * 1e3))
         prev_end = end
