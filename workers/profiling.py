@@ -8,6 +8,7 @@ A profile answers, for one (model, options, input shape) on one device:
                  driven by its own thread running batches back to back, all at the same time);
   idle_service_ms  the same at sharing level 1 for a batch that finds its instance idle for 1, 3, 10 or 30 ms
                  (IDLE_GAPS_MS): slower than back to back, the process and its caches having cooled;
+  idle_follow_ms   by position (2, 3: FOLLOW_POSITIONS), the batches run right after that one, still warming up;
   overhead_us    the runtime's per-request cost: ProcessRunner.run(1) on the zoo's "null" model;
   cold_start_ms  the phases of real cold starts (ProcessRunner.start(), page cache of the weights dropped);
   memory_bytes   the peak resident memory of one instance process after the largest batch size.
@@ -58,9 +59,15 @@ DEFAULT_COLD_STARTS = 3
 # A batch that finds its instance idle for a while takes longer than one run back to back (the process wakes from
 # its blocking read, its caches and the CPU's clock have cooled): on the 2-core development machine mlp-small's batch
 # of 1 took 0.41 ms back to back, 0.98 ms after 2 ms idle, 1.30 ms after 10 ms and 1.37 ms after 30 ms. Measured at
-# sharing level 1 after each of these gaps; the simulator draws from the cell of the longest gap the instance
-# actually sat idle for (workers.platform.sim).
+# sharing level 1 after each of these gaps; the simulator interpolates between the cells of the gaps around the one
+# the instance actually sat idle for (workers.platform.sim).
 IDLE_GAPS_MS = (1, 3, 10, 30)
+# The batches that follow at once are still slower than a long run back to back: the instance warms up over a few
+# batches (mlp-small, batch of 1, 2026-12-03: 0.25 ms back to back; after 10 ms idle 1.00, then 0.46, then 0.34 ms).
+# A batch queued behind one that found its instance idle is such a second batch: the real platform's queued batches
+# at 100 req/s took 0.39-0.47 ms, and a simulator that drew them from the back-to-back cell had an unbatched p99
+# 27-39 % low. Measured: the batch after an idle gap and the next FOLLOW_POSITIONS - 1 right after it.
+FOLLOW_POSITIONS = 3
 WARMUP_BATCHES = 3  # per instance and batch size, before timing (allocator, caches, CUDA kernels)
 OVERHEAD_SAMPLES_MIN = 50  # null-model round trips are microseconds: more samples cost nothing
 # Short mode (tests, a quick look): enough to see the shape, not to trust a tail.
@@ -333,6 +340,7 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
     resident: list[float | None] = []
     service: dict[str, dict[str, list[float]]] = {}
     idle: dict[str, dict[str, list[float]]] = {}
+    follow: dict[str, dict[str, dict[str, list[float]]]] = {str(p): {} for p in range(2, FOLLOW_POSITIONS + 1)}
     memory_bytes = 0
     threads_by_level = {str(level): instance_threads(dev, level) for level in levels}
     try:
@@ -376,8 +384,10 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
                 for gap_ms in IDLE_GAPS_MS:
                     idle_cells = idle.setdefault(str(gap_ms), {})
                     for k in sizes:
-                        xs = _after_idle(runners[0], k, samples, gap_ms, stop)
-                        idle_cells[str(k)] = xs
+                        first, *then = _after_idle(runners[0], k, samples, gap_ms, stop)
+                        idle_cells[str(k)] = first
+                        for pos, xs in enumerate(then, start=2):
+                            follow[str(pos)].setdefault(str(gap_ms), {})[str(k)] = xs
                     say(f"after {gap_ms} ms idle, batch {sizes[0]}: p50 {_percentile(idle_cells[str(sizes[0])], 50):.3f} ms")
         for r in runners:
             r.close()
@@ -423,6 +433,7 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
         "sharing_levels": levels,
         "service_ms": service,
         "idle_service_ms": idle,
+        "idle_follow_ms": follow,
         "overhead_us": {"p50": _percentile(overhead, 50) * 1e3, "p99": _percentile(overhead, 99) * 1e3},
         "platform_overhead_ms": platform["platform_overhead_ms"],
         "dispatch_lag_ms": platform["dispatch_lag_ms"],
@@ -441,16 +452,20 @@ def measure_profile(model: str, *, options: dict | None = None, input_shape=None
     return validate_profile(profile)
 
 
-def _after_idle(runner: ProcessRunner, k: int, samples: int, gap_ms: float, stop: Callable[[], bool]) -> list[float]:
-    """`samples` round trips of a batch of k, each after the instance sat idle for gap_ms (ms)."""
-    xs = []
+def _after_idle(runner: ProcessRunner, k: int, samples: int, gap_ms: float,
+                stop: Callable[[], bool]) -> list[list[float]]:
+    """`samples` times: the instance sits idle for gap_ms (ms), then runs FOLLOW_POSITIONS batches of k one right after
+    the other. One list of round trips (ms) per position: the batch that found the instance idle, the next, ..."""
+    xs: list[list[float]] = [[] for _ in range(FOLLOW_POSITIONS)]
+    clock = time.perf_counter
     for _ in range(samples):
         if stop():
             raise ProfileStopped("stopped while measuring batches after idle")
         time.sleep(gap_ms / 1e3)
-        t0 = time.perf_counter()
-        runner.run(k)
-        xs.append((time.perf_counter() - t0) * 1e3)
+        for pos in range(FOLLOW_POSITIONS):
+            t0 = clock()
+            runner.run(k)
+            xs[pos].append((clock() - t0) * 1e3)
     return xs
 
 
@@ -614,6 +629,19 @@ def validate_profile(d: Any) -> dict:
                 raise ValueError(f"idle_service_ms.{gap}: must have one entry per batch size, keyed as a string")
             for k in sizes:
                 _samples(cells[str(k)], f"idle_service_ms.{gap}.{k}", positive=True)
+    follow = d.get("idle_follow_ms")  # optional: profiles before 2026-12-03 lack it
+    if follow is not None:
+        if not isinstance(follow, dict) or any(not p.isdigit() or int(p) < 2 for p in follow):
+            raise ValueError("idle_follow_ms: must be an object keyed by the position after the idle batch (2, 3, ...)")
+        for pos, by_gap in follow.items():
+            if not isinstance(by_gap, dict) or set(by_gap) != set(idle or {}):
+                raise ValueError(f"idle_follow_ms.{pos}: must have the idle gaps of idle_service_ms")
+            for gap, cells in by_gap.items():
+                if not isinstance(cells, dict) or set(cells) != {str(k) for k in sizes}:
+                    raise ValueError(f"idle_follow_ms.{pos}.{gap}: must have one entry per batch size, keyed as a "
+                                     "string")
+                for k in sizes:
+                    _samples(cells[str(k)], f"idle_follow_ms.{pos}.{gap}.{k}", positive=True)
     if isinstance(d["memory_bytes"], bool) or not isinstance(d["memory_bytes"], int) or d["memory_bytes"] < 0:
         raise ValueError("memory_bytes: must be a whole number of bytes, 0 or more")
     if isinstance(d["samples"], bool) or not isinstance(d["samples"], int) or d["samples"] < 1:

@@ -36,6 +36,18 @@ def test_a_short_profile_has_every_field_of_the_format_and_positive_samples(shor
             assert len(xs) == level * d["samples"]  # every instance contributes its quota
             assert all(x > 0 for x in xs)
     assert 0 < d["overhead_us"]["p50"] <= d["overhead_us"]["p99"]
+    # after each idle gap: the batch that found the instance idle, and the ones right after it, each batch size
+    gaps = {str(g) for g in profiling.IDLE_GAPS_MS}
+    assert set(d["idle_service_ms"]) == gaps
+    assert set(d["idle_follow_ms"]) == {str(p) for p in range(2, profiling.FOLLOW_POSITIONS + 1)}
+    for by_gap in d["idle_follow_ms"].values():
+        assert set(by_gap) == gaps
+        for cells in by_gap.values():
+            assert set(cells) == {str(k) for k in d["batch_sizes"]}
+            assert all(len(xs) == d["samples"] and min(xs) > 0 for xs in cells.values())
+    bad = {**d, "idle_follow_ms": {"2": {"1": d["idle_follow_ms"]["2"]["1"]}}}  # a gap missing
+    with pytest.raises(ValueError, match="idle_follow_ms.2: must have the idle gaps"):
+        profiling.validate_profile(bad)
     assert d["memory_bytes"] > 0
     assert "torch" in d["hardware"] and "cores" in d["hardware"]
     print(f"\n{profiling.format_table(d)}\noverhead p50 {d['overhead_us']['p50']:.1f} us; "

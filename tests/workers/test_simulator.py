@@ -125,6 +125,37 @@ def test_the_platform_overhead_of_an_idle_instance_is_not_paid_back_to_back(tmp_
     assert gaps_ms(old, "old.parquet") == pytest.approx(3.0, abs=0.01)
 
 
+def test_the_batches_right_after_an_idle_one_draw_from_the_cells_of_their_position(tmp_path):
+    """Back to back 1 ms; after 5 ms idle 3 ms, then 2.0, then 1.5; after 50 ms idle 6 ms, then 4.0, then 2.0: a queue
+    that forms after about 190 ms idle runs 6, 4, 2, then 1, 1, ... ms a batch (the instance warms up over its first
+    batches). A profile without those positions runs the queued ones back to back (6, 1, 1, ...), as before."""
+    import pyarrow.parquet as pq
+
+    warm = {**profile(1.0), "idle_service_ms": {"5": {"1": [3.0]}, "50": {"1": [6.0]}},
+            "idle_follow_ms": {"2": {"5": {"1": [2.0]}, "50": {"1": [4.0]}},
+                               "3": {"5": {"1": [1.5]}, "50": {"1": [2.0]}}}}
+    one = {"min_instances": 1, "max_instances": 1, "sharing": "time_slice"}
+    # two bursts of about 20 requests in 10 ms: the second finds the instance idle since the first's queue drained
+    queue = {"pattern": "steps", "steps": [[0, 2000], [0.01, 0], [0.2, 2000], [0.21, 0]], "duration_s": 1}
+
+    def second_burst_ms(prof, name):
+        res = run_trial(spec(one, queue), profiles=[prof], artifact_path=tmp_path / name)
+        t = pq.read_table(res.artifact_path, columns=["batch_start_s", "completed_s", "outcome"]).to_pydict()
+        ok = np.asarray(t["outcome"]) == OUTCOME_OK
+        start, done = (np.asarray(t[c], dtype=float)[ok] for c in ("batch_start_s", "completed_s"))
+        order = np.argsort(start)
+        start, done = start[order], done[order]
+        first = int(np.argmax(start[1:] - done[:-1])) + 1  # the batch after the longest idle gap
+        assert start[first] - done[first - 1] > 0.05 and len(start) - first >= 8
+        return ((done - start)[first:] * 1e3).round(6).tolist()
+
+    got = second_burst_ms(warm, "warm.parquet")
+    assert got[:3] == [6.0, 4.0, 2.0] and set(got[3:]) == {1.0}
+    old = {k: v for k, v in warm.items() if k != "idle_follow_ms"}
+    got = second_burst_ms(old, "old.parquet")
+    assert got[0] == 6.0 and set(got[1:]) == {1.0}
+
+
 def test_mmc_mean_wait_matches_erlang_c(tmp_path):
     c, mu, lam = 3, 100.0, 240.0  # rho = 0.8
     u = (np.arange(4000) + 0.5) / 4000

@@ -9,12 +9,13 @@ What is modelled, and so labelled on every simulated result:
   - service time: an empirical draw for the batch size (sizes between two measured ones interpolated at the same
     quantile, sizes above the largest extrapolated linearly) at the nearest measured sharing level (the number of
     batches running at once on the device; above the largest measured level, scaled by level / measured level,
-    i.e. processor sharing); after an idle gap, interpolated between the cells of the measured gaps around it;
+    i.e. processor sharing); after an idle gap, interpolated between the cells of the measured gaps around it,
+    and for the next batches run right after that one, from the cells measured at their position (still warming up);
   - cold start: one measured cold start (all its phases) drawn at random, plus the variant's modelled delay;
   - the platform's own cost: each request reaches the scheduler a draw of the dispatcher's measured lag after it
     was due, and each batch holds its instance a draw of the platform's measured overhead longer: the overhead on
-    an idle instance for a batch whose instance sat idle at least the shortest measured idle gap, else the overhead
-    back to back (both measured through the real platform on the null model when the profile was taken:
+    an idle instance for a batch that found its instance idle (below the shortest measured idle gap, interpolated
+    from the overhead back to back), else the overhead back to back (both measured through the real platform on the null model when the profile was taken:
     workers.profiling.platform_parts); an eviction frees its memory at once.
 """
 
@@ -89,26 +90,38 @@ class ServiceModel:
         self.dispatch_lag_s = np.sort(np.asarray(lag, dtype=float)) / 1e3 if len(lag) else None
         self._cold_phases = {p: np.asarray(cold[p], dtype=float) for p in COLD_PHASES
                              if p in cold and len(cold[p]) == len(total)}
-        self._blocks: dict[tuple[int, int, int], list[float]] = {}
-        # Batches that find their instance idle (sharing level 1): cells measured after an idle gap, by gap (s).
+        self._blocks: dict[tuple[int, int, int, int], list[tuple[float, float]]] = {}
+        # Batches that find their instance idle (sharing level 1): cells measured after an idle gap, by gap (s); and
+        # the batches right after such a one, by position (2, 3, ...: still warming up), where the profile has them.
         idle = profile.get("idle_service_ms") or {}
         self.idle_gaps_s = sorted(int(g) / 1e3 for g in idle)
-        self._idle_cells: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
-        for gi, gap in enumerate(self.idle_gaps_s):
-            cells = idle[str(round(gap * 1e3))]
-            sizes = sorted(int(b) for b in cells)
-            self._idle_cells[gi + 1] = (np.asarray(sizes), [np.sort(np.asarray(cells[str(b)], dtype=float)) / 1e3
-                                                            for b in sizes])
+        by_position = {1: idle, **{int(p): cells for p, cells in (profile.get("idle_follow_ms") or {}).items()}}
+        self.positions = max(p for p in by_position if p == 1 or by_position[p])
+        self._idle_cells: dict[tuple[int, int], tuple[np.ndarray, list[np.ndarray]]] = {}
+        for pos, by_gap in by_position.items():
+            for gi, gap in enumerate(self.idle_gaps_s):
+                cells = by_gap.get(str(round(gap * 1e3)))
+                if not cells:
+                    continue
+                sizes = sorted(int(b) for b in cells)
+                self._idle_cells[(pos, gi + 1)] = (np.asarray(sizes),
+                                                   [np.sort(np.asarray(cells[str(b)], dtype=float)) / 1e3
+                                                    for b in sizes])
 
-    def service_s(self, batch: int, level: int, idle_s: float = 0.0) -> float:
+    def service_s(self, batch: int, level: int, idle_s: float = 0.0, position: int = 1) -> float:
         """One batch's time on the instance as the platform sees it: a draw of the measured service time, plus a
         draw of the platform's own overhead when the profile has it. After its instance sat idle for idle_s the
         draw is interpolated, at the same quantile, between the cells of the two measured idle gaps around idle_s
         (linearly in log(gap); below the shortest, linearly in the gap from the back-to-back cell, whose overhead
         is the back-to-back one; above the longest, the longest's cell): a batch's time grows with the idle gap
         (the instance's caches cool), so taking the cell of the gap below, as the simulator did before 2026-12-03,
-        was optimistic for every gap between two measured ones. Drawn in blocks of (lower, upper) pairs per
-        (batch size, level, lower gap), vectorised: one list pop per batch."""
+        was optimistic for every gap between two measured ones. position > 1: the batch is the position-th one run
+        back to back since the instance sat idle for idle_s; it draws from the cells measured at that position
+        (with the back-to-back overhead), and from the back-to-back cell past the measured positions. Drawn in
+        blocks of (lower, upper) pairs per (batch size, level, lower gap, position), vectorised: one list pop per
+        batch."""
+        if position > self.positions:
+            idle_s = 0.0
         gaps = self.idle_gaps_s
         if not gaps or not idle_s > 0.0:  # back to back, or never idle (NaN)
             gi, w = 0, 0.0
@@ -120,38 +133,42 @@ class ServiceModel:
                 w = idle_s / gaps[0]
             else:
                 w = math.log(idle_s / gaps[gi - 1]) / math.log(gaps[gi] / gaps[gi - 1])
-        key = (batch, level, gi)
+        pos = position if gi else 1  # back to back: one cell whatever the position
+        key = (batch, level, gi, pos)
         block = self._blocks.get(key)
         if not block:
-            block = self._blocks[key] = self._draw_pairs(batch, level, SERVICE_BLOCK, gi)
+            block = self._blocks[key] = self._draw_pairs(batch, level, SERVICE_BLOCK, gi, pos)
         lo, hi = block.pop()
         return lo + (hi - lo) * w
 
-    def _draw_pairs(self, batch: int, level: int, size: int, gap_index: int) -> list[tuple[float, float]]:
+    def _draw_pairs(self, batch: int, level: int, size: int, gap_index: int,
+                    position: int = 1) -> list[tuple[float, float]]:
         """(lower, upper) pairs at the same quantiles: the cell of the gap_index-th measured idle gap (0: back to
-        back) and of the next one (the same cell past the longest)."""
+        back) and of the next one (the same cell past the longest), at the position."""
         u = self.rng.random(size)
         v = self.rng.random(size)
-        lo = self._draw(batch, level, u, v, gap_index)
-        hi = self._draw(batch, level, u, v, gap_index + 1) if gap_index < len(self.idle_gaps_s) else lo
+        lo = self._draw(batch, level, u, v, gap_index, position)
+        hi = self._draw(batch, level, u, v, gap_index + 1, position) if gap_index < len(self.idle_gaps_s) else lo
         return list(zip(lo.tolist(), hi.tolist(), strict=True))
 
-    def _draw(self, batch: int, level: int, u: np.ndarray, v: np.ndarray, gap_index: int = 0) -> np.ndarray:
-        """Service times at quantiles u, plus the overhead at quantiles v: after the gap_index-th measured idle gap
-        the overhead of an idle instance, back to back (gap_index 0) the back-to-back one."""
-        lo, hi, w, scale, lin = self._plan(batch, level, gap_index)
+    def _draw(self, batch: int, level: int, u: np.ndarray, v: np.ndarray, gap_index: int = 0,
+              position: int = 1) -> np.ndarray:
+        """Service times at quantiles u, plus the overhead at quantiles v: for the batch that found its instance
+        idle (position 1) after the gap_index-th measured idle gap, the overhead of an idle instance; back to back
+        (gap_index 0, or a later position: it was queued) the back-to-back one."""
+        lo, hi, w, scale, lin = self._plan(batch, level, gap_index, position)
         s1 = lo[(u * len(lo)).astype(np.int64)]
         if hi is None:
             s = s1 * scale
         else:
             s2 = hi[(u * len(hi)).astype(np.int64)]
             s = scale * (np.maximum(s2, s2 + (s2 - s1) * w) if lin else s1 + (s2 - s1) * w)
-        over = self._overhead if gap_index or not self.idle_gaps_s else self._busy_overhead
+        over = self._overhead if (gap_index and position == 1) or not self.idle_gaps_s else self._busy_overhead
         if over is not None:
             s = s + over[(v * len(over)).astype(np.int64)]
         return s
 
-    def _plan(self, batch: int, level: int, gap_index: int = 0) -> tuple:
+    def _plan(self, batch: int, level: int, gap_index: int = 0, position: int = 1) -> tuple:
         """How to draw a batch's service time at a level (or, gap_index > 0, alone after that idle gap): (samples,
         samples of the next size or None, weight, scale, extrapolate). Sizes between two measured ones: interpolated
         at the same quantile; above the largest: extended linearly from the last two; below the smallest or with one
@@ -161,7 +178,7 @@ class ServiceModel:
         if level > self.levels[-1]:
             lv = self.levels[-1]
             scale = level / lv
-        sizes, arrays = self._idle_cells[gap_index] if gap_index else self._cells[lv]
+        sizes, arrays = self._idle_cells[(position, gap_index)] if gap_index else self._cells[lv]
         lists = arrays
         j = int(np.searchsorted(sizes, batch))
         if j < len(sizes) and sizes[j] == batch:
@@ -234,6 +251,7 @@ class SimPlatform:
         self._next_timer = [math.inf] * self.devices  # each device's earliest pending timer
         self._last_ready = -math.inf  # when the last cold start ended
         self._busy = [0] * self.devices  # batches running on each device now (the sharing level a batch sees)
+        self._runs: dict[int, tuple[float, int]] = {}  # instance id -> (idle gap before its run, batches in it)
 
     @property
     def prewarms(self) -> int:
@@ -262,9 +280,14 @@ class SimPlatform:
                 d = core.device
                 busy = self._busy[d] = self._busy[d] + 1
                 self._seq += 1
-                # inst.idle_since_s: when it last became idle (NaN if never: then no idle cell applies)
-                heapq.heappush(self._heap, (now + self.models[inst.fn.gidx].service_s(len(idx), busy,
-                                                                                       now - inst.idle_since_s),
+                # inst.idle_since_s: when it last became idle (NaN if never: then no idle cell applies). A batch
+                # started the moment the one before it ended is the next of a run that began with the idle gap
+                # before the run's first batch.
+                idle_s = now - inst.idle_since_s
+                run = self._runs.get(inst.id)
+                run = (idle_s, 1) if idle_s > 0.0 or run is None else (run[0], run[1] + 1)
+                self._runs[inst.id] = run
+                heapq.heappush(self._heap, (now + self.models[inst.fn.gidx].service_s(len(idx), busy, *run),
                                             self._seq, _DONE, (inst, idx, now)))
             elif kind == FINISH:
                 self.rec.rows["outcome"][a[1]] = a[2]
@@ -422,6 +445,7 @@ class SimPlatform:
                     self._apply(payload.timer(now), now, payload)
             elif kind == _RELEASED:
                 core = payload.driver
+                self._runs.pop(payload.id, None)
                 self._apply(core.released(payload, now), now, core)
         i = base + j
         end_s = now
