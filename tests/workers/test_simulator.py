@@ -156,6 +156,25 @@ def test_the_batches_right_after_an_idle_one_draw_from_the_cells_of_their_positi
     assert got[0] == 6.0 and set(got[1:]) == {1.0}
 
 
+def test_the_service_model_interpolates_by_gap_at_each_position():
+    from workers.platform.sim import ServiceModel
+
+    warm = {**profile(1.0), "idle_service_ms": {"5": {"1": [3.0]}, "50": {"1": [6.0]}},
+            "idle_follow_ms": {"2": {"5": {"1": [2.0]}, "50": {"1": [4.0]}},
+                               "3": {"5": {"1": [1.5]}, "50": {"1": [2.0]}}}}
+    m = ServiceModel(warm, np.random.default_rng(0))
+
+    def ms(idle_ms, position):
+        return m.service_s(1, 1, idle_ms / 1e3, position) * 1e3
+
+    assert ms(0.0, 1) == pytest.approx(1.0) and ms(float("nan"), 1) == pytest.approx(1.0)
+    assert ms(2.5, 1) == pytest.approx(2.0)  # half way to the shortest gap, from back to back
+    assert ms(2.5, 2) == pytest.approx(1.5) and ms(2.5, 3) == pytest.approx(1.25)  # the same, at its position
+    assert ms(5 * 10 ** 0.5, 1) == pytest.approx(4.5) and ms(5 * 10 ** 0.5, 2) == pytest.approx(3.0)
+    assert ms(500.0, 1) == pytest.approx(6.0) and ms(500.0, 3) == pytest.approx(2.0)  # past the longest
+    assert ms(500.0, 4) == pytest.approx(1.0)  # past the measured positions: back to back
+
+
 def test_mmc_mean_wait_matches_erlang_c(tmp_path):
     c, mu, lam = 3, 100.0, 240.0  # rho = 0.8
     u = (np.arange(4000) + 0.5) / 4000

@@ -45,7 +45,8 @@ from workers.spec import FunctionSpec, VariantSpec
 
 _ARRIVAL, _READY, _DONE, _RELEASED, _TIMER = 0, 1, 2, 3, 4
 ARRIVAL_CHUNK = 1 << 16  # arrivals turned into Python floats this many at a time
-SERVICE_BLOCK = 4096  # service times drawn at once per (batch size, level)
+SERVICE_BLOCK = 4096  # at most this many service times drawn at once per cell (batch size, level, gap, position)
+FIRST_BLOCK = 64  # the first block of a cell; each next one twice the last
 COLD_PHASES = ("process_start", "import", "device_context", "build", "load", "to_device", "warmup")
 
 
@@ -95,6 +96,10 @@ class ServiceModel:
         # the batches right after such a one, by position (2, 3, ...: still warming up), where the profile has them.
         idle = profile.get("idle_service_ms") or {}
         self.idle_gaps_s = sorted(int(g) / 1e3 for g in idle)
+        self._log_gaps = [math.log(g) for g in self.idle_gaps_s]
+        self._inv_log_steps = [1.0 / (b - a) for a, b in itertools.pairwise(self._log_gaps)]
+        self._b2b: dict[tuple[int, int], list[float]] = {}  # back-to-back draws per (batch size, level)
+        self._block_sizes: dict[tuple, int] = {}
         by_position = {1: idle, **{int(p): cells for p, cells in (profile.get("idle_follow_ms") or {}).items()}}
         self.positions = max(p for p in by_position if p == 1 or by_position[p])
         self._idle_cells: dict[tuple[int, int], tuple[np.ndarray, list[np.ndarray]]] = {}
@@ -118,28 +123,36 @@ class ServiceModel:
         was optimistic for every gap between two measured ones. position > 1: the batch is the position-th one run
         back to back since the instance sat idle for idle_s; it draws from the cells measured at that position
         (with the back-to-back overhead), and from the back-to-back cell past the measured positions. Drawn in
-        blocks of (lower, upper) pairs per (batch size, level, lower gap, position), vectorised: one list pop per
-        batch."""
-        if position > self.positions:
-            idle_s = 0.0
+        blocks (of (lower, upper) pairs after an idle gap) per (batch size, level[, lower gap, position]),
+        vectorised: one list pop per batch."""
         gaps = self.idle_gaps_s
-        if not gaps or not idle_s > 0.0:  # back to back, or never idle (NaN)
-            gi, w = 0, 0.0
+        if not gaps or not idle_s > 0.0 or position > self.positions:  # back to back (NaN: never idle)
+            key = (batch, level)
+            block = self._b2b.get(key)
+            if not block:
+                n = self._next_block_size(key)
+                block = self._b2b[key] = self._draw(batch, level, self.rng.random(n), self.rng.random(n), 0).tolist()
+            return block.pop()
+        gi = bisect.bisect_right(gaps, idle_s)  # measured gaps not above idle_s
+        if gi == len(gaps):
+            w = 0.0
+        elif gi == 0:
+            w = idle_s / gaps[0]
         else:
-            gi = bisect.bisect_right(gaps, idle_s)  # measured gaps not above idle_s
-            if gi == len(gaps):
-                w = 0.0
-            elif gi == 0:
-                w = idle_s / gaps[0]
-            else:
-                w = math.log(idle_s / gaps[gi - 1]) / math.log(gaps[gi] / gaps[gi - 1])
-        pos = position if gi else 1  # back to back: one cell whatever the position
-        key = (batch, level, gi, pos)
+            w = (math.log(idle_s) - self._log_gaps[gi - 1]) * self._inv_log_steps[gi - 1]
+        key = (batch, level, gi, position)
         block = self._blocks.get(key)
         if not block:
-            block = self._blocks[key] = self._draw_pairs(batch, level, SERVICE_BLOCK, gi, pos)
+            block = self._blocks[key] = self._draw_pairs(batch, level, self._next_block_size(key), gi, position)
         lo, hi = block.pop()
         return lo + (hi - lo) * w
+
+    def _next_block_size(self, key: tuple) -> int:
+        """Blocks grow from FIRST_BLOCK to SERVICE_BLOCK draws as a cell is used again: a fleet of functions has
+        many (size, level, gap, position) cells that few batches use, and full blocks for each cost more than the
+        batches they serve."""
+        n = self._block_sizes[key] = min(SERVICE_BLOCK, 2 * self._block_sizes.get(key, FIRST_BLOCK // 2))
+        return n
 
     def _draw_pairs(self, batch: int, level: int, size: int, gap_index: int,
                     position: int = 1) -> list[tuple[float, float]]:
