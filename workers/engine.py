@@ -190,7 +190,7 @@ def run_trial(spec: TrialSpec, *, model_dir: Path | None = None, on_window: Call
     first = float(arrivals.times_s[0])
     run_end = max(float(arrivals.run_s) - first, float(arrivals.times_s[-1]) - first)
     stream = None
-    if profiles is not None:  # simulated: no row per request (workers.recorder), the summary from histograms
+    if profiles is not None:  # simulated: the summary from histograms; full rows only up to SIM_FULL_ROWS_MAX
         seconds = int(math.floor(float(arrivals.times_s[-1]) - first)) + 1
         stream = {"arrival_s": run_end, "seconds": seconds, "unit_s": math.ceil(seconds / statistics.MAX_CI_UNITS),
                   "full_rows": n <= SIM_FULL_ROWS_MAX}

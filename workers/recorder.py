@@ -3,7 +3,7 @@
 With stream=True (the simulated driver: millions of requests) finished batches are kept as one tuple each until the
 next window, which computes their waits and latencies at once and adds them to the summary's tallies
 (workers.histograms: HDR histograms, counts, sums). Per request it keeps every column of a real run when the stream
-asks for full_rows (a run small enough: workers.engine.SIM_FULL_ROWS_MAX), else only what the scheduling core reads
+asks for full_rows (a run small enough: workers.records.SIM_FULL_ROWS_MAX), else only what the scheduling core reads
 and the artifact's latency (function, intended_s, sent_s, outcome, latency_ms as float32: 23 bytes a request).
 
 The platform writes rows by index (numpy arrays from `records.empty_rows`) from its threads without a

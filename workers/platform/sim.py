@@ -15,8 +15,8 @@ What is modelled, and so labelled on every simulated result:
   - the platform's own cost: each request reaches the scheduler a draw of the dispatcher's measured lag after it
     was due, and each batch holds its instance a draw of the platform's measured overhead longer: the overhead on
     an idle instance for a batch that found its instance idle (below the shortest measured idle gap, interpolated
-    from the overhead back to back), else the overhead back to back (both measured through the real platform on the null model when the profile was taken:
-    workers.profiling.platform_parts); an eviction frees its memory at once.
+    from the overhead back to back), else the overhead back to back (both measured through the real platform on the
+    null model when the profile was taken: workers.profiling.platform_parts); an eviction frees its memory at once.
 """
 
 from __future__ import annotations
