@@ -253,6 +253,7 @@ class ProcessRunner:
         self.info: dict = {}
         self._send_error: Exception | None = None
         self._fd: int | None = None
+        self._answer: bytes | OSError | None = None  # the answer's first byte, when take_answer() read it
 
     def start(self, should_abort=None) -> dict:
         from multiprocessing.connection import Connection
@@ -323,12 +324,27 @@ class ProcessRunner:
         except (OSError, ValueError, TypeError) as exc:
             self._send_error = exc
 
+    def take_answer(self) -> float:
+        """Read the answer's first byte now that the descriptor is readable (the caller saw it so) and return when
+        it was read (perf_counter): the moment the batch's result reached this process. finish() then uses it.
+        Called by the instance's own thread, without the platform's lock: only that thread reads this socket."""
+        try:
+            self._answer = os.read(self._fd, 1)
+        except OSError as exc:
+            self._answer = exc
+        return time.perf_counter()
+
     def finish(self) -> None:
-        """Wait for the answer to the batch sent last; a blocking read releases the GIL meanwhile."""
+        """Wait for the answer to the batch sent last (unless take_answer() read it); a blocking read releases
+        the GIL meanwhile."""
         try:
             if self._send_error is not None:
                 raise self._send_error
-            status = os.read(self._fd, 1)
+            status, self._answer = self._answer, None
+            if status is None:
+                status = os.read(self._fd, 1)
+            elif isinstance(status, OSError):
+                raise status
             if status != _OK:
                 if not status:
                     raise EOFError("the other side closed the connection")

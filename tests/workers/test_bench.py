@@ -79,6 +79,10 @@ def test_every_benchmark_runs_through_the_command_and_prints_its_figures(name, m
         assert r["runtime"] in bench.RUNTIMES
         assert r["requests"] == 1000 and r["platform_completed"] == r["requests"]
         assert r["added_p99_us"] == pytest.approx(r["platform_p99_us"] - r["baseline_p99_us"])
+        assert r["rounds"] == 1 and r["added_p50_us_rounds"] == [r["added_p50_us"]]
+        if r["runtime"] == "process":  # what this host charges to wake a process, measured beside the overhead
+            wake = r["host"]["wake_us"]
+            assert 0 < wake["same_cpu_p50_us"] < 10_000 and 0 < wake["cross_cpu_p50_us"] < 10_000
         assert r["ratio_p50"] == pytest.approx(r["platform_p50_us"] / r["baseline_p50_us"])
     elif name == "batching":
         assert r["runtime"] in bench.RUNTIMES
@@ -157,3 +161,11 @@ def test_the_hypervisors_share_is_the_steal_ticks_over_all_ticks_between_two_rea
     assert bench._steal_pct(None, (30, 2000)) is None and bench._steal_pct((10, 1000), (10, 1000)) is None
     steal, total = bench._cpu_ticks()
     assert 0 <= steal <= total
+
+
+def test_the_overhead_figure_is_the_median_of_rounds_measured_alternately(model_dir):
+    r = bench.bench_overhead(0.3, model_dir=model_dir, rounds=3, wake_pings=20)
+    assert r["rounds"] == 3 and len(r["added_p50_us_rounds"]) == len(r["added_p99_us_rounds"]) == 3
+    assert r["added_p50_us"] == pytest.approx(float(np.median(r["added_p50_us_rounds"])))
+    assert r["added_p99_us"] == pytest.approx(float(np.median(r["added_p99_us_rounds"])))
+    assert r["platform_completed"] == r["requests"] == 300

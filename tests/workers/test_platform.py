@@ -318,3 +318,56 @@ def test_exclusive_with_interleaved_functions_serves_everyone(model_dir):
     assert s["per_function"]["a"]["completed"] > 50 and s["per_function"]["b"]["completed"] > 50
     assert s["cold_starts"] >= 2
     assert s["cold_starts"] <= s["completed"]  # no swap without serving
+
+
+def test_an_instance_process_answer_is_timed_when_read_not_when_the_platform_lock_frees():
+    """wait_fd reads an answer as soon as its socket is readable, before it waits for the platform's lock: a
+    batch's completion is when its result arrived, not when another thread let go of the lock."""
+    import socket
+    import threading
+    import time
+
+    from workers.platform.real import _WakeCondition
+
+    lock = threading.Lock()
+    cond = _WakeCondition(lock)
+    ours, theirs = socket.socketpair()
+    read, waiting = threading.Event(), threading.Event()
+    got: dict = {}
+
+    def take_answer() -> float:
+        got["byte"] = ours.recv(1)
+        read.set()
+        return time.perf_counter()
+
+    def waiter() -> None:
+        with lock:
+            waiting.set()
+            got["seen"] = cond.wait_fd(10.0, ours.fileno(), take_answer)
+            got["relocked"] = time.perf_counter()
+            got["notified"] = cond.wait_fd(10.0, ours.fileno(), take_answer)  # woken by notify, nothing to read
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    try:
+        assert waiting.wait(10.0)
+        lock.acquire()  # granted once the waiter sits in wait_fd (it releases the lock there)
+        try:
+            theirs.send(b"\x01")
+            assert read.wait(10.0), "the answer was not read while the lock was held elsewhere"
+            released = time.perf_counter()
+        finally:
+            lock.release()
+        lock.acquire()  # a notify reaches the waiter's next wait_fd even if it is not there yet (its wake pipe)
+        try:
+            cond.notify()
+        finally:
+            lock.release()
+        t.join(10.0)
+    finally:
+        ours.close()
+        theirs.close()
+        cond.close_pipe()
+    assert got["byte"] == b"\x01"
+    assert got["seen"] < released <= got["relocked"]
+    assert got["notified"] is None

@@ -134,17 +134,22 @@ class _WakeCondition(threading.Condition):
         self._wake_w: int | None = None  # write end of the waiting thread's wake pipe
         self._wake_r: int | None = None
 
-    def wait_fd(self, timeout: float, fd: int) -> bool:
-        """Under the lock: release it, wait for a notify, fd readable or the timeout; re-acquire. True if fd is
-        readable."""
+    def wait_fd(self, timeout: float, fd: int, take_answer) -> float | None:
+        """Under the lock: release it, wait for a notify, fd readable or the timeout; re-acquire. When fd became
+        readable, `take_answer()` reads it before the lock is taken again and its return value (when the answer
+        was read, perf_counter) is returned; otherwise None. Reading first keeps the wait for the lock (and the
+        Python that re-takes it) out of the batch's time: that is platform bookkeeping after the result arrived."""
         if self._wake_r is None:
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
         r = self._wake_r
+        seen = None
         saved = self._release_save()
         try:
             ready, _, _ = select.select([r, fd], [], [], max(0.0, timeout))
+            if fd in ready:
+                seen = take_answer()
         finally:
             self._acquire_restore(saved)
         if r in ready:
@@ -153,7 +158,7 @@ class _WakeCondition(threading.Condition):
                     pass
             except BlockingIOError:
                 pass
-        return fd in ready
+        return seen
 
     def close_pipe(self) -> None:
         """Called by the waiting thread before it ends."""
@@ -426,12 +431,15 @@ class Platform:
         fd = runner.fileno()
         core = self.core
         rows = self.rec.rows
+        take = getattr(runner, "take_answer", None)
         while True:
+            seen = None
             with self._lock:
                 while h.assigned is None and not h.go and not self._stopping:
                     if fd is not None:
-                        readable = h.cond.wait_fd(_WAIT_CAP_S, fd)
-                        if readable and h.assigned is None and runner.dead() and not h.go:
+                        # A readable socket with no batch given out can only be the process's end.
+                        seen = h.cond.wait_fd(_WAIT_CAP_S, fd, take)
+                        if seen is not None and h.assigned is None and runner.dead() and not h.go:
                             self._apply(core.instance_dead(inst, self.now()))
                     else:
                         h.cond.wait(_WAIT_CAP_S)
@@ -442,6 +450,7 @@ class Platform:
             ok = True
             try:
                 if t_start is not None:
+                    # Sent by whoever released the batch; its answer may already have been read by wait_fd.
                     runner.finish()
                 else:
                     t_start = self.now()
@@ -449,7 +458,7 @@ class Platform:
             except ModelRaised as exc:
                 ok = False
                 self._note_error(f"function {inst.fn.spec.name!r}: model raised in a batch of {len(idx)}: {exc}")
-            t_end = self.now()
+            t_end = self.now() if seen is None else seen - self._t0
             with self._lock:
                 h.assigned = None
                 h.pushed_at = None
