@@ -64,6 +64,8 @@ def test_the_profile_button_measures_on_the_worker_and_the_page_charts_the_resul
     assert profile.worker.startswith("profile-")  # measured by the Celery worker, not in this process
     page.click(f"{row} a.row-link")
     page.wait_for_selector("#chart-latency")
+    # The canvas is in the page before the script at its end has drawn on it: wait for the charts themselves.
+    page.wait_for_function("Array.isArray(window.profileCharts)")
 
     datasets = page.evaluate("window.profileCharts.map(c => c.data.datasets.map(d => d.data.length))")
     levels = profile.data["sharing_levels"]
