@@ -222,6 +222,13 @@ def _wake_costs(pings: int, gap_s: float = 1e-3) -> dict | None:
                 proc.wait(timeout=10)
     finally:
         os.sched_setaffinity(0, own)
+    # A virtual machine's guest may poll a while before it halts an idle CPU (Linux's haltpoll cpuidle driver);
+    # 0 means it halts at once, and waking a process there goes through the hypervisor.
+    try:
+        with open("/sys/module/haltpoll/parameters/guest_halt_poll_ns") as f:
+            out["guest_halt_poll_ns"] = int(f.read().strip())
+    except (OSError, ValueError):
+        out["guest_halt_poll_ns"] = None
     return out
 
 
