@@ -40,6 +40,7 @@ import json
 import math
 import os
 import statistics as pystats
+import subprocess
 import sys
 import tempfile
 import time
@@ -189,7 +190,6 @@ def _wake_costs(pings: int, gap_s: float = 1e-3) -> dict | None:
     overhead so that part can be told from ours. None on a host with one CPU or without affinity control."""
     import socket
     import struct
-    import subprocess
 
     if not hasattr(os, "sched_getaffinity"):
         return None
@@ -207,7 +207,8 @@ def _wake_costs(pings: int, gap_s: float = 1e-3) -> dict | None:
             fd = ours.fileno()
             try:
                 os.sched_setaffinity(0, [cpus[0]])
-                os.read(fd, 1)  # ready
+                if os.read(fd, 1) != b"r":
+                    raise OSError(f"the echo process did not start (exit code {proc.poll()})")
                 waits = np.empty(pings)
                 for k in range(pings):
                     time.sleep(gap_s)
@@ -219,7 +220,11 @@ def _wake_costs(pings: int, gap_s: float = 1e-3) -> dict | None:
                 with contextlib.suppress(OSError):
                     os.write(fd, b"q")
                 ours.close()
-                proc.wait(timeout=10)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
     finally:
         os.sched_setaffinity(0, own)
     # A virtual machine's guest may poll a while before it halts an idle CPU (Linux's haltpoll cpuidle driver);
@@ -346,7 +351,10 @@ def bench_overhead(duration_s: float = 10.0, rate_rps: float = 1000.0, *, model_
         "host": _host(),
     }
     if out["runtime"] == "process":
-        out["host"]["wake_us"] = _wake_costs(wake_pings)
+        try:
+            out["host"]["wake_us"] = _wake_costs(wake_pings)
+        except (OSError, subprocess.SubprocessError) as exc:  # a side figure: the overhead stands without it
+            out["host"]["wake_us"] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
 
 
