@@ -191,6 +191,8 @@ def _wake_costs(pings: int, gap_s: float = 1e-3) -> dict | None:
     import socket
     import struct
 
+    from workers.instance import _read_exactly  # EOFError when the peer closed
+
     if not hasattr(os, "sched_getaffinity"):
         return None
     cpus = sorted(os.sched_getaffinity(0))
@@ -214,7 +216,7 @@ def _wake_costs(pings: int, gap_s: float = 1e-3) -> dict | None:
                     time.sleep(gap_s)
                     t = time.perf_counter()
                     os.write(fd, b"p")
-                    waits[k] = struct.unpack("d", _read_n(fd, 8))[0] - t
+                    waits[k] = struct.unpack("d", _read_exactly(fd, 8))[0] - t
                 out[label] = float(np.percentile(waits, 50)) * 1e6
             finally:
                 with contextlib.suppress(OSError):
@@ -235,16 +237,6 @@ def _wake_costs(pings: int, gap_s: float = 1e-3) -> dict | None:
     except (OSError, ValueError):
         out["guest_halt_poll_ns"] = None
     return out
-
-
-def _read_n(fd: int, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        more = os.read(fd, n - len(data))
-        if not more:
-            raise OSError("the echo process closed its socket")
-        data += more
-    return data
 
 
 def _direct_latencies_us(times: np.ndarray, model_runtime: str | None, model_dir: Path, threads: int) -> np.ndarray:
@@ -353,7 +345,7 @@ def bench_overhead(duration_s: float = 10.0, rate_rps: float = 1000.0, *, model_
     if out["runtime"] == "process":
         try:
             out["host"]["wake_us"] = _wake_costs(wake_pings)
-        except (OSError, subprocess.SubprocessError) as exc:  # a side figure: the overhead stands without it
+        except (OSError, EOFError, subprocess.SubprocessError) as exc:  # a side figure: the overhead stands without it
             out["host"]["wake_us"] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
 
