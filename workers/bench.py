@@ -350,6 +350,7 @@ def bench_overhead(duration_s: float = 10.0, rate_rps: float = 1000.0, *, model_
     return out
 
 
+# ---- batching ---------------------------------------------------------------------------------------------
 def _tight_loop_rps(loaded, batch: int, seconds: float) -> float:
     import torch
 
