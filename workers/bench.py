@@ -195,10 +195,10 @@ def _wake_costs(pings: int, gap_s: float = 1e-3) -> dict | None:
 
     if not hasattr(os, "sched_getaffinity"):
         return None
-    cpus = sorted(os.sched_getaffinity(0))
+    own = os.sched_getaffinity(0)
+    cpus = sorted(own)
     if len(cpus) < 2:
         return None
-    own = os.sched_getaffinity(0)
     out: dict = {}
     try:
         for label, theirs in (("same_cpu_p50_us", cpus[0]), ("cross_cpu_p50_us", cpus[1])):
